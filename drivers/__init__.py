@@ -1,0 +1,10 @@
+"""Backends that make tenants real on a host, behind one protocol.
+
+The only code that touches the host. Drivers import `specs` and nothing else of the project: they never
+read the store, so what they report is what the host shows.
+"""
+
+from drivers.base import Driver
+from drivers.registry import available_drivers, create_driver
+
+__all__ = ["Driver", "available_drivers", "create_driver"]

@@ -1,0 +1,52 @@
+"""The steps a reconcile can take, as frozen values. The executor maps each to one driver call."""
+
+from dataclasses import dataclass
+
+from specs import Network, Resources
+
+
+@dataclass(frozen=True)
+class Clone:
+    template: str  # name@version
+
+    def describe(self) -> str:
+        return f"clone from template {self.template}"
+
+
+@dataclass(frozen=True)
+class ApplyResources:
+    resources: Resources
+
+    def describe(self) -> str:
+        shown = self.resources.display()
+        return "apply resources " + " ".join(f"{k}={v}" for k, v in shown.items())
+
+
+@dataclass(frozen=True)
+class ApplyNetwork:
+    network: Network
+
+    def describe(self) -> str:
+        ports = ",".join(str(p) for p in self.network.ingress or ()) or "none"
+        return f"apply network (ingress ports {ports})"
+
+
+@dataclass(frozen=True)
+class Start:
+    def describe(self) -> str:
+        return "start the container"
+
+
+@dataclass(frozen=True)
+class Stop:
+    def describe(self) -> str:
+        return "stop the container"
+
+
+@dataclass(frozen=True)
+class Delete:
+    def describe(self) -> str:
+        return "delete everything the tenant has"
+
+
+Action = Clone | ApplyResources | ApplyNetwork | Start | Stop | Delete

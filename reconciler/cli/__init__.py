@@ -1,0 +1,1 @@
+"""The `fleet` command: one module per group of verbs; this package only wires them together."""

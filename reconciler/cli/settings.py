@@ -1,0 +1,46 @@
+"""Where the store and the data live, from flags, then the environment, then defaults."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from specs import PermanentError
+from state import Store
+
+
+def default_data_dir() -> Path:
+    if os.environ.get("FLEET_DATA_DIR"):
+        return Path(os.environ["FLEET_DATA_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/fleet")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "fleet"
+
+
+@dataclass
+class Settings:
+    db: str | None = None
+    data_dir: Path | None = None
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or default_data_dir()
+
+    @property
+    def db_url(self) -> str:
+        if self.db:
+            return self.db
+        if os.environ.get("FLEET_DB"):
+            return os.environ["FLEET_DB"]
+        return f"sqlite:///{self.resolved_data_dir / 'fleet.db'}"
+
+    def open_store(self, *, create: bool = False) -> Store:
+        url = self.db_url
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.exists():
+                raise PermanentError(
+                    f"no store at {path}; start one with `fleet up`, or point at it with --db URL or FLEET_DB"
+                )
+        return Store(url)

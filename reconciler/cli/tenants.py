@@ -1,0 +1,275 @@
+"""Verbs on tenants: apply, get, describe, delete, pause, resume, events."""
+
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import typer
+
+from reconciler.cli.documents import BadInput, load_documents, parse_tenants
+from reconciler.cli.render import age, as_json, as_yaml, ready_of, table, tenant_document
+from reconciler.cli.settings import Settings
+from reconciler.plan import plan
+from specs import NotFound, Tenant, format_bytes, format_cpu
+from state import Store
+
+
+class Output(StrEnum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def apply(
+    ctx: typer.Context,
+    filename: str = typer.Option(..., "-f", "--filename", help="A YAML or JSON file of tenants, or - for stdin."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change and the plan; write nothing."),
+) -> None:
+    """Create or update tenants from a file: all documents or none."""
+    tenants = parse_tenants(load_documents(filename))
+    store = _settings(ctx).open_store()
+    results = store.apply_tenants(tenants, dry_run=dry_run)
+    for result in results:
+        suffix = " (dry run)" if dry_run else ""
+        typer.echo(f"tenant/{result.name} {result.outcome.value}{suffix}, generation {result.generation}")
+        if dry_run and result.desired is not None and result.desired.spec is not None:
+            observed = store.last_observed(result.name) if result.desired.status else None
+            actions = plan(result.desired.spec, observed)
+            node = result.desired.node or "the first node with room"
+            typer.echo(f"  would land on: {node}")
+            for action in actions or []:
+                typer.echo(f"  plan: {action.describe()}")
+            if not actions:
+                typer.echo("  plan: nothing to do")
+
+
+def _row(tenant: Tenant, store_spec: dict[str, str], wide: bool) -> list[object]:
+    status = tenant.status
+    row: list[object] = [
+        tenant.metadata.name,
+        status.phase.value if status else "Pending",
+        ready_of(tenant),
+        status.node if status else None,
+        status.address if status else None,
+        store_spec["cpu"],
+        store_spec["memory"],
+        store_spec["disk"],
+        age(tenant.metadata.created_at),
+    ]
+    if wide:
+        row += [
+            tenant.spec.template,
+            tenant.metadata.generation,
+            status.observed_generation if status else 0,
+            status.url if status else None,
+        ]
+    return row
+
+
+_HEADERS = ["NAME", "PHASE", "READY", "NODE", "ADDRESS", "CPU", "MEMORY", "DISK", "AGE"]
+_WIDE = ["TEMPLATE", "GEN", "OBSERVED", "URL"]
+
+
+def _effective(store: Store, tenant: Tenant) -> dict[str, str]:
+    template = store.get_template(tenant.spec.template)
+    resources = tenant.spec.resources.filled_from(template.resources) if template else tenant.spec.resources
+    return {
+        "cpu": format_cpu(resources.cpu) if resources.cpu is not None else "-",
+        "memory": format_bytes(resources.memory) if resources.memory is not None else "-",
+        "disk": format_bytes(resources.disk) if resources.disk is not None else "-",
+    }
+
+
+def _print_tenants(store: Store, tenants: list[Tenant], output: Output, header: bool = True) -> None:
+    if output == Output.json:
+        typer.echo(as_json({"items": [tenant_document(t) for t in tenants]}))
+    elif output == Output.yaml:
+        typer.echo(as_yaml({"items": [tenant_document(t) for t in tenants]}))
+    else:
+        wide = output == Output.wide
+        headers = _HEADERS + (_WIDE if wide else [])
+        rendered = table(headers, [_row(t, _effective(store, t), wide) for t in tenants])
+        typer.echo(rendered if header else "\n".join(rendered.splitlines()[1:]))
+
+
+def get(
+    ctx: typer.Context,
+    kind: str = typer.Argument(..., help="tenants, or tenant NAME"),
+    name: str | None = typer.Argument(None),
+    output: Output = typer.Option(Output.table, "-o", "--output"),
+    watch: bool = typer.Option(False, "-w", "--watch", help="Keep printing tenants as they change."),
+    selector: str | None = typer.Option(None, "-l", "--selector", help="Only tenants with these labels: k=v,k2=v2"),
+) -> None:
+    """List tenants, or show one."""
+    if kind not in ("tenants", "tenant"):
+        raise BadInput(f"kind: must be 'tenants' or 'tenant', not {kind!r}")
+    labels = dict(part.split("=", 1) for part in selector.split(",")) if selector else None
+    store = _settings(ctx).open_store()
+    if name:
+        tenant = store.get_tenant(name)
+        if tenant is None:
+            raise NotFound(f"tenant {name} not found; list them with fleet get tenants")
+        if output in (Output.json, Output.yaml):
+            document = tenant_document(tenant)
+            typer.echo(as_json(document) if output == Output.json else as_yaml(document))
+        else:
+            _print_tenants(store, [tenant], output)
+        return
+    tenants = store.list_tenants(labels=labels).items
+    _print_tenants(store, tenants, output)
+    if not watch:
+        return
+    seen = {t.metadata.name: t.metadata.revision for t in tenants}
+    try:
+        while True:
+            time.sleep(0.2)  # a display refresh, not a synchronisation
+            current = store.list_tenants(labels=labels).items
+            changed = [t for t in current if seen.get(t.metadata.name) != t.metadata.revision]
+            names = {t.metadata.name for t in current}
+            for gone in sorted(set(seen) - names):
+                typer.echo(f"{gone}   (deleted)")
+                seen.pop(gone)
+            if changed:
+                _print_tenants(store, changed, output, header=False)
+                seen.update({t.metadata.name: t.metadata.revision for t in changed})
+    except KeyboardInterrupt:
+        return
+
+
+def describe(
+    ctx: typer.Context, kind: str = typer.Argument(..., help="tenant"), name: str = typer.Argument(...)
+) -> None:
+    """Everything about one tenant: spec, status, conditions, the last events."""
+    if kind != "tenant":
+        raise BadInput(f"kind: must be 'tenant', not {kind!r}")
+    store = _settings(ctx).open_store()
+    tenant = store.get_tenant(name)
+    if tenant is None:
+        raise NotFound(f"tenant {name} not found; list them with fleet get tenants")
+    desired = store.desired(name)
+    status = tenant.status
+    resources = desired.spec.resources.display() if desired and desired.spec else tenant.spec.resources.display()
+    ports = desired.spec.network.ingress if desired and desired.spec else tenant.spec.network.ingress
+    lines = [
+        f"Name:          {name}",
+        f"Labels:        {', '.join(f'{k}={v}' for k, v in tenant.metadata.labels.items()) or '<none>'}",
+        f"Created:       {tenant.metadata.created_at:%Y-%m-%d %H:%M:%S} UTC ({age(tenant.metadata.created_at)} ago)"
+        if tenant.metadata.created_at
+        else "Created:       -",
+        f"Template:      {tenant.spec.template}"
+        + (f" (cloned {status.template})" if status and status.template else ""),
+        f"Resources:     {' '.join(f'{k}={v}' for k, v in resources.items())}",
+        f"Ingress ports: {', '.join(str(p) for p in ports or ()) or 'none'}",
+        f"Paused:        {'yes (observe only)' if tenant.spec.paused else 'no'}",
+        f"Generation:    {tenant.metadata.generation} (observed {status.observed_generation if status else 0})",
+        f"Phase:         {status.phase.value if status else 'Pending'}",
+        f"Node:          {status.node if status and status.node else '<not bound yet>'}",
+        f"Address:       {status.address if status and status.address else '-'}",
+        f"URL:           {status.url if status and status.url else '-'}",
+    ]
+    if tenant.metadata.deletion_requested_at:
+        lines.append(f"Deleting:      requested {age(tenant.metadata.deletion_requested_at)} ago")
+    if status and status.last_error:
+        lines.append(f"Last error:    {status.last_error}")
+    lines.append("Conditions:")
+    if status and status.conditions:
+        rows = [[c.type, c.status.value, c.reason, age(c.last_transition_time), c.message] for c in status.conditions]
+        lines += ["  " + line for line in table(["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], rows).splitlines()]
+    else:
+        lines.append("  <none yet: the reconciler has not reported>")
+    lines.append("Events:")
+    events = store.events(tenant=name, limit=15)
+    if events:
+        rows = [
+            [
+                age(e.created_at),
+                e.type,
+                e.reason,
+                f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "",
+                e.message,
+            ]
+            for e in events
+        ]
+        lines += ["  " + line for line in table(["AGE", "TYPE", "REASON", "TOOK", "MESSAGE"], rows).splitlines()]
+    else:
+        lines.append("  <none>")
+    typer.echo("\n".join(lines))
+
+
+def delete(
+    ctx: typer.Context,
+    kind: str = typer.Argument(..., help="tenant"),
+    name: str = typer.Argument(...),
+    wait: bool = typer.Option(False, "--wait", help="Return only when everything the tenant had is gone."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds --wait waits at most."),
+) -> None:
+    """Delete a tenant and everything it has (the reconciler does it and records a receipt)."""
+    if kind != "tenant":
+        raise BadInput(f"kind: must be 'tenant', not {kind!r}")
+    store = _settings(ctx).open_store()
+    if not store.request_delete(name):
+        raise NotFound(f"tenant {name} not found; list them with fleet get tenants")
+    typer.echo(f"tenant/{name} deletion requested")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while store.get_tenant(name) is not None:
+        if time.monotonic() > deadline:
+            typer.echo(
+                f"error: tenant {name} is still being deleted after {timeout:.0f}s; see fleet describe tenant {name}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        time.sleep(0.05)  # polling a condition with a deadline
+    receipt = next((e for e in reversed(store.events(tenant=name, limit=20)) if e.reason == "Deleted"), None)
+    removed = ", ".join(receipt.details.get("removed", [])) if receipt else ""
+    typer.echo(f"tenant/{name} deleted" + (f"; removed: {removed}" if removed else ""))
+
+
+def _set_paused(ctx: typer.Context, name: str, paused: bool) -> None:
+    generation = _settings(ctx).open_store().set_paused(name, paused)
+    typer.echo(f"tenant/{name} {'paused' if paused else 'resumed'}, generation {generation}")
+
+
+def pause(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+    """Stop reconciling a tenant: the reconciler only observes it until resumed."""
+    _set_paused(ctx, name, True)
+
+
+def resume(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+    """Reconcile a paused tenant again."""
+    _set_paused(ctx, name, False)
+
+
+def events(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="Only this tenant's events."),
+    limit: int = typer.Option(50, "--limit", "-n"),
+    output: Output = typer.Option(Output.table, "-o", "--output"),
+) -> None:
+    """What the reconciler did, newest last."""
+    store = _settings(ctx).open_store()
+    found = store.events(tenant=name, limit=limit)
+    if output in (Output.json, Output.yaml):
+        data = [e.model_dump(mode="json") for e in found]
+        typer.echo(as_json(data) if output == Output.json else as_yaml(data))
+        return
+    now = datetime.now(UTC)
+    rows = [
+        [
+            age(e.created_at, now),
+            e.tenant,
+            e.type,
+            e.reason,
+            f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "",
+            e.message,
+        ]
+        for e in found
+    ]
+    typer.echo(table(["AGE", "TENANT", "TYPE", "REASON", "TOOK", "MESSAGE"], rows))

@@ -1,0 +1,314 @@
+"""The controller: follows the store's change feed, reconciles one tenant per key, reports back.
+
+Level-triggered: a key carries only a name, so every pass re-reads desired state from the store and
+observed state from the driver. The change feed (`revision > last_seen`) makes it fast; a periodic
+resync makes it right even when a change or a host event was missed. How an error ends a pass is
+decided in one place, `_finish`: transient -> retry with backoff, permanent -> recorded and not
+retried until the spec changes, not found -> success.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from loguru import logger
+
+from drivers import Driver
+from reconciler.conditions import derive_status, describe_drift, same_status
+from reconciler.executor import Executor
+from reconciler.plan import plan
+from reconciler.queue import WorkQueue
+from specs import Event, FleetError, NotFound, Observed, PermanentError, Phase, TransientError
+from state import Store
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not ours, or gone
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    node: str = "local"
+    workers: int = 4
+    resync_seconds: float = 30.0
+    poll_seconds: float = 0.05
+    base_domain: str = "fleet.localhost"
+    url_scheme: str = "http"
+
+
+@dataclass
+class Stats:
+    reconciles: int = 0
+    actions: int = 0
+    retries: int = 0
+    failures: int = 0
+
+
+class Controller:
+    def __init__(
+        self, store: Store, driver: Driver, config: ControllerConfig | None = None, queue: WorkQueue | None = None
+    ) -> None:
+        self.store = store
+        self.driver = driver
+        self.config = config or ControllerConfig()
+        self.queue = queue or WorkQueue()
+        self.executor = Executor(driver, node=self.config.node)
+        self.stats = Stats()
+        self.last_seen_revision = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scheduler: BackgroundScheduler | None = None
+        self._log = logger.bind(node=self.config.node)
+
+    # -- one pass ----------------------------------------------------------------------------------
+    def url_for(self, name: str) -> str:
+        return f"{self.config.url_scheme}://{name}.{self.config.base_domain}/"
+
+    def reconcile(self, name: str) -> Outcome:
+        """One level-triggered pass over one tenant. Raises only what the driver or store raise."""
+        node = self.config.node
+        record = self.store.desired(name)
+        if record is None:
+            return Outcome.SKIPPED
+        if record.node is None:
+            if not self.store.bind(name, node):
+                return Outcome.SKIPPED  # another node took it first
+            self.store.append_events([Event(tenant=name, node=node, reason="Scheduled", message=f"bound to {node}")])
+        elif record.node != node:
+            return Outcome.SKIPPED
+        spec = record.spec
+        if spec is None:
+            raise PermanentError(
+                f"template {record.missing_template!r} does not exist; create it or change spec.template",
+                reason="TemplateMissing",
+            )
+        observed = self.driver.inspect(name)
+        actions = plan(spec, observed)
+        events: list[Event] = []
+        if spec.deleting and not actions:
+            self._finalize(name, events)
+            return Outcome.SUCCESS
+        previous = record.status
+        converged_before = (
+            previous is not None and previous.phase == Phase.RUNNING and previous.observed_generation == spec.generation
+        )
+        if actions and converged_before and not spec.deleting:
+            drift = describe_drift(spec, observed)
+            events.append(
+                Event(
+                    tenant=name,
+                    node=node,
+                    type="Warning",
+                    reason="DriftDetected",
+                    generation=spec.generation,
+                    message=f"found on the host: {drift}; repairing",
+                )
+            )
+            self._log.bind(tenant=name).warning("Detected drift: {}", drift)
+        execution = self.executor.run(name, spec.generation, actions, record.template)
+        events.extend(execution.events)
+        self.stats.actions += len(execution.events)
+        after: Observed | None = self.driver.inspect(name) if actions else observed
+        if spec.deleting and execution.ok and after is None:
+            self._finalize(name, events)
+            return Outcome.SUCCESS
+        status = derive_status(
+            previous=previous,
+            spec=spec,
+            node=node,
+            observed=after,
+            error=execution.error,
+            failed=execution.failed,
+            url=self.url_for(name),
+            now=datetime.now(UTC),
+        )
+        if status.phase == Phase.RUNNING and (previous is None or previous.phase != Phase.RUNNING):
+            events.append(
+                Event(
+                    tenant=name,
+                    node=node,
+                    reason="Running",
+                    generation=spec.generation,
+                    message=f"running at {status.address}; {status.url}",
+                )
+            )
+        self.store.record(name, None if same_status(previous, status) else status, after, events)
+        if execution.error is not None:
+            raise execution.error
+        return Outcome.SUCCESS
+
+    def _finalize(self, name: str, events: list[Event]) -> None:
+        events.append(
+            Event(
+                tenant=name,
+                node=self.config.node,
+                reason="Finalized",
+                message="everything the tenant had is gone; the record is removed",
+            )
+        )
+        self.store.finalize_delete(name, events)
+        self._log.bind(tenant=name).info("Deleted tenant")
+
+    def process(self, name: str) -> Outcome:
+        """Reconcile and decide the outcome: the one place errors turn into retries or conditions."""
+        started = time.perf_counter()
+        try:
+            outcome = self.reconcile(name)
+        except NotFound:
+            outcome = Outcome.SUCCESS
+        except TransientError as error:
+            outcome = Outcome.RETRY
+            self._log.bind(tenant=name).info("Will retry: {}", error)
+        except PermanentError as error:
+            outcome = Outcome.FAILED
+            self._record_permanent(name, error)
+        except FleetError as error:
+            outcome = Outcome.RETRY
+            self._log.bind(tenant=name).warning("Will retry after an unclassified error: {}", error)
+        except Exception as error:  # a bug or an unmapped library error: retry, loudly
+            outcome = Outcome.RETRY
+            self._log.bind(tenant=name).exception("Reconcile raised an unexpected error: {}", error)
+        self.stats.reconciles += 1
+        if outcome == Outcome.RETRY:
+            self.stats.retries += 1
+            delay = self.queue.add_rate_limited(name)
+            self._log.bind(tenant=name, retry_in_ms=round(delay * 1000, 1)).debug("Requeued")
+        else:
+            if outcome == Outcome.FAILED:
+                self.stats.failures += 1
+            self.queue.forget(name)
+        self._log.bind(tenant=name, outcome=outcome.value, ms=round((time.perf_counter() - started) * 1000, 2)).trace(
+            "Reconciled"
+        )
+        return outcome
+
+    def _record_permanent(self, name: str, error: PermanentError) -> None:
+        """A failure before any action ran (e.g. a template gone): say so in status and events."""
+        record = self.store.desired(name)
+        if record is None:
+            return
+        previous = record.status
+        if previous is not None and previous.phase == Phase.FAILED and previous.last_error == str(error):
+            return
+        from specs import Condition, ConditionStatus, TenantStatus  # local: only this rare path
+
+        now = datetime.now(UTC)
+        status = TenantStatus(
+            phase=Phase.FAILED,
+            observed_generation=record.spec.generation if record.spec else 0,
+            node=record.node,
+            url=self.url_for(name),
+            conditions=(
+                Condition(
+                    type="Ready",
+                    status=ConditionStatus.FALSE,
+                    reason=error.reason,
+                    message=str(error),
+                    last_transition_time=now,
+                ),
+            ),
+            last_error=str(error),
+            updated_at=now,
+        )
+        event = Event(tenant=name, node=self.config.node, type="Warning", reason=error.reason, message=str(error))
+        if previous is None or previous.last_error != str(error):
+            self.store.record(name, status, None, [event])
+
+    # -- feeding the queue -------------------------------------------------------------------------
+    def poll_changes(self) -> int:
+        """Enqueue tenants written since the last poll. Returns how many."""
+        added = 0
+        while True:
+            changes = self.store.changes_since(self.last_seen_revision)
+            for change in changes:
+                self.queue.add(change.name)
+            added += len(changes)
+            if changes:
+                self.last_seen_revision = changes[-1].revision
+            if len(changes) < 10_000:
+                return added
+
+    def resync(self) -> int:
+        """Compare every tenant with the host in one pass; enqueue those that need work."""
+        started = time.perf_counter()
+        records = self.store.desired_all(node=self.config.node)
+        observed = {o.name: o for o in self.driver.list()}
+        queued = 0
+        for record in records:
+            spec, status = record.spec, record.status
+            needs_work = (
+                spec is None
+                or record.node is None
+                or spec.deleting
+                or status is None
+                or status.observed_generation != spec.generation
+                or (status.phase != Phase.FAILED and bool(plan(spec, observed.get(record.name))))
+            )
+            if needs_work and not (spec is None and status is not None and status.phase == Phase.FAILED):
+                self.queue.add(record.name)
+                queued += 1
+        known = {r.name for r in records}
+        orphans = sorted(set(observed) - known)
+        if orphans:
+            self._log.warning("Found containers with no record, left alone: {}", ", ".join(orphans[:20]))
+        self._log.bind(tenants=len(records), queued=queued, ms=round((time.perf_counter() - started) * 1000, 1)).debug(
+            "Resynced"
+        )
+        return queued
+
+    # -- running -----------------------------------------------------------------------------------
+    def run_worker(self) -> None:
+        while not self._stop.is_set():
+            name = self.queue.get(timeout=0.5)
+            if name is None:
+                continue
+            try:
+                self.process(name)
+            finally:
+                self.queue.done(name)
+
+    def _run_feed(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_changes()
+            except FleetError as error:
+                self._log.warning("Could not read the change feed, will retry: {}", error)
+            self._stop.wait(self.config.poll_seconds)
+
+    def start(self) -> None:
+        self.poll_changes()
+        self.resync()
+        for index in range(self.config.workers):
+            thread = threading.Thread(target=self.run_worker, name=f"worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        feed = threading.Thread(target=self._run_feed, name="feed", daemon=True)
+        feed.start()
+        self._threads.append(feed)
+        self._scheduler = BackgroundScheduler()
+        self._scheduler.add_job(
+            self._safe_resync, "interval", seconds=self.config.resync_seconds, max_instances=1, coalesce=True
+        )
+        self._scheduler.start()
+
+    def _safe_resync(self) -> None:
+        try:
+            self.resync()
+        except FleetError as error:
+            self._log.warning("Resync failed, will try again: {}", error)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        self.queue.shutdown()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()

@@ -1,0 +1,33 @@
+"""The pure diff: what must be done to turn what the host has into what the record asks for.
+
+No I/O, no clock, no randomness: the same inputs always give the same list, and applying that list to
+the observed state gives a state for which the plan is empty (a property test holds it to that).
+There are no separate create, update and delete paths: every case is one comparison.
+"""
+
+from reconciler.actions import Action, ApplyNetwork, ApplyResources, Clone, Delete, Start, Stop
+from specs import Observed, ResolvedSpec
+
+
+def plan(desired: ResolvedSpec, observed: Observed | None) -> list[Action]:
+    if desired.deleting:
+        if observed is None:
+            return []
+        return [Stop(), Delete()] if observed.running else [Delete()]
+    if desired.paused:
+        return []  # paused: observe only
+    if observed is None:
+        return [
+            Clone(f"{desired.template}@{desired.template_version}"),
+            ApplyResources(desired.resources),
+            ApplyNetwork(desired.network),
+            Start(),
+        ]
+    actions: list[Action] = []
+    if observed.resources != desired.resources:
+        actions.append(ApplyResources(desired.resources))
+    if observed.network != desired.network or observed.address is None:
+        actions.append(ApplyNetwork(desired.network))
+    if not observed.running:
+        actions.append(Start())
+    return actions

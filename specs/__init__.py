@@ -1,0 +1,48 @@
+"""Fleet's declarative model: what a tenant should be, what a node saw, what happened.
+
+Pure data and validation. This package imports nothing else of the project and does no I/O, so every
+other layer (state, drivers, reconciler) can share these types.
+"""
+
+from specs.errors import FleetError, NotFound, PermanentError, TransientError
+from specs.names import validate_name
+from specs.observed import DeleteReceipt, DriverInfo, NodeCapacity, Observed
+from specs.quantity import format_bytes, format_cpu, parse_bytes, parse_cpu
+from specs.status import Condition, ConditionStatus, Event, Phase, TenantStatus
+from specs.template import Template
+from specs.tenant import (
+    Metadata,
+    Network,
+    ResolvedSpec,
+    Resources,
+    Tenant,
+    TenantSpec,
+)
+
+__all__ = [
+    "Condition",
+    "ConditionStatus",
+    "DeleteReceipt",
+    "DriverInfo",
+    "Event",
+    "FleetError",
+    "Metadata",
+    "Network",
+    "NodeCapacity",
+    "NotFound",
+    "Observed",
+    "PermanentError",
+    "Phase",
+    "ResolvedSpec",
+    "Resources",
+    "Template",
+    "Tenant",
+    "TenantSpec",
+    "TenantStatus",
+    "TransientError",
+    "format_bytes",
+    "format_cpu",
+    "parse_bytes",
+    "parse_cpu",
+    "validate_name",
+]

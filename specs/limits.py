@@ -1,0 +1,13 @@
+"""Bounds of every spec value, shared by pydantic validation and the store's CHECK constraints."""
+
+CPU_MILLICORES_MIN = 10
+CPU_MILLICORES_MAX = 256_000
+MEMORY_BYTES_MIN = 16 << 20  # below this nothing useful boots
+MEMORY_BYTES_MAX = 1 << 40
+DISK_BYTES_MIN = 16 << 20
+DISK_BYTES_MAX = 16 << 40
+PIDS_MIN = 8
+PIDS_MAX = 4_194_304  # the kernel's pid_max ceiling
+PORTS_MAX = 32
+LABELS_MAX = 64
+LABEL_VALUE_MAX = 63

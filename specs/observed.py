@@ -1,0 +1,50 @@
+"""What a driver reads back from its host: observations, capabilities, capacity, delete receipts."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from specs.tenant import Network, Resources
+
+
+class Observed(BaseModel):
+    """A tenant's container as the host shows it right now (never from a cache, so drift is seen)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    template: str | None = None  # name@version it was cloned from
+    resources: Resources = Field(default_factory=Resources)
+    network: Network = Field(default_factory=Network)
+    running: bool = False
+    address: str | None = None
+    pid: int | None = None
+    problems: tuple[str, ...] = ()  # half-made parts the driver noticed, e.g. "veth missing"
+
+
+class DriverInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str = ""
+    capabilities: tuple[str, ...] = ()
+    tools: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeCapacity(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu_millicores: int
+    memory_bytes: int
+    disk_bytes: int
+    max_tenants: int = 300
+    ksm_pages_shared: int = 0
+    ksm_pages_sharing: int = 0
+
+
+class DeleteReceipt(BaseModel):
+    """Everything a delete removed, each item verified gone, so the user can see what was taken."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str
+    removed: tuple[str, ...] = ()
+    already_absent: tuple[str, ...] = ()

@@ -1,0 +1,138 @@
+"""SQLite: the embedded store of a single machine. WAL, immediate write transactions, and triggers.
+
+Triggers do what a raw `INSERT` or `UPDATE` from a billing system must also get: a revision stamp from
+one global counter on every write, a generation bump when the spec changes, a soft delete instead of a
+lost one, and a refusal of unknown templates and bad port lists.
+"""
+
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Connection, Engine, create_engine, event
+
+from specs import limits
+
+NAME_CHECK = "{col} NOT GLOB '*[^a-z0-9-]*' AND {col} NOT GLOB '-*' AND {col} NOT GLOB '*-'"
+
+# (table, constraint name, SQL). Names say the rule: SQLite puts them in the error message.
+CHECKS: list[tuple[str, str, str]] = [
+    ("tenants", "name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
+    ("tenants", "template_must_be_a_dns_label", NAME_CHECK.format(col="template")),
+    ("tenants", "labels_must_be_a_json_object", "json_valid(labels) AND json_type(labels) = 'object'"),
+    (
+        "tenants",
+        "ingress_ports_must_be_a_json_array",
+        f"ingress_ports IS NULL OR (json_valid(ingress_ports) AND json_type(ingress_ports) = 'array'"
+        f" AND json_array_length(ingress_ports) <= {limits.PORTS_MAX})",
+    ),
+    ("tenants", "paused_must_be_0_or_1", "paused IN (0, 1)"),
+    ("templates", "template_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
+]
+
+_SPEC_CHANGED = " OR ".join(
+    f"OLD.{c} IS NOT NEW.{c}"
+    for c in ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
+)
+
+_BAD_PORTS = (
+    "NEW.ingress_ports IS NOT NULL AND json_valid(NEW.ingress_ports) AND EXISTS (SELECT 1 FROM"
+    " json_each(NEW.ingress_ports) WHERE type != 'integer' OR value < 1 OR value > 65535)"
+)
+
+TRIGGERS = [
+    # Stamp revision (and generation 1) on insert.
+    """CREATE TRIGGER IF NOT EXISTS tenants_stamp_insert AFTER INSERT ON tenants BEGIN
+         UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
+         UPDATE tenants SET revision = (SELECT value FROM fleet_revision WHERE id = 1), generation = 1
+          WHERE id = NEW.id;
+       END""",
+    # Every write gets a new revision; a spec change also a new generation. The inner UPDATE changes
+    # revision, so the WHEN keeps it from stamping itself again.
+    f"""CREATE TRIGGER IF NOT EXISTS tenants_stamp_update AFTER UPDATE ON tenants
+         WHEN NEW.revision IS OLD.revision BEGIN
+         UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
+         UPDATE tenants SET revision = (SELECT value FROM fleet_revision WHERE id = 1),
+                generation = OLD.generation + (CASE WHEN {_SPEC_CHANGED} THEN 1 ELSE 0 END),
+                updated_at = CURRENT_TIMESTAMP
+          WHERE id = NEW.id;
+       END""",
+    # A DELETE from anyone but the reconciler becomes a delete request, so no delete is ever lost.
+    """CREATE TRIGGER IF NOT EXISTS tenants_soft_delete BEFORE DELETE ON tenants WHEN NOT OLD.finalized BEGIN
+         UPDATE tenants SET deletion_requested_at = COALESCE(OLD.deletion_requested_at, CURRENT_TIMESTAMP)
+          WHERE id = OLD.id;
+         SELECT RAISE(IGNORE);
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS tenants_delete_is_final BEFORE UPDATE ON tenants
+         WHEN OLD.deletion_requested_at IS NOT NULL AND NEW.deletion_requested_at IS NULL BEGIN
+         SELECT RAISE(ABORT, 'deletion_requested_at: a requested delete cannot be taken back');
+       END""",
+    f"""CREATE TRIGGER IF NOT EXISTS tenants_no_spec_change_while_deleting BEFORE UPDATE ON tenants
+         WHEN OLD.deletion_requested_at IS NOT NULL AND ({_SPEC_CHANGED}) BEGIN
+         SELECT RAISE(ABORT, 'name: the tenant is being deleted; wait for the delete, then create it again');
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS tenants_template_known_insert BEFORE INSERT ON tenants
+         WHEN NOT EXISTS (SELECT 1 FROM templates WHERE name = NEW.template) BEGIN
+         SELECT RAISE(ABORT, 'template: unknown template; see fleet template list');
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS tenants_template_known_update BEFORE UPDATE OF template ON tenants
+         WHEN NOT EXISTS (SELECT 1 FROM templates WHERE name = NEW.template) BEGIN
+         SELECT RAISE(ABORT, 'template: unknown template; see fleet template list');
+       END""",
+    f"""CREATE TRIGGER IF NOT EXISTS tenants_ports_insert BEFORE INSERT ON tenants WHEN {_BAD_PORTS} BEGIN
+         SELECT RAISE(ABORT, 'ingress_ports: ports must be whole numbers from 1 to 65535');
+       END""",
+    f"""CREATE TRIGGER IF NOT EXISTS tenants_ports_update BEFORE UPDATE OF ingress_ports ON tenants
+         WHEN {_BAD_PORTS} BEGIN
+         SELECT RAISE(ABORT, 'ingress_ports: ports must be whole numbers from 1 to 65535');
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS status_stamp_insert AFTER INSERT ON tenant_status BEGIN
+         UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
+         UPDATE tenant_status SET revision = (SELECT value FROM fleet_revision WHERE id = 1)
+          WHERE name = NEW.name;
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS status_stamp_update AFTER UPDATE ON tenant_status
+         WHEN NEW.revision IS OLD.revision BEGIN
+         UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
+         UPDATE tenant_status SET revision = (SELECT value FROM fleet_revision WHERE id = 1)
+          WHERE name = NEW.name;
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS events_append_only BEFORE UPDATE ON events BEGIN
+         SELECT RAISE(ABORT, 'events are append-only');
+       END""",
+]
+
+
+def sqlite_checks() -> list[tuple[str, CheckConstraint]]:
+    return [(table, CheckConstraint(sql, name=name).ddl_if(dialect="sqlite")) for table, name, sql in CHECKS]
+
+
+class SQLiteDialect:
+    name = "sqlite"
+
+    def create_engine(self, url: str) -> Engine:
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from the driver so writers can BEGIN IMMEDIATE (no upgrade
+            # deadlocks between two writers that both read first).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+
+    def install_triggers(self, conn: Connection) -> None:
+        for statement in TRIGGERS:
+            conn.exec_driver_sql(statement)
+
+    def write_options(self) -> dict[str, object]:
+        return {"sqlite_begin": "IMMEDIATE"}

@@ -1,0 +1,77 @@
+"""Versioned schema migrations, recorded in `schema_migrations` and applied in order, once each.
+
+An equivalent of alembic kept small: each migration is a function of (connection, dialect). A store
+newer than this code is refused rather than written to.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from loguru import logger
+from sqlalchemy import Connection, Engine, inspect, select
+from sqlmodel import SQLModel
+
+from specs import Network, PermanentError, Resources, Template
+from state.dialects import Dialect
+from state.schema import TEMPLATES, MigrationRow, RevisionRow
+
+BUILTIN_TEMPLATE = Template(
+    name="base",
+    version="1",
+    description="Built-in: a small Linux userland whose container serves HTTP on port 80",
+    resources=Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256}),
+    network=Network(ingress=(80,)),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection, Dialect], None]
+
+
+def _initial(conn: Connection, dialect: Dialect) -> None:
+    tables = [
+        SQLModel.metadata.tables[name] for name in ("tenants", "tenant_status", "templates", "events", "fleet_revision")
+    ]
+    SQLModel.metadata.create_all(conn, tables=tables)
+    conn.execute(RevisionRow.__table__.insert().values(id=1, value=0))  # type: ignore[attr-defined]
+    dialect.install_triggers(conn)
+    resources = BUILTIN_TEMPLATE.resources
+    conn.execute(
+        TEMPLATES.insert().values(
+            name=BUILTIN_TEMPLATE.name,
+            version=BUILTIN_TEMPLATE.version,
+            cpu_millicores=resources.cpu,
+            memory_bytes=resources.memory,
+            disk_bytes=resources.disk,
+            pids=resources.pids,
+            ingress_ports="[80]",
+            description=BUILTIN_TEMPLATE.description,
+        )
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "tenants, status, templates, events, triggers", _initial),)
+
+
+def migrate(engine: Engine, dialect: Dialect) -> int:
+    """Bring the schema to the newest version; return it."""
+    newest = MIGRATIONS[-1].version
+    with engine.connect().execution_options(**dialect.write_options()) as conn, conn.begin():
+        migrations_table = MigrationRow.__table__  # type: ignore[attr-defined]
+        if not inspect(conn).has_table("schema_migrations"):
+            migrations_table.create(conn)
+        applied = set(conn.execute(select(migrations_table.c.version)).scalars())
+        if applied and max(applied) > newest:
+            raise PermanentError(
+                f"the store is at schema version {max(applied)}, newer than this Fleet ({newest}); upgrade Fleet"
+            )
+        for migration in MIGRATIONS:
+            if migration.version in applied:
+                continue
+            migration.apply(conn, dialect)
+            conn.execute(migrations_table.insert().values(version=migration.version, description=migration.description))
+            logger.info("Applied migration", version=migration.version, description=migration.description)
+    return newest

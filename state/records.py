@@ -1,0 +1,45 @@
+"""What the store hands to the layers above: typed records, never rows or dicts."""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from specs import ResolvedSpec, Template, Tenant, TenantStatus
+
+
+class ApplyOutcome(StrEnum):
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class DesiredRecord:
+    """One tenant as the reconciler needs it: the resolved spec, its template, its binding, its status."""
+
+    name: str
+    revision: int
+    node: str | None
+    spec: ResolvedSpec | None  # None when the template it names is gone
+    template: Template | None
+    status: TenantStatus | None
+    missing_template: str | None = None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    name: str
+    outcome: ApplyOutcome
+    generation: int
+    desired: DesiredRecord | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    items: list[Tenant]
+    next_after: str | None

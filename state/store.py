@@ -1,0 +1,468 @@
+"""The store: the only code that speaks SQL.
+
+Desired state (tenants), what the reconciler reported (tenant_status), templates and the append-only
+event log. Reads of one tenant and the writes of one reconcile are each one transaction. Triggers stamp
+revision and generation, so the raw SQL of a billing system gets the same guarantees as this code.
+"""
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy.exc import DBAPIError
+
+from specs import (
+    Condition,
+    Event,
+    Metadata,
+    Network,
+    NotFound,
+    Observed,
+    Phase,
+    ResolvedSpec,
+    Resources,
+    Template,
+    Tenant,
+    TenantSpec,
+    TenantStatus,
+)
+from state.dialects import Dialect, dialect_for
+from state.errors import Conflict, InvalidRecord, translate
+from state.migrations import migrate
+from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
+from state.schema import EVENTS, STATUS, TEMPLATES, TENANTS
+
+_SPEC_COLUMNS = ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _ports(text: str | None) -> tuple[int, ...] | None:
+    return None if text is None else tuple(sorted(set(json.loads(text))))
+
+
+def _spec_values(tenant: Tenant) -> dict[str, Any]:
+    spec = tenant.spec
+    return {
+        "template": spec.template,
+        "cpu_millicores": spec.resources.cpu,
+        "memory_bytes": spec.resources.memory,
+        "disk_bytes": spec.resources.disk,
+        "pids": spec.resources.pids,
+        "ingress_ports": None if spec.network.ingress is None else json.dumps(list(spec.network.ingress)),
+        "paused": spec.paused,
+    }
+
+
+def _template_from_row(row: Any) -> Template:
+    return Template.model_construct(
+        name=row.name,
+        version=row.version,
+        resources=Resources.model_construct(
+            cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids
+        ),
+        network=Network.model_construct(ingress=_ports(row.ingress_ports)),
+        description=row.description,
+    )
+
+
+def _status_from_row(row: Any) -> TenantStatus | None:
+    if row.s_phase is None:
+        return None
+    return TenantStatus(
+        phase=Phase(row.s_phase),
+        observed_generation=row.s_observed_generation,
+        node=row.s_node,
+        url=row.s_url,
+        address=row.s_address,
+        template=row.s_template,
+        conditions=tuple(Condition.model_validate(c) for c in json.loads(row.s_conditions)),
+        last_error=row.s_last_error,
+        updated_at=_utc(row.s_updated_at),
+    )
+
+
+class Store:
+    """One store, one engine. Safe to share between threads (each call takes its own connection)."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
+        self.url = url
+        self.dialect: Dialect = dialect_for(url)
+        self.engine: Engine = self.dialect.create_engine(url)
+        if migrate_schema:
+            migrate(self.engine, self.dialect)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ------------------------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as error:
+            raise translate(error) from error
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(**self.dialect.write_options()) as conn, conn.begin():
+                yield conn
+        except DBAPIError as error:
+            raise translate(error) from error
+
+    # -- tenants: desired state --------------------------------------------------------------------
+    def apply_tenants(self, tenants: Sequence[Tenant], *, dry_run: bool = False) -> list[ApplyResult]:
+        """Create or update tenants' desired state, all or none. With dry_run: the same checks, no write.
+
+        Each result carries the tenant as the reconciler will see it (defaults resolved)."""
+        try:
+            with self.engine.connect().execution_options(**self.dialect.write_options()) as conn:
+                transaction = conn.begin()
+                try:
+                    results = []
+                    for tenant in tenants:
+                        values = _spec_values(tenant)
+                        labels = json.dumps(tenant.metadata.labels, sort_keys=True)
+                        result = self._apply_in(conn, tenant.metadata.name, labels, values)
+                        row = conn.execute(self._joined().where(TENANTS.c.name == tenant.metadata.name)).first()
+                        results.append(replace(result, desired=self._desired_from_row(row)))
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                if dry_run:
+                    transaction.rollback()
+                else:
+                    transaction.commit()
+                return results
+        except DBAPIError as error:
+            raise translate(error) from error
+
+    def apply_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
+        return self.apply_tenants([tenant], dry_run=dry_run)[0]
+
+    def _apply_in(self, conn: Connection, name: str, labels: str, values: dict[str, Any]) -> ApplyResult:
+        if conn.execute(select(TEMPLATES.c.name).where(TEMPLATES.c.name == values["template"])).first() is None:
+            raise InvalidRecord("spec.template", f"unknown template {values['template']!r}; see fleet template list")
+        current = conn.execute(select(TENANTS).where(TENANTS.c.name == name)).first()
+        if current is None:
+            conn.execute(TENANTS.insert().values(name=name, labels=labels, **values))
+            generation = conn.execute(select(TENANTS.c.generation).where(TENANTS.c.name == name)).scalar_one()
+            return ApplyResult(name, ApplyOutcome.CREATED, generation)
+        if current.deletion_requested_at is not None:
+            raise Conflict(f"metadata.name: tenant {name} is being deleted; wait for it to go, then create it again")
+        unchanged = current.labels == labels and all(getattr(current, c) == v for c, v in values.items())
+        if unchanged:
+            return ApplyResult(name, ApplyOutcome.UNCHANGED, current.generation)
+        conn.execute(TENANTS.update().where(TENANTS.c.name == name).values(labels=labels, **values))
+        generation = conn.execute(select(TENANTS.c.generation).where(TENANTS.c.name == name)).scalar_one()
+        return ApplyResult(name, ApplyOutcome.CONFIGURED, generation)
+
+    def set_paused(self, name: str, paused: bool) -> int:
+        with self._write() as conn:
+            result = conn.execute(TENANTS.update().where(TENANTS.c.name == name).values(paused=paused))
+            if result.rowcount == 0:
+                raise NotFound(f"tenant {name} not found")
+            return int(conn.execute(select(TENANTS.c.generation).where(TENANTS.c.name == name)).scalar_one())
+
+    def request_delete(self, name: str) -> bool:
+        """Mark for deletion (the reconciler finishes it). False when there is no such tenant."""
+        with self._write() as conn:
+            result = conn.execute(
+                TENANTS.update()
+                .where(and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_(None)))
+                .values(deletion_requested_at=func.current_timestamp())
+            )
+            if result.rowcount:
+                return True
+            return conn.execute(select(TENANTS.c.id).where(TENANTS.c.name == name)).first() is not None
+
+    def finalize_delete(self, name: str, events: Sequence[Event] = ()) -> None:
+        """Remove the row for good; only after the driver confirmed everything gone."""
+        with self._write() as conn:
+            conn.execute(
+                TENANTS.update()
+                .where(and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_not(None)))
+                .values(finalized=True)
+            )
+            conn.execute(TENANTS.delete().where(and_(TENANTS.c.name == name, TENANTS.c.finalized.is_(True))))
+            conn.execute(STATUS.delete().where(STATUS.c.name == name))
+            self._append_events(conn, events)
+
+    def bind(self, name: str, node: str) -> bool:
+        """Compare-and-set binding: only an unbound tenant is bound. True if this call bound it."""
+        with self._write() as conn:
+            result = conn.execute(
+                TENANTS.update().where(and_(TENANTS.c.name == name, TENANTS.c.node.is_(None))).values(node=node)
+            )
+            return bool(result.rowcount)
+
+    # -- tenants: reading --------------------------------------------------------------------------
+    def _joined(self) -> Any:
+        return (
+            select(
+                TENANTS,
+                TEMPLATES.c.version.label("tpl_version"),
+                TEMPLATES.c.cpu_millicores.label("tpl_cpu"),
+                TEMPLATES.c.memory_bytes.label("tpl_memory"),
+                TEMPLATES.c.disk_bytes.label("tpl_disk"),
+                TEMPLATES.c.pids.label("tpl_pids"),
+                TEMPLATES.c.ingress_ports.label("tpl_ports"),
+                TEMPLATES.c.description.label("tpl_description"),
+                STATUS.c.phase.label("s_phase"),
+                STATUS.c.observed_generation.label("s_observed_generation"),
+                STATUS.c.node.label("s_node"),
+                STATUS.c.url.label("s_url"),
+                STATUS.c.address.label("s_address"),
+                STATUS.c.template.label("s_template"),
+                STATUS.c.conditions.label("s_conditions"),
+                STATUS.c.last_error.label("s_last_error"),
+                STATUS.c.updated_at.label("s_updated_at"),
+                STATUS.c.revision.label("s_revision"),
+            )
+            .select_from(TENANTS)
+            .outerjoin(TEMPLATES, TEMPLATES.c.name == TENANTS.c.template)
+            .outerjoin(STATUS, STATUS.c.name == TENANTS.c.name)
+        )
+
+    @staticmethod
+    def _tenant_from_row(row: Any) -> Tenant:
+        spec = TenantSpec.model_construct(
+            template=row.template,
+            resources=Resources.model_construct(
+                cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids
+            ),
+            network=Network.model_construct(ingress=_ports(row.ingress_ports)),
+            paused=bool(row.paused),
+        )
+        metadata = Metadata.model_construct(
+            name=row.name,
+            labels=json.loads(row.labels),
+            generation=row.generation,
+            revision=max(row.revision, row.s_revision or 0),
+            created_at=_utc(row.created_at),
+            deletion_requested_at=_utc(row.deletion_requested_at),
+        )
+        return Tenant.model_construct(
+            api_version="fleet/v1", kind="Tenant", metadata=metadata, spec=spec, status=_status_from_row(row)
+        )
+
+    @staticmethod
+    def _desired_from_row(row: Any) -> DesiredRecord:
+        if row.tpl_version is None:
+            return DesiredRecord(row.name, row.revision, row.node, None, None, _status_from_row(row), row.template)
+        template = Template.model_construct(
+            name=row.template,
+            version=row.tpl_version,
+            resources=Resources.model_construct(
+                cpu=row.tpl_cpu, memory=row.tpl_memory, disk=row.tpl_disk, pids=row.tpl_pids
+            ),
+            network=Network.model_construct(ingress=_ports(row.tpl_ports)),
+            description=row.tpl_description,
+        )
+        spec = ResolvedSpec.model_construct(
+            name=row.name,
+            generation=row.generation,
+            template=row.template,
+            template_version=row.tpl_version,
+            resources=Resources.model_construct(
+                cpu=row.cpu_millicores if row.cpu_millicores is not None else row.tpl_cpu,
+                memory=row.memory_bytes if row.memory_bytes is not None else row.tpl_memory,
+                disk=row.disk_bytes if row.disk_bytes is not None else row.tpl_disk,
+                pids=row.pids if row.pids is not None else row.tpl_pids,
+            ),
+            network=Network.model_construct(
+                ingress=_ports(row.ingress_ports if row.ingress_ports is not None else row.tpl_ports)
+            ),
+            paused=bool(row.paused),
+            deleting=row.deletion_requested_at is not None,
+        )
+        return DesiredRecord(row.name, row.revision, row.node, spec, template, _status_from_row(row))
+
+    def get_tenant(self, name: str) -> Tenant | None:
+        with self._read() as conn:
+            row = conn.execute(self._joined().where(TENANTS.c.name == name)).first()
+        return None if row is None else self._tenant_from_row(row)
+
+    def list_tenants(
+        self, *, labels: dict[str, str] | None = None, phase: str | None = None, limit: int = 0, after: str = ""
+    ) -> TenantPage:
+        query = self._joined().where(TENANTS.c.name > after).order_by(TENANTS.c.name)
+        if phase:
+            query = (
+                query.where(STATUS.c.phase == phase)
+                if phase != "Pending"
+                else query.where((STATUS.c.phase == phase) | STATUS.c.phase.is_(None))
+            )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        items = [self._tenant_from_row(row) for row in rows]
+        if labels:
+            items = [t for t in items if all(t.metadata.labels.get(k) == v for k, v in labels.items())]
+        if limit and len(items) > limit:
+            return TenantPage(items[:limit], items[limit - 1].metadata.name)
+        return TenantPage(items, None)
+
+    def desired(self, name: str) -> DesiredRecord | None:
+        with self._read() as conn:
+            row = conn.execute(self._joined().where(TENANTS.c.name == name)).first()
+        return None if row is None else self._desired_from_row(row)
+
+    def desired_all(self, *, node: str | None = None) -> list[DesiredRecord]:
+        """Every tenant (bound to `node`, or unbound, when given): what a resync compares in one pass."""
+        query = self._joined()
+        if node is not None:
+            query = query.where((TENANTS.c.node == node) | TENANTS.c.node.is_(None))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [self._desired_from_row(row) for row in rows]
+
+    def changes_since(self, revision: int, *, limit: int = 10_000) -> list[Change]:
+        """Tenants whose desired state was written after `revision`, oldest first: the change feed."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(TENANTS.c.name, TENANTS.c.revision)
+                .where(TENANTS.c.revision > revision)
+                .order_by(TENANTS.c.revision)
+                .limit(limit)
+            ).all()
+        return [Change(row.name, row.revision) for row in rows]
+
+    def current_revision(self) -> int:
+        with self._read() as conn:
+            return int(conn.exec_driver_sql("SELECT value FROM fleet_revision WHERE id = 1").scalar_one())
+
+    # -- status and events -------------------------------------------------------------------------
+    def record(
+        self, name: str, status: TenantStatus | None, observed: Observed | None, events: Sequence[Event]
+    ) -> None:
+        """One reconcile's outcome in one transaction. `status` None leaves the status as it was."""
+        with self._write() as conn:
+            if status is not None:
+                values = {
+                    "phase": status.phase.value,
+                    "observed_generation": status.observed_generation,
+                    "node": status.node,
+                    "url": status.url,
+                    "address": status.address,
+                    "template": status.template,
+                    "conditions": json.dumps([c.model_dump(mode="json") for c in status.conditions]),
+                    "last_error": status.last_error,
+                    "observed": None if observed is None else observed.model_dump_json(),
+                    "updated_at": func.current_timestamp(),
+                }
+                # Only for a tenant that still exists: a status must not outlive its row.
+                exists = conn.execute(select(TENANTS.c.id).where(TENANTS.c.name == name)).first()
+                if exists is not None:
+                    updated = conn.execute(STATUS.update().where(STATUS.c.name == name).values(**values))
+                    if updated.rowcount == 0:
+                        conn.execute(STATUS.insert().values(name=name, **values))
+            self._append_events(conn, events)
+
+    def last_observed(self, name: str) -> Observed | None:
+        with self._read() as conn:
+            text = conn.execute(select(STATUS.c.observed).where(STATUS.c.name == name)).scalar_one_or_none()
+        return None if text is None else Observed.model_validate_json(text)
+
+    @staticmethod
+    def _append_events(conn: Connection, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        conn.execute(
+            EVENTS.insert(),
+            [
+                {
+                    "tenant": e.tenant,
+                    "node": e.node,
+                    "type": e.type,
+                    "reason": e.reason,
+                    "action": e.action,
+                    "message": e.message,
+                    "duration_ms": e.duration_ms,
+                    "generation": e.generation,
+                    "details": json.dumps(e.details),
+                }
+                for e in events
+            ],
+        )
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        with self._write() as conn:
+            self._append_events(conn, events)
+
+    def events(self, *, tenant: str | None = None, after_id: int = 0, limit: int = 100) -> list[Event]:
+        """The newest `limit` events after `after_id`, oldest first."""
+        query = select(EVENTS).where(EVENTS.c.id > after_id).order_by(EVENTS.c.id.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(EVENTS.c.tenant == tenant)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Event(
+                id=row.id,
+                tenant=row.tenant,
+                node=row.node,
+                type=row.type,
+                reason=row.reason,
+                action=row.action,
+                message=row.message,
+                duration_ms=row.duration_ms,
+                generation=row.generation,
+                created_at=_utc(row.created_at),
+                details=json.loads(row.details),
+            )
+            for row in reversed(rows)
+        ]
+
+    # -- templates ---------------------------------------------------------------------------------
+    def upsert_template(self, template: Template) -> None:
+        values = {
+            "version": template.version,
+            "cpu_millicores": template.resources.cpu,
+            "memory_bytes": template.resources.memory,
+            "disk_bytes": template.resources.disk,
+            "pids": template.resources.pids,
+            "ingress_ports": json.dumps(list(template.network.ingress or ())),
+            "description": template.description,
+        }
+        missing = [k for k in ("cpu", "memory", "disk", "pids") if getattr(template.resources, k) is None]
+        if missing:
+            raise InvalidRecord(f"resources.{missing[0]}", "a template must set every resource default")
+        with self._write() as conn:
+            updated = conn.execute(TEMPLATES.update().where(TEMPLATES.c.name == template.name).values(**values))
+            if updated.rowcount == 0:
+                conn.execute(TEMPLATES.insert().values(name=template.name, **values))
+
+    def get_template(self, name: str) -> Template | None:
+        with self._read() as conn:
+            row = conn.execute(select(TEMPLATES).where(TEMPLATES.c.name == name)).first()
+        return None if row is None else _template_from_row(row)
+
+    def list_templates(self) -> list[Template]:
+        with self._read() as conn:
+            rows = conn.execute(select(TEMPLATES).order_by(TEMPLATES.c.name)).all()
+        return [_template_from_row(row) for row in rows]
+
+    def counts_by_phase(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(func.coalesce(STATUS.c.phase, "Pending"), func.count())
+                .select_from(TENANTS)
+                .outerjoin(STATUS, STATUS.c.name == TENANTS.c.name)
+                .group_by(func.coalesce(STATUS.c.phase, "Pending"))
+            ).all()
+        return {phase: count for phase, count in rows}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
