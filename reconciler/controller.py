@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from loguru import logger
 
 from drivers import Driver
+from reconciler.actions import Delete
 from reconciler.conditions import derive_status, describe_drift, same_status
 from reconciler.executor import Executor
 from reconciler.plan import plan
@@ -92,6 +93,14 @@ class Controller:
         actions = plan(spec, observed)
         events: list[Event] = []
         if spec.deleting and not actions:
+            # Nothing observed, but a crash mid-delete may have left parts inspect cannot see (an address
+            # lease, a firewall rule): the driver's delete is idempotent and verifies all is gone.
+            sweep = self.executor.run(name, spec.generation, [Delete()], record.template)
+            if sweep.error is not None:
+                self.store.record(name, None, None, sweep.events)
+                raise sweep.error
+            if sweep.receipt is not None and sweep.receipt.removed:
+                events.extend(sweep.events)
             self._finalize(name, events)
             return Outcome.SUCCESS
         previous = record.status

@@ -1,0 +1,346 @@
+"""Per-tenant cgroups for the nspawn driver: create them, set CPU/memory/pids limits, read them back, remove them.
+
+Without systemd as PID 1 nobody else makes a tenant's cgroups, so this module writes cgroupfs directly. Two
+layouts share one interface:
+
+- `CgroupsV1` (proven in CI): `fleet/tenant-<name>` in the cpu, cpuacct, memory, pids, `name=systemd` and
+  unified hierarchies; limits in `cpu.cfs_quota_us`, `memory.limit_in_bytes`, `pids.max`.
+- `CgroupsV2` (written from Documentation/admin-guide/cgroup-v2.rst, not proven here: the CI host binds
+  cpu, memory and pids to v1): `fleet.slice/tenant-<name>` with `cpu.max`, `memory.max`, `pids.max`.
+
+The `tenant-` prefix keeps a tenant called `tasks` from colliding with a cgroup control file.
+
+This module must never touch a cgroup outside Fleet's parent group, and never remove a cgroup that still has
+processes it did not first kill on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from specs import PermanentError, Resources, TransientError, validate_name
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+TENANT_PREFIX = "tenant-"
+CPU_PERIOD_US = 100_000
+# memory.limit_in_bytes reads back as PAGE_COUNTER_MAX rounded to a page when unlimited; anything this
+# large means "no limit".
+_V1_MEMORY_UNLIMITED = 1 << 62
+_KILL_DEADLINE_S = 5.0
+
+
+def cgroup_name(tenant: str) -> str:
+    return TENANT_PREFIX + validate_name(tenant)
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as error:
+        # EBUSY: e.g. a memory limit below current usage that the kernel could not reclaim; may pass later.
+        if error.errno in (errno.EBUSY, errno.EAGAIN, errno.EINTR):
+            raise TransientError(f"kernel refused {value!r} for {path}: {error.strerror}") from error
+        if error.errno in (errno.EINVAL, errno.ERANGE):
+            raise PermanentError(f"kernel rejected {value!r} for {path}: {error.strerror}", reason="BadLimit") from error
+        raise TransientError(f"could not write {path}: {error}") from error
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _walk_deepest_first(top: Path) -> list[Path]:
+    """Every directory under `top` (inclusive), children before parents, so rmdir can go in this order."""
+    if not top.is_dir():
+        return []
+    found: list[Path] = []
+    for current, dirs, _files in os.walk(top, topdown=False):
+        found.extend(Path(current) / d for d in dirs)
+    found.append(top)
+    # os.walk(topdown=False) already yields children first; sorting by depth makes it explicit.
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _procs_under(top: Path) -> set[int]:
+    pids: set[int] = set()
+    for directory in _walk_deepest_first(top):
+        text = _read(directory / "cgroup.procs") or ""
+        pids.update(int(line) for line in text.split() if line.isdigit())
+    return pids
+
+
+class Cgroups(Protocol):
+    """What the driver needs from either cgroup layout."""
+
+    version: int
+
+    def create(self, tenant: str) -> None: ...
+
+    def exists(self, tenant: str) -> bool: ...
+
+    def procs_files(self, tenant: str) -> list[Path]:
+        """The cgroup.procs files a launcher writes its pid to, so all it starts is charged to the tenant."""
+        ...
+
+    def apply(self, tenant: str, resources: Resources) -> None: ...
+
+    def read(self, tenant: str) -> Resources: ...
+
+    def pids(self, tenant: str) -> set[int]: ...
+
+    def oom_kills(self, tenant: str) -> int: ...
+
+    def cpu_usage_ns(self, tenant: str) -> int: ...
+
+    def kill(self, tenant: str) -> int: ...
+
+    def remove(self, tenant: str) -> list[str]: ...
+
+    def list_tenants(self) -> list[str]: ...
+
+    def problems(self, tenant: str) -> list[str]: ...
+
+
+class _Base:
+    version = 0
+
+    def __init__(self, root: Path, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.root = root
+        self._sleep = sleep
+
+    def _tenant_dirs(self, tenant: str) -> list[Path]:
+        raise NotImplementedError
+
+    def _parents(self) -> list[Path]:
+        raise NotImplementedError
+
+    def exists(self, tenant: str) -> bool:
+        return any(path.is_dir() for path in self._tenant_dirs(tenant))
+
+    def problems(self, tenant: str) -> list[str]:
+        missing = [str(path) for path in self._tenant_dirs(tenant) if not path.is_dir()]
+        return [f"cgroup missing: {path}" for path in missing]
+
+    def pids(self, tenant: str) -> set[int]:
+        found: set[int] = set()
+        for path in self._tenant_dirs(tenant):
+            found |= _procs_under(path)
+        return found
+
+    def kill(self, tenant: str) -> int:
+        """SIGKILL everything in the tenant's cgroups and wait until they are empty; returns how many were hit."""
+        deadline = time.monotonic() + _KILL_DEADLINE_S
+        hit: set[int] = set()
+        while True:
+            remaining = self.pids(tenant)
+            if not remaining:
+                return len(hit)
+            if time.monotonic() > deadline:
+                raise TransientError(f"tenant {tenant} still has processes {sorted(remaining)} after SIGKILL")
+            for pid in remaining - hit:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            hit |= remaining
+            self._sleep(0.01)
+
+    def remove(self, tenant: str) -> list[str]:
+        """Kill what is left, then rmdir the tenant's cgroups deepest first (nspawn nests payload/supervisor)."""
+        self.kill(tenant)
+        removed: list[str] = []
+        for top in self._tenant_dirs(tenant):
+            for directory in _walk_deepest_first(top):
+                deadline = time.monotonic() + _KILL_DEADLINE_S
+                while True:
+                    try:
+                        directory.rmdir()
+                        removed.append(f"cgroup {directory}")
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError as error:
+                        # EBUSY right after a kill: the exiting tasks are not yet detached.
+                        if error.errno != errno.EBUSY or time.monotonic() > deadline:
+                            raise TransientError(f"could not remove cgroup {directory}: {error}") from error
+                        self._sleep(0.01)
+        left = [str(path) for path in self._tenant_dirs(tenant) if path.exists()]
+        if left:
+            raise TransientError(f"cgroups of tenant {tenant} still exist: {left}")
+        return removed
+
+    def list_tenants(self) -> list[str]:
+        names: set[str] = set()
+        for parent in self._parents():
+            if parent.is_dir():
+                names.update(
+                    child.name.removeprefix(TENANT_PREFIX)
+                    for child in parent.iterdir()
+                    if child.is_dir() and child.name.startswith(TENANT_PREFIX)
+                )
+        return sorted(names)
+
+
+class CgroupsV1(_Base):
+    """Legacy hierarchies, one mount per controller (what this CI host has)."""
+
+    version = 1
+    # name=systemd and unified: nspawn insists on owning a subtree in both even with --keep-unit.
+    HIERARCHIES = ("cpu", "cpuacct", "memory", "pids", "systemd", "unified")
+
+    def _parents(self) -> list[Path]:
+        return [self.root / hierarchy / "fleet" for hierarchy in self.HIERARCHIES]
+
+    def _dir(self, hierarchy: str, tenant: str) -> Path:
+        return self.root / hierarchy / "fleet" / cgroup_name(tenant)
+
+    def _tenant_dirs(self, tenant: str) -> list[Path]:
+        return [self._dir(hierarchy, tenant) for hierarchy in self.HIERARCHIES]
+
+    def create(self, tenant: str) -> None:
+        for path in self._tenant_dirs(tenant):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TransientError(f"could not create cgroup {path}: {error}") from error
+
+    def procs_files(self, tenant: str) -> list[Path]:
+        return [path / "cgroup.procs" for path in self._tenant_dirs(tenant)]
+
+    def apply(self, tenant: str, resources: Resources) -> None:
+        self.create(tenant)
+        cpu = self._dir("cpu", tenant)
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        quota = -1 if resources.cpu is None else max(1000, CPU_PERIOD_US * resources.cpu // 1000)
+        _write(cpu / "cpu.cfs_quota_us", str(quota))
+        _write(self._dir("memory", tenant) / "memory.limit_in_bytes", str(resources.memory or -1))
+        _write(self._dir("pids", tenant) / "pids.max", "max" if resources.pids is None else str(resources.pids))
+
+    def read(self, tenant: str) -> Resources:
+        cpu = None
+        quota = _read(self._dir("cpu", tenant) / "cpu.cfs_quota_us")
+        period = _read(self._dir("cpu", tenant) / "cpu.cfs_period_us")
+        if quota is not None and period and int(quota) > 0:
+            cpu = int(quota) * 1000 // int(period)
+        memory = None
+        limit = _read(self._dir("memory", tenant) / "memory.limit_in_bytes")
+        if limit is not None and int(limit) < _V1_MEMORY_UNLIMITED:
+            memory = int(limit)
+        pids = None
+        pids_max = _read(self._dir("pids", tenant) / "pids.max")
+        if pids_max is not None and pids_max != "max":
+            pids = int(pids_max)
+        # model_construct: the kernel's value is the truth even if it is outside what a spec may ask for.
+        return Resources.model_construct(cpu=cpu, memory=memory, disk=None, pids=pids)
+
+    def oom_kills(self, tenant: str) -> int:
+        text = _read(self._dir("memory", tenant) / "memory.oom_control") or ""
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def cpu_usage_ns(self, tenant: str) -> int:
+        return int(_read(self._dir("cpuacct", tenant) / "cpuacct.usage") or 0)
+
+
+class CgroupsV2(_Base):
+    """The unified hierarchy (systemd hosts). Written from the kernel docs; CI cannot prove it (see module doc)."""
+
+    version = 2
+    PARENT = "fleet.slice"
+    CONTROLLERS = ("cpu", "memory", "pids")
+
+    def _parents(self) -> list[Path]:
+        return [self.root / self.PARENT]
+
+    def _tenant_dirs(self, tenant: str) -> list[Path]:
+        return [self.root / self.PARENT / cgroup_name(tenant)]
+
+    def _enable_controllers(self, group: Path) -> None:
+        wanted = " ".join(f"+{name}" for name in self.CONTROLLERS)
+        enabled = set((_read(group / "cgroup.subtree_control") or "").split())
+        if not set(self.CONTROLLERS) <= enabled:
+            _write(group / "cgroup.subtree_control", wanted)
+
+    def create(self, tenant: str) -> None:
+        parent = self.root / self.PARENT
+        try:
+            # Controllers must be enabled top-down: the root's subtree_control, then the parent's.
+            self._enable_controllers(self.root)
+            parent.mkdir(exist_ok=True)
+            self._enable_controllers(parent)
+            self._tenant_dirs(tenant)[0].mkdir(exist_ok=True)
+        except OSError as error:
+            raise TransientError(f"could not create cgroup for tenant {tenant}: {error}") from error
+
+    def procs_files(self, tenant: str) -> list[Path]:
+        return [self._tenant_dirs(tenant)[0] / "cgroup.procs"]
+
+    def apply(self, tenant: str, resources: Resources) -> None:
+        self.create(tenant)
+        group = self._tenant_dirs(tenant)[0]
+        quota = "max" if resources.cpu is None else str(max(1000, CPU_PERIOD_US * resources.cpu // 1000))
+        _write(group / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        _write(group / "memory.max", "max" if resources.memory is None else str(resources.memory))
+        _write(group / "pids.max", "max" if resources.pids is None else str(resources.pids))
+
+    def read(self, tenant: str) -> Resources:
+        group = self._tenant_dirs(tenant)[0]
+        cpu = None
+        cpu_max = (_read(group / "cpu.max") or "max").split()
+        if cpu_max and cpu_max[0] != "max":
+            cpu = int(cpu_max[0]) * 1000 // int(cpu_max[1] if len(cpu_max) > 1 else CPU_PERIOD_US)
+        memory_max = _read(group / "memory.max")
+        pids_max = _read(group / "pids.max")
+        return Resources.model_construct(
+            cpu=cpu,
+            memory=None if memory_max in (None, "max") else int(memory_max),
+            disk=None,
+            pids=None if pids_max in (None, "max") else int(pids_max),
+        )
+
+    def _flat_keys(self, path: Path) -> Iterator[tuple[str, int]]:
+        for line in (_read(path) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                yield key, int(value)
+
+    def oom_kills(self, tenant: str) -> int:
+        return dict(self._flat_keys(self._tenant_dirs(tenant)[0] / "memory.events")).get("oom_kill", 0)
+
+    def cpu_usage_ns(self, tenant: str) -> int:
+        return dict(self._flat_keys(self._tenant_dirs(tenant)[0] / "cpu.stat")).get("usage_usec", 0) * 1000
+
+    def kill(self, tenant: str) -> int:
+        group = self._tenant_dirs(tenant)[0]
+        # cgroup.kill (5.14+) kills the whole subtree at once and cannot miss a process forked meanwhile.
+        if (group / "cgroup.kill").exists() and self.pids(tenant):
+            _write(group / "cgroup.kill", "1")
+        return super().kill(tenant)
+
+
+def detect(root: Path = CGROUP_ROOT) -> Cgroups:
+    """The layout this host offers for cpu, memory and pids; PermanentError when neither is usable."""
+    controllers = set((_read(root / "cgroup.controllers") or "").split())
+    if {"cpu", "memory", "pids"} <= controllers:
+        return CgroupsV2(root)
+    if all((root / hierarchy).is_dir() for hierarchy in ("cpu", "cpuacct", "memory", "pids")):
+        if not (root / "systemd").is_dir() or not (root / "unified").is_dir():
+            raise PermanentError(
+                f"cgroup v1 at {root} lacks the name=systemd or unified hierarchy systemd-nspawn needs",
+                reason="CgroupsUnsupported",
+            )
+        return CgroupsV1(root)
+    raise PermanentError(
+        f"no cgroup layout at {root} offers cpu, memory and pids controllers", reason="CgroupsUnsupported"
+    )

@@ -1,0 +1,563 @@
+"""Per-tenant networking for the nspawn driver: netns, veth pair, address lease, nftables rules.
+
+Layout per tenant `<t>`: a named network namespace `fleet-<t>` (/run/netns), a veth pair whose host end is
+`fl<12 hex of sha256(t)>` (interface names are at most 15 characters, tenant names up to 63) carrying the
+ifalias `fleet:<t>` so ownership is explicit, and whose other end is `eth0` inside the namespace. Each
+tenant leases a /30 from the node's range: the host end gets the first address, the tenant the second and
+a default route through the host end.
+
+Firewall: one table `inet fleet`, marked by its `tenant_links` set's comment, holds two sets whose
+elements carry the comment `fleet:<t>`: `tenant_links` (every tenant veth) and `tenant_ingress` (veth .
+port pairs). Base rules: the host (and the gateway running on it) reaches a tenant only on its ingress
+ports; traffic in from a tenant veth is dropped unless it answers a connection the host opened (so
+tenants never reach the host's own services, nor another tenant through the host); forwarding between
+tenant veths is dropped. ip_forward is left as found: tenants need no egress.
+
+This module must never touch an interface, namespace or nft table that does not carry Fleet's marker, and
+no value reaches nft text unchecked (names are DNS labels, interface names hex, ports ints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from pyroute2 import IPRoute, NetlinkError, netns
+
+from specs import PermanentError, TransientError, validate_name
+
+NETNS_DIR = Path("/run/netns")
+TABLE = "fleet"
+TABLE_MARKER = "fleet: owned by Fleet, do not edit"
+ALIAS_PREFIX = "fleet:"
+_VETH = re.compile(r"^fl[0-9a-f]{12}$")
+_NFT_TIMEOUT_S = 10.0
+
+
+def netns_name(tenant: str) -> str:
+    return f"fleet-{validate_name(tenant)}"
+
+
+def veth_name(tenant: str) -> str:
+    """Host end of the tenant's veth: deterministic, 14 characters, owned through its ifalias."""
+    return "fl" + hashlib.sha256(validate_name(tenant).encode()).hexdigest()[:12]
+
+
+def _peer_name(tenant: str) -> str:
+    # The namespace end is created under this name inside the namespace, then renamed to eth0.
+    return "fp" + veth_name(tenant)[2:]
+
+
+def netns_path(tenant: str) -> Path:
+    return NETNS_DIR / netns_name(tenant)
+
+
+@dataclass(frozen=True)
+class Lease:
+    index: int
+    network: ipaddress.IPv4Network
+
+    @property
+    def host_address(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def tenant_address(self) -> str:
+        return str(self.network.network_address + 2)
+
+
+class Leases:
+    """Tenant -> /30 index, persisted in one JSON file written atomically under an exclusive flock.
+
+    The file is the record; allocation also skips any /30 a Fleet veth on the host still carries, so a
+    lost or stale file can never hand out an address twice.
+    """
+
+    def __init__(self, path: Path, address_range: str) -> None:
+        self.path = path
+        self.range = ipaddress.IPv4Network(address_range)
+        if self.range.prefixlen > 30:
+            raise PermanentError(f"address range {address_range} is smaller than one /30", reason="BadRange")
+        self.subnets = 1 << (30 - self.range.prefixlen)
+        self._lock = threading.Lock()
+
+    def _subnet(self, index: int) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network((int(self.range.network_address) + 4 * index, 30))
+
+    def index_of(self, address: str) -> int | None:
+        ip = ipaddress.IPv4Address(address)
+        if ip not in self.range:
+            return None
+        return (int(ip) - int(self.range.network_address)) // 4
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_suffix(".lock"), "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield
+
+    def _load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            raise TransientError(f"lease file {self.path} is unreadable: {error}") from error
+        return {str(name): int(index) for name, index in data.get("leases", {}).items()}
+
+    def _save(self, leases: dict[str, int]) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        with open(temporary, "w") as handle:
+            json.dump({"range": str(self.range), "leases": dict(sorted(leases.items()))}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+    def get(self, tenant: str) -> Lease | None:
+        with self._locked():
+            index = self._load().get(tenant)
+        return None if index is None else Lease(index, self._subnet(index))
+
+    def all(self) -> dict[str, Lease]:
+        with self._locked():
+            return {name: Lease(index, self._subnet(index)) for name, index in self._load().items()}
+
+    def acquire(self, tenant: str, in_use_on_host: dict[int, str]) -> Lease:
+        """The tenant's lease, or the lowest /30 neither leased nor on a host interface of another tenant."""
+        with self._locked():
+            leases = self._load()
+            if tenant in leases:
+                return Lease(leases[tenant], self._subnet(leases[tenant]))
+            # A veth still carrying an address of this tenant (lease file lost): take that one back.
+            for index, owner in in_use_on_host.items():
+                if owner == tenant and index not in leases.values():
+                    leases[tenant] = index
+                    self._save(leases)
+                    return Lease(index, self._subnet(index))
+            taken = set(leases.values()) | set(in_use_on_host)
+            for index in range(self.subnets):
+                if index not in taken:
+                    leases[tenant] = index
+                    self._save(leases)
+                    return Lease(index, self._subnet(index))
+        raise PermanentError(f"address range {self.range} has no free /30 left", reason="AddressesExhausted")
+
+    def release(self, tenant: str) -> Lease | None:
+        with self._locked():
+            leases = self._load()
+            index = leases.pop(tenant, None)
+            if index is not None:
+                self._save(leases)
+        return None if index is None else Lease(index, self._subnet(index))
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise PermanentError(f"port {port!r} is not 1-65535", reason="BadPort")
+    return port
+
+
+def _check_veth(name: str) -> str:
+    if not _VETH.fullmatch(name):
+        raise PermanentError(f"interface name {name!r} is not a Fleet veth name", reason="BadInterface")
+    return name
+
+
+def _base_ruleset(links: dict[str, str], ingress: dict[tuple[str, int], str]) -> str:
+    """The whole table as nft text, keeping the given set elements (veth -> tenant, (veth, port) -> tenant)."""
+    link_elements = ", ".join(
+        f'"{_check_veth(veth)}" comment "{ALIAS_PREFIX}{validate_name(tenant)}"' for veth, tenant in sorted(links.items())
+    )
+    ingress_elements = ", ".join(
+        f'"{_check_veth(veth)}" . {_check_port(port)} comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
+        for (veth, port), tenant in sorted(ingress.items())
+    )
+    # nft 1.0.6: every rule ends with a newline before '}' (a rule directly followed by '}' fails to parse).
+    return f"""table inet {TABLE} {{
+  set tenant_links {{
+    type ifname
+    comment "{TABLE_MARKER}"
+    {f"elements = {{ {link_elements} }}" if link_elements else ""}
+  }}
+  set tenant_ingress {{
+    type ifname . inet_service
+    comment "{TABLE_MARKER}"
+    {f"elements = {{ {ingress_elements} }}" if ingress_elements else ""}
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname @tenant_links ct state established,related accept comment "fleet:base:input-replies"
+    iifname @tenant_links drop comment "fleet:base:input-drop"
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname @tenant_links drop comment "fleet:base:forward-from-tenant"
+    oifname @tenant_links drop comment "fleet:base:forward-to-tenant"
+  }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    oifname . tcp dport @tenant_ingress accept comment "fleet:base:output-ingress"
+    oifname @tenant_links ct state established,related accept comment "fleet:base:output-replies"
+    oifname @tenant_links drop comment "fleet:base:output-drop"
+  }}
+}}
+"""
+
+
+BASE_RULES = frozenset(
+    {
+        "fleet:base:input-replies",
+        "fleet:base:input-drop",
+        "fleet:base:forward-from-tenant",
+        "fleet:base:forward-to-tenant",
+        "fleet:base:output-ingress",
+        "fleet:base:output-replies",
+        "fleet:base:output-drop",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FirewallState:
+    exists: bool
+    owned: bool
+    base_rules: frozenset[str] = frozenset()
+    links: dict[str, str] = field(default_factory=dict)  # veth -> tenant
+    ingress: dict[tuple[str, int], str] = field(default_factory=dict)  # (veth, port) -> tenant
+
+    @property
+    def complete(self) -> bool:
+        return self.exists and self.owned and BASE_RULES <= self.base_rules
+
+
+class Firewall:
+    """The `inet fleet` table, read with `nft -j` and changed with `nft -f -` (argument lists, no shell)."""
+
+    def __init__(self, nft: str = "nft") -> None:
+        self.nft = nft
+
+    def _run(self, arguments: list[str], script: str | None = None) -> str:
+        try:
+            done = subprocess.run(
+                [self.nft, *arguments], input=script, capture_output=True, text=True, timeout=_NFT_TIMEOUT_S
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise TransientError(f"nft failed to run: {error}") from error
+        if done.returncode != 0:
+            raise TransientError(f"nft {' '.join(arguments)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def read(self) -> FirewallState:
+        try:
+            done = subprocess.run(
+                [self.nft, "-j", "list", "table", "inet", TABLE], capture_output=True, text=True, timeout=_NFT_TIMEOUT_S
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise TransientError(f"nft failed to run: {error}") from error
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return FirewallState(exists=False, owned=False)
+            raise TransientError(f"nft could not list table inet {TABLE}: {done.stderr.strip()}")
+        owned = False
+        rules: set[str] = set()
+        links: dict[str, str] = {}
+        ingress: dict[tuple[str, int], str] = {}
+        for item in json.loads(done.stdout).get("nftables", []):
+            if "set" in item:
+                nft_set = item["set"]
+                if nft_set.get("name") == "tenant_links" and nft_set.get("comment") == TABLE_MARKER:
+                    owned = True
+                for element in nft_set.get("elem", []):
+                    value, comment = element, ""
+                    if isinstance(element, dict) and "elem" in element:
+                        value, comment = element["elem"].get("val"), element["elem"].get("comment", "")
+                    tenant = comment.removeprefix(ALIAS_PREFIX) if comment.startswith(ALIAS_PREFIX) else ""
+                    if nft_set.get("name") == "tenant_links" and isinstance(value, str):
+                        links[value] = tenant
+                    elif nft_set.get("name") == "tenant_ingress" and isinstance(value, dict):
+                        veth, port = value["concat"]
+                        ingress[(str(veth), int(port))] = tenant
+            elif "rule" in item and str(item["rule"].get("comment", "")).startswith("fleet:base:"):
+                rules.add(item["rule"]["comment"])
+        return FirewallState(exists=True, owned=owned, base_rules=frozenset(rules), links=links, ingress=ingress)
+
+    def ensure_table(self) -> FirewallState:
+        """Create the table, or rebuild it in one transaction (keeping every element) if a base rule is gone."""
+        state = self.read()
+        if state.exists and not state.owned:
+            raise PermanentError(
+                f"nft table inet {TABLE} exists but lacks Fleet's marker; refusing to touch it", reason="NotOwned"
+            )
+        if state.complete:
+            return state
+        script = ""
+        if state.exists:
+            script = f"delete table inet {TABLE}\n"
+        self._run(["-f", "-"], script + _base_ruleset(state.links, state.ingress))
+        logger.bind(table=TABLE, rebuilt=state.exists).info("Wrote firewall table")
+        return self.read()
+
+    def ensure_tenant(self, tenant: str, veth: str, ports: tuple[int, ...]) -> None:
+        state = self.ensure_table()
+        comment = f'comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
+        wanted = {(_check_veth(veth), _check_port(port)) for port in ports}
+        have = {key for key, owner in state.ingress.items() if key[0] == veth}
+        lines = []
+        stale = sorted(have - wanted)
+        if stale:
+            items = ", ".join(f'"{v}" . {p}' for v, p in stale)
+            lines.append(f"delete element inet {TABLE} tenant_ingress {{ {items} }}")
+        missing = sorted(wanted - have)
+        if missing:
+            items = ", ".join(f'"{v}" . {p} {comment}' for v, p in missing)
+            lines.append(f"add element inet {TABLE} tenant_ingress {{ {items} }}")
+        if veth not in state.links:
+            lines.append(f'add element inet {TABLE} tenant_links {{ "{veth}" {comment} }}')
+        if lines:
+            self._run(["-f", "-"], "\n".join(lines) + "\n")
+
+    def remove_tenant(self, veth: str) -> list[str]:
+        state = self.read()
+        if not state.exists or not state.owned:
+            return []
+        removed = []
+        lines = []
+        ports = sorted(key for key in state.ingress if key[0] == _check_veth(veth))
+        if ports:
+            lines.append(f"delete element inet {TABLE} tenant_ingress {{ {', '.join(f'"{v}" . {p}' for v, p in ports)} }}")
+            removed.extend(f"firewall rule {v} tcp/{p}" for v, p in ports)
+        if veth in state.links:
+            lines.append(f'delete element inet {TABLE} tenant_links {{ "{veth}" }}')
+            removed.append(f"firewall isolation of {veth}")
+        if lines:
+            self._run(["-f", "-"], "\n".join(lines) + "\n")
+        after = self.read()
+        if veth in after.links or any(key[0] == veth for key in after.ingress):
+            raise TransientError(f"firewall elements of {veth} are still present after removal")
+        return removed
+
+    def remove_table_if_unused(self) -> bool:
+        state = self.read()
+        if state.exists and state.owned and not state.links and not state.ingress:
+            self._run(["delete", "table", "inet", TABLE])
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    """The tenant's network as the host shows it."""
+
+    netns: bool
+    veth: bool
+    veth_up: bool
+    address: str | None  # the tenant's address inside its namespace, if set
+    ports: tuple[int, ...] | None  # allowed ingress ports in the firewall; None when not isolated
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.netns and self.veth and self.veth_up and self.address is not None and self.ports is not None
+
+
+def _ipv4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
+    return [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)]
+
+
+class Networks:
+    """Facade the driver uses: ensure / observe / remove a tenant's network; list tenants that have one."""
+
+    def __init__(self, state_dir: Path, address_range: str = "10.213.0.0/16", firewall: Firewall | None = None) -> None:
+        self.leases = Leases(state_dir / "leases.json", address_range)
+        self.firewall = firewall or Firewall()
+
+    # -- host reading ---------------------------------------------------------------------------------
+    def _fleet_veths(self, ipr: IPRoute) -> dict[str, tuple[int, str]]:
+        """tenant -> (ifindex, veth name), from the ifalias marker."""
+        found: dict[str, tuple[int, str]] = {}
+        for link in ipr.get_links():
+            alias = link.get("IFLA_IFALIAS") or ""
+            name = link.get("IFLA_IFNAME") or ""
+            if alias.startswith(ALIAS_PREFIX) and _VETH.fullmatch(name):
+                found[alias.removeprefix(ALIAS_PREFIX)] = (link["index"], name)
+        return found
+
+    def _host_indexes(self, ipr: IPRoute) -> dict[int, str]:
+        """/30 indexes carried by Fleet veths on the host, and their tenants."""
+        used: dict[int, str] = {}
+        for tenant, (index, _name) in self._fleet_veths(ipr).items():
+            for address, _prefix in _ipv4_addresses(ipr, index):
+                lease_index = self.leases.index_of(address)
+                if lease_index is not None:
+                    used[lease_index] = tenant
+        return used
+
+    def list_tenants(self) -> list[str]:
+        names = {path.name.removeprefix("fleet-") for path in NETNS_DIR.glob("fleet-*")} if NETNS_DIR.is_dir() else set()
+        with IPRoute() as ipr:
+            names |= set(self._fleet_veths(ipr))
+        names |= set(self.leases.all())
+        return sorted(names)
+
+    # -- ensure -------------------------------------------------------------------------------------------
+    def ensure(self, tenant: str, ports: tuple[int, ...]) -> str:
+        """Make the tenant's namespace, veth, addresses, route and firewall match; returns its address."""
+        started = time.perf_counter()
+        veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
+        try:
+            with IPRoute() as ipr:
+                lease = self.leases.acquire(tenant, self._host_indexes(ipr))
+                if ns not in netns.listnetns():
+                    netns.create(ns)
+                self._ensure_host_end(ipr, tenant, veth, peer, ns, lease)
+            self._ensure_namespace_end(ns, peer, lease)
+            self.firewall.ensure_tenant(tenant, veth, ports)
+        except NetlinkError as error:
+            raise TransientError(f"netlink refused a change for tenant {tenant}: {error}") from error
+        except OSError as error:
+            raise TransientError(f"network setup of tenant {tenant} failed: {error}") from error
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, address=lease.tenant_address, ports=list(ports), ms=ms).info("Applied network")
+        return lease.tenant_address
+
+    def _ensure_host_end(self, ipr: IPRoute, tenant: str, veth: str, peer: str, ns: str, lease: Lease) -> None:
+        indexes = ipr.link_lookup(ifname=veth)
+        if indexes:
+            link = ipr.get_links(indexes[0])[0]
+            alias = link.get("IFLA_IFALIAS") or ""
+            if alias != ALIAS_PREFIX + tenant:
+                raise PermanentError(
+                    f"interface {veth} exists with alias {alias!r}, not {ALIAS_PREFIX}{tenant}; refusing to adopt it",
+                    reason="NotOwned",
+                )
+            if not self._namespace_end(ns, peer):
+                # The namespace was recreated and took the old peer with it: a veth without its other end.
+                ipr.link("del", index=indexes[0])
+                indexes = []
+        if not indexes:
+            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
+            indexes = ipr.link_lookup(ifname=veth)
+        index = indexes[0]
+        ipr.link("set", index=index, ifalias=ALIAS_PREFIX + tenant)
+        wanted = (lease.host_address, 30)
+        for address, prefix in _ipv4_addresses(ipr, index):
+            if (address, prefix) != wanted:
+                ipr.addr("del", index=index, address=address, prefixlen=prefix)
+        if wanted not in _ipv4_addresses(ipr, index):
+            ipr.addr("add", index=index, address=lease.host_address, prefixlen=30)
+        ipr.link("set", index=index, state="up")
+
+    def _namespace_end(self, ns: str, peer: str) -> bool:
+        try:
+            with IPRoute(netns=ns, flags=0) as nsr:
+                return bool(nsr.link_lookup(ifname="eth0") or nsr.link_lookup(ifname=peer))
+        except FileNotFoundError:
+            return False
+
+    def _ensure_namespace_end(self, ns: str, peer: str, lease: Lease) -> None:
+        with IPRoute(netns=ns, flags=0) as nsr:
+            indexes = nsr.link_lookup(ifname="eth0")
+            if not indexes:
+                indexes = nsr.link_lookup(ifname=peer)
+                if not indexes:
+                    raise TransientError(f"veth end {peer} vanished from namespace {ns}")
+                nsr.link("set", index=indexes[0], ifname="eth0")
+            index = indexes[0]
+            wanted = (lease.tenant_address, 30)
+            for address, prefix in _ipv4_addresses(nsr, index):
+                if (address, prefix) != wanted:
+                    nsr.addr("del", index=index, address=address, prefixlen=prefix)
+            if wanted not in _ipv4_addresses(nsr, index):
+                nsr.addr("add", index=index, address=lease.tenant_address, prefixlen=30)
+            nsr.link("set", index=index, state="up")
+            loopback = nsr.link_lookup(ifname="lo")
+            if loopback:
+                nsr.link("set", index=loopback[0], state="up")
+            nsr.route("replace", dst="0.0.0.0/0", gateway=lease.host_address, oif=index)
+
+    # -- observe ----------------------------------------------------------------------------------------
+    def observe(self, tenant: str, firewall: FirewallState | None = None) -> NetworkState:
+        veth, ns = veth_name(tenant), netns_name(tenant)
+        problems: list[str] = []
+        has_netns = netns_path(tenant).exists()
+        veth_present = veth_up = False
+        with IPRoute() as ipr:
+            indexes = ipr.link_lookup(ifname=veth)
+            if indexes:
+                link = ipr.get_links(indexes[0])[0]
+                veth_present = (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant
+                veth_up = veth_present and link.get("IFLA_OPERSTATE") == "UP"
+        address = None
+        if has_netns:
+            try:
+                with IPRoute(netns=ns, flags=0) as nsr:
+                    eth0 = nsr.link_lookup(ifname="eth0")
+                    if eth0:
+                        addresses = _ipv4_addresses(nsr, eth0[0])
+                        address = addresses[0][0] if addresses else None
+            except FileNotFoundError:
+                has_netns = False
+        lease = self.leases.get(tenant)
+        firewall = firewall or self.firewall.read()
+        ports: tuple[int, ...] | None = None
+        if firewall.complete and veth in firewall.links:
+            ports = tuple(sorted(port for (name, port) in firewall.ingress if name == veth))
+        if lease is not None:
+            if not has_netns:
+                problems.append(f"network namespace {ns} missing")
+            if not veth_present:
+                problems.append(f"veth {veth} missing")
+            elif not veth_up:
+                problems.append(f"veth {veth} down")
+            if address is not None and address != lease.tenant_address:
+                problems.append(f"address {address} differs from lease {lease.tenant_address}")
+            if not firewall.complete:
+                problems.append("firewall table incomplete")
+            elif veth not in firewall.links:
+                problems.append(f"firewall does not isolate {veth}")
+        if lease is None or (address is not None and address != lease.tenant_address):
+            address = None
+        return NetworkState(
+            netns=has_netns, veth=veth_present, veth_up=veth_up, address=address, ports=ports, problems=tuple(problems)
+        )
+
+    # -- remove -----------------------------------------------------------------------------------------
+    def remove(self, tenant: str) -> list[str]:
+        """Firewall elements, veth, namespace and lease, each verified gone; returns what was removed."""
+        started = time.perf_counter()
+        veth, ns = veth_name(tenant), netns_name(tenant)
+        removed = self.firewall.remove_tenant(veth)
+        try:
+            with IPRoute() as ipr:
+                indexes = ipr.link_lookup(ifname=veth)
+                if indexes:
+                    alias = ipr.get_links(indexes[0])[0].get("IFLA_IFALIAS") or ""
+                    if alias == ALIAS_PREFIX + tenant:
+                        ipr.link("del", index=indexes[0])
+                        removed.append(f"veth {veth}")
+                if ns in netns.listnetns():
+                    netns.remove(ns)
+                    removed.append(f"network namespace {ns}")
+                if ipr.link_lookup(ifname=veth) or ns in netns.listnetns():
+                    raise TransientError(f"network of tenant {tenant} still present after removal")
+        except NetlinkError as error:
+            raise TransientError(f"netlink refused to remove network of tenant {tenant}: {error}") from error
+        lease = self.leases.release(tenant)
+        if lease is not None:
+            removed.append(f"address {lease.tenant_address}")
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, removed=len(removed), ms=ms).info("Removed network")
+        return removed

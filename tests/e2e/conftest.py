@@ -1,0 +1,84 @@
+"""Run `fleet` as a user would: a real subprocess, a real SQLite file in a temporary data directory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import wait_for
+
+FLEET = str(Path(sys.executable).parent / "fleet")
+
+
+@dataclass
+class Fleet:
+    data_dir: Path
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        env["FLEET_DATA_DIR"] = str(self.data_dir)
+        return env
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "fleet.db"
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [FLEET, *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"fleet {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def tenant(self, name: str) -> dict[str, Any] | None:
+        result = self.run("get", "tenant", name, "-o", "json", check=False)
+        if result.returncode != 0:
+            return None
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    def phase(self, name: str) -> str | None:
+        document = self.tenant(name)
+        return None if document is None else (document.get("status") or {}).get("phase")
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 15) -> dict[str, Any]:
+        wait_for(lambda: self.phase(name) == phase, timeout=timeout, what=f"{name} to be {phase}")
+        document = self.tenant(name)
+        assert document is not None
+        return document
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    return Fleet(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def operator(fleet: Fleet) -> Iterator[subprocess.Popen[str]]:
+    """`fleet up --driver fake` in the background until the test ends; it must stop cleanly on Ctrl-C."""
+    process = subprocess.Popen(
+        [FLEET, "up", "--driver", "fake", "--resync-seconds", "1", "--log-level", "DEBUG"],
+        env=fleet.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    assert process.stderr is not None
+    stderr = process.stderr
+    reader = threading.Thread(target=lambda: fleet.logs.extend(iter(stderr.readline, "")), daemon=True)
+    reader.start()
+    wait_for(lambda: any("Fleet is up" in line for line in fleet.logs) or process.poll() is not None,
+             timeout=20, what="fleet up to start")
+    assert process.poll() is None, "".join(fleet.logs)
+    yield process
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 0, "".join(fleet.logs[-30:])
+    reader.join(5)

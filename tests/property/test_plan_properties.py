@@ -1,0 +1,85 @@
+"""plan() is idempotent: applying its actions to what was observed leaves nothing more to do."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.actions import Action, ApplyNetwork, ApplyResources, Clone, Delete, Start, Stop
+from reconciler.plan import plan
+from specs import Network, Observed, ResolvedSpec, Resources
+
+resources = st.builds(
+    Resources.model_construct,
+    cpu=st.sampled_from([100, 500, 2000]),
+    memory=st.sampled_from([64 << 20, 256 << 20, 1 << 30]),
+    disk=st.sampled_from([256 << 20, 1 << 30]),
+    pids=st.sampled_from([64, 256]),
+)
+networks = st.builds(
+    Network.model_construct, ingress=st.one_of(st.none(), st.sampled_from([(80,), (80, 443), (8080,)]))
+)
+specs_ = st.builds(
+    ResolvedSpec.model_construct,
+    name=st.just("acme"),
+    generation=st.integers(1, 5),
+    template=st.just("base"),
+    template_version=st.just("1"),
+    resources=resources,
+    network=networks,
+    paused=st.booleans(),
+    deleting=st.booleans(),
+)
+observed_ = st.one_of(
+    st.none(),
+    st.builds(
+        Observed.model_construct,
+        name=st.just("acme"),
+        template=st.just("base@1"),
+        resources=st.one_of(resources, st.just(Resources())),
+        network=st.one_of(networks, st.just(Network())),
+        running=st.booleans(),
+        address=st.one_of(st.none(), st.just("10.0.0.2")),
+        pid=st.none(),
+        problems=st.just(()),
+    ),
+)
+
+
+def apply(actions: list[Action], observed: Observed | None) -> Observed | None:
+    """What a correct driver leaves behind after each action."""
+    for action in actions:
+        match action:
+            case Clone(template=template):
+                observed = observed or Observed(name="acme", template=template)
+            case ApplyResources(resources=r):
+                assert observed is not None, "resources applied to nothing"
+                observed = observed.model_copy(update={"resources": r})
+            case ApplyNetwork(network=n):
+                assert observed is not None, "network applied to nothing"
+                observed = observed.model_copy(update={"network": n, "address": "10.0.0.2"})
+            case Start():
+                assert observed is not None, "started nothing"
+                observed = observed.model_copy(update={"running": True})
+            case Stop():
+                observed = observed.model_copy(update={"running": False}) if observed else None
+            case Delete():
+                observed = None
+    return observed
+
+
+@given(specs_, observed_)
+def test_applying_the_plan_leaves_an_empty_plan(desired: ResolvedSpec, observed: Observed | None) -> None:
+    after = apply(plan(desired, observed), observed)
+    assert plan(desired, after) == []
+
+
+@given(specs_, observed_)
+def test_plan_is_deterministic_and_never_repeats_an_action(desired: ResolvedSpec, observed: Observed | None) -> None:
+    actions = plan(desired, observed)
+    assert actions == plan(desired, observed)
+    assert len({type(a) for a in actions}) == len(actions)
+
+
+@given(specs_, observed_)
+def test_a_deleting_tenant_ends_with_nothing_on_the_host(desired: ResolvedSpec, observed: Observed | None) -> None:
+    deleting = desired.model_copy(update={"deleting": True})
+    assert apply(plan(deleting, observed), observed) is None

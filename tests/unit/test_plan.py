@@ -1,0 +1,54 @@
+from reconciler.actions import ApplyNetwork, ApplyResources, Clone, Delete, Start, Stop
+from reconciler.plan import plan
+from specs import Network, Observed, ResolvedSpec, Resources
+
+RESOURCES = Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256})
+NETWORK = Network(ingress=(80,))
+
+
+def spec(**changes: object) -> ResolvedSpec:
+    base = ResolvedSpec(
+        name="acme", generation=1, template="base", template_version="1", resources=RESOURCES, network=NETWORK
+    )
+    return base.model_copy(update=changes)
+
+
+def running(**changes: object) -> Observed:
+    base = Observed(
+        name="acme", template="base@1", resources=RESOURCES, network=NETWORK, running=True, address="10.0.0.2"
+    )
+    return base.model_copy(update=changes)
+
+
+def test_a_new_tenant_is_cloned_quota_d_networked_and_started_in_that_order() -> None:
+    assert plan(spec(), None) == [Clone("base@1"), ApplyResources(RESOURCES), ApplyNetwork(NETWORK), Start()]
+
+
+def test_a_converged_tenant_needs_nothing() -> None:
+    assert plan(spec(), running()) == []
+
+
+def test_a_memory_change_re_quotas_in_place_without_restart() -> None:
+    bigger = RESOURCES.model_copy(update={"memory": 1 << 30})
+    assert plan(spec(resources=bigger), running()) == [ApplyResources(bigger)]
+
+
+def test_a_stopped_container_is_started() -> None:
+    assert plan(spec(), running(running=False)) == [Start()]
+
+
+def test_missing_network_is_reapplied() -> None:
+    assert plan(spec(), running(address=None, network=Network())) == [ApplyNetwork(NETWORK)]
+
+
+def test_deleting_a_running_tenant_stops_then_deletes() -> None:
+    assert plan(spec(deleting=True), running()) == [Stop(), Delete()]
+
+
+def test_deleting_a_tenant_with_nothing_left_needs_nothing() -> None:
+    assert plan(spec(deleting=True), None) == []
+
+
+def test_a_paused_tenant_is_only_observed() -> None:
+    assert plan(spec(paused=True), running(running=False, resources=Resources())) == []
+    assert plan(spec(paused=True), None) == []

@@ -1,0 +1,167 @@
+"""The SQL contract a billing system relies on, exercised with raw SQL from another process."""
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from state import Conflict, InvalidRecord, Store
+from tests.helpers import tenant
+
+
+def _db_path(store: Store) -> str:
+    return store.url.removeprefix("sqlite:///")
+
+
+def _sqlite3_shell(store: Store, sql: str) -> subprocess.CompletedProcess[str]:
+    """Run SQL the way a billing engineer would: the sqlite3 shell, a separate process."""
+    return subprocess.run(["sqlite3", _db_path(store), sql], capture_output=True, text=True, timeout=30)
+
+
+def _row(store: Store, name: str) -> sqlite3.Row | None:
+    with sqlite3.connect(_db_path(store)) as conn:
+        conn.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = conn.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+        return row
+
+
+needs_shell = pytest.mark.skipif(
+    subprocess.run(["which", "sqlite3"], capture_output=True).returncode != 0,
+    reason="the sqlite3 shell is not installed (apt-get install sqlite3)",
+)
+
+
+@needs_shell
+def test_a_minimal_raw_insert_gets_defaults_generation_and_revision(store: Store) -> None:
+    result = _sqlite3_shell(store, "INSERT INTO tenants (name, template) VALUES ('acme', 'base');")
+    assert result.returncode == 0, result.stderr
+    desired = store.desired("acme")
+    assert desired is not None and desired.spec is not None
+    assert desired.spec.generation == 1
+    assert desired.revision > 0
+    # NULL resources resolve to the template's defaults.
+    assert desired.spec.resources.memory == 256 << 20
+    assert desired.spec.network.ingress == (80,)
+
+
+@needs_shell
+def test_a_raw_update_of_the_spec_bumps_generation_and_revision(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    before = _row(store, "acme")
+    assert before is not None
+    result = _sqlite3_shell(store, "UPDATE tenants SET memory_bytes = 536870912 WHERE name = 'acme';")
+    assert result.returncode == 0, result.stderr
+    after = _row(store, "acme")
+    assert after is not None
+    assert after["generation"] == before["generation"] + 1
+    assert after["revision"] > before["revision"]
+
+
+@needs_shell
+def test_a_label_only_update_gets_a_new_revision_but_the_same_generation(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    before = _row(store, "acme")
+    assert before is not None
+    _sqlite3_shell(store, "UPDATE tenants SET labels = '{\"plan\": \"pro\"}' WHERE name = 'acme';")
+    after = _row(store, "acme")
+    assert after is not None
+    assert (after["generation"], after["revision"] > before["revision"]) == (before["generation"], True)
+
+
+@needs_shell
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        ("INSERT INTO tenants (name, template) VALUES ('Bad_Name', 'base')", "name_must_be_a_dns_label"),
+        ("INSERT INTO tenants (name, template) VALUES ('acme', 'nope')", "template: unknown template"),
+        (
+            "INSERT INTO tenants (name, template, memory_bytes) VALUES ('acme', 'base', 1024)",
+            "memory_bytes_must_be_between_16Mi_and_1Ti",
+        ),
+        (
+            "INSERT INTO tenants (name, template, ingress_ports) VALUES ('acme', 'base', '[80, 70000]')",
+            "ingress_ports: ports must be whole numbers",
+        ),
+        ("INSERT INTO tenants (name, template, labels) VALUES ('acme', 'base', 'x')", "labels_must_be_a_json_object"),
+        ("INSERT INTO tenants (name, template, pids) VALUES ('acme', 'base', 1)", "pids_must_be_between_8_and"),
+    ],
+)
+def test_an_invalid_raw_row_is_rejected_by_the_database(store: Store, sql: str, rule: str) -> None:
+    result = _sqlite3_shell(store, sql + ";")
+    assert result.returncode != 0
+    assert rule in result.stderr
+    assert store.list_tenants().items == []
+
+
+@needs_shell
+def test_a_raw_delete_becomes_a_delete_request_and_is_never_lost(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    result = _sqlite3_shell(store, "DELETE FROM tenants WHERE name = 'acme';")
+    assert result.returncode == 0, result.stderr
+    row = _row(store, "acme")
+    assert row is not None, "the row must stay until the reconciler has removed the container"
+    assert row["deletion_requested_at"] is not None
+    undo = _sqlite3_shell(store, "UPDATE tenants SET deletion_requested_at = NULL WHERE name = 'acme';")
+    assert undo.returncode != 0 and "cannot be taken back" in undo.stderr
+
+
+def test_the_store_refuses_an_unknown_template_naming_the_field(store: Store) -> None:
+    with pytest.raises(InvalidRecord) as info:
+        store.apply_tenant(tenant("acme", template="nope"))
+    assert info.value.field == "spec.template"
+
+
+def test_applying_a_batch_is_all_or_nothing(store: Store) -> None:
+    with pytest.raises(InvalidRecord):
+        store.apply_tenants([tenant("good"), tenant("bad", template="nope")])
+    assert store.list_tenants().items == []
+
+
+def test_a_dry_run_writes_nothing(store: Store) -> None:
+    result = store.apply_tenant(tenant("acme"), dry_run=True)
+    assert result.outcome == "created"
+    assert store.get_tenant("acme") is None
+
+
+def test_reapplying_the_same_spec_changes_nothing(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    revision = store.current_revision()
+    assert store.apply_tenant(tenant("acme")).outcome == "unchanged"
+    assert store.current_revision() == revision
+
+
+def test_a_tenant_being_deleted_cannot_be_reconfigured(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    store.request_delete("acme")
+    with pytest.raises(Conflict, match="being deleted"):
+        store.apply_tenant(tenant("acme", resources={"memory": "1Gi"}))
+
+
+def test_events_are_append_only(store: Store, tmp_path: Path) -> None:
+    from specs import Event
+
+    store.append_events([Event(tenant="acme", reason="Cloned", message="x")])
+    with sqlite3.connect(_db_path(store)) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET message = 'rewritten'")
+
+
+def test_binding_is_compare_and_set(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    assert store.bind("acme", "n1") is True
+    assert store.bind("acme", "n2") is False
+    desired = store.desired("acme")
+    assert desired is not None and desired.node == "n1"
+
+
+def test_the_schema_is_migrated_once_and_reopening_keeps_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    first = Store(url)
+    first.apply_tenant(tenant("acme"))
+    first.close()
+    second = Store(url)
+    assert second.get_tenant("acme") is not None
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    second.close()
