@@ -4,7 +4,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: up test setup lint bench clean
+.PHONY: up test setup lint bench bench-fake clean
 up: setup
 	$(VENV)/bin/fleet up $(ARGS)
 
@@ -24,8 +24,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy specs state drivers reconciler
 
-bench: setup
-	$(VENV)/bin/python -m pytest tests/bench -q -p no:cacheprovider -o addopts="" -s
+bench: bench-fake
+
+bench-fake: setup
+	$(VENV)/bin/python -m tests.bench.bench_fake_10k
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

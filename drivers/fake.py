@@ -98,6 +98,7 @@ class FakeDriver:
         self.half_made: dict[str, _Container] = {}  # clones under their temporary name
         self.templates: dict[str, Template] = {}
         self.leases: dict[str, str] = {}  # address -> tenant
+        self._lease_of: dict[str, str] = {}  # tenant -> address
         self.calls: Counter[str] = Counter()
         self.completed_clones: Counter[str] = Counter()
         self._next_pid = 1000
@@ -118,16 +119,24 @@ class FakeDriver:
             raise Crash(f"crashed after {method}/{step}")
 
     def _lease(self, tenant: str) -> str:
-        for address, owner in self.leases.items():
-            if owner == tenant:
-                return address
+        existing = self._lease_of.get(tenant)
+        if existing is not None:
+            return existing
         index = len(self.leases)
         while True:
-            address = f"10.240.{(index * 4) // 256}.{(index * 4) % 256 + 2}"
+            offset = index * 4  # one /30 a tenant, as the real driver leases them
+            address = f"10.{240 + (offset >> 16)}.{(offset >> 8) & 255}.{(offset & 255) + 2}"
             if address not in self.leases:
                 self.leases[address] = tenant
+                self._lease_of[tenant] = address
                 return address
             index += 1
+
+    def _release(self, tenant: str) -> str | None:
+        address = self._lease_of.pop(tenant, None)
+        if address is not None:
+            self.leases.pop(address, None)
+        return address
 
     def _observe(self, tenant: str, container: _Container) -> Observed:
         problems = []
@@ -258,11 +267,10 @@ class FakeDriver:
                 removed.append("half-made clone")
         self._step("delete", "subvolume")
         with self._lock:
-            for address, owner in list(self.leases.items()):
-                if owner == tenant:
-                    del self.leases[address]
-                    removed.append(f"address {address}")
-            if tenant in self.containers or tenant in self.half_made or tenant in self.leases.values():
+            address = self._release(tenant)
+            if address is not None:
+                removed.append(f"address {address}")
+            if tenant in self.containers or tenant in self.half_made or tenant in self._lease_of:
                 raise TransientError(f"tenant {tenant} still has parts after delete")
         self._step("delete", "lease")
         return DeleteReceipt(tenant=tenant, removed=tuple(removed), already_absent=tuple(absent))
@@ -274,9 +282,7 @@ class FakeDriver:
     def remove_behind_back(self, tenant: str) -> None:
         with self._lock:
             self.containers.pop(tenant, None)
-            for address, owner in list(self.leases.items()):
-                if owner == tenant:
-                    del self.leases[address]
+            self._release(tenant)
 
     def change_resources_behind_back(self, tenant: str, resources: Resources) -> None:
         with self._lock:

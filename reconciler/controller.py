@@ -77,10 +77,11 @@ class Controller:
         record = self.store.desired(name)
         if record is None:
             return Outcome.SKIPPED
+        events: list[Event] = []
         if record.node is None:
             if not self.store.bind(name, node):
                 return Outcome.SKIPPED  # another node took it first
-            self.store.append_events([Event(tenant=name, node=node, reason="Scheduled", message=f"bound to {node}")])
+            events.append(Event(tenant=name, node=node, reason="Scheduled", message=f"bound to {node}"))
         elif record.node != node:
             return Outcome.SKIPPED
         spec = record.spec
@@ -91,7 +92,6 @@ class Controller:
             )
         observed = self.driver.inspect(name)
         actions = plan(spec, observed)
-        events: list[Event] = []
         if spec.deleting and not actions:
             # Nothing observed, but a crash mid-delete may have left parts inspect cannot see (an address
             # lease, a firewall rule): the driver's delete is idempotent and verifies all is gone.
@@ -246,10 +246,11 @@ class Controller:
     def resync(self) -> int:
         """Compare every tenant with the host in one pass; enqueue those that need work."""
         started = time.perf_counter()
-        records = self.store.desired_all(node=self.config.node)
         observed = {o.name: o for o in self.driver.list()}
         queued = 0
-        for record in records:
+        known: set[str] = set()
+        for record in self.store.iter_desired(node=self.config.node):
+            known.add(record.name)
             spec, status = record.spec, record.status
             needs_work = (
                 spec is None
@@ -262,11 +263,10 @@ class Controller:
             if needs_work and not (spec is None and status is not None and status.phase == Phase.FAILED):
                 self.queue.add(record.name)
                 queued += 1
-        known = {r.name for r in records}
         orphans = sorted(set(observed) - known)
         if orphans:
             self._log.warning("Found containers with no record, left alone: {}", ", ".join(orphans[:20]))
-        self._log.bind(tenants=len(records), queued=queued, ms=round((time.perf_counter() - started) * 1000, 1)).debug(
+        self._log.bind(tenants=len(known), queued=queued, ms=round((time.perf_counter() - started) * 1000, 1)).debug(
             "Resynced"
         )
         return queued

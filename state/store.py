@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from specs import (
@@ -35,6 +35,23 @@ from state.errors import Conflict, InvalidRecord, translate
 from state.migrations import migrate
 from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
 from state.schema import EVENTS, STATUS, TEMPLATES, TENANTS
+
+# Portable upsert (SQLite >= 3.24 and PostgreSQL): a status only for a tenant that still exists, so a
+# status never outlives its row.
+_UPSERT_STATUS = text(
+    """
+    INSERT INTO tenant_status (name, phase, observed_generation, node, url, address, template, conditions,
+                               last_error, observed, updated_at)
+    SELECT :name, :phase, :observed_generation, :node, :url, :address, :template, :conditions,
+           :last_error, :observed, CURRENT_TIMESTAMP
+     WHERE EXISTS (SELECT 1 FROM tenants WHERE name = :name)
+    ON CONFLICT (name) DO UPDATE SET
+        phase = excluded.phase, observed_generation = excluded.observed_generation, node = excluded.node,
+        url = excluded.url, address = excluded.address, template = excluded.template,
+        conditions = excluded.conditions, last_error = excluded.last_error, observed = excluded.observed,
+        updated_at = excluded.updated_at
+    """
+)
 
 _SPEC_COLUMNS = ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
 
@@ -75,9 +92,16 @@ def _template_from_row(row: Any) -> Template:
     )
 
 
-def _status_from_row(row: Any) -> TenantStatus | None:
+def _status_from_row(row: Any, *, conditions: bool = True) -> TenantStatus | None:
+    """A status from a joined row. Without `conditions` it skips parsing them: a resync over thousands of
+    tenants needs only phase and observed generation."""
     if row.s_phase is None:
         return None
+    if not conditions:
+        return TenantStatus.model_construct(
+            phase=Phase(row.s_phase), observed_generation=row.s_observed_generation, node=row.s_node,
+            conditions=(), last_error=row.s_last_error,
+        )
     return TenantStatus(
         phase=Phase(row.s_phase),
         observed_generation=row.s_observed_generation,
@@ -100,6 +124,21 @@ class Store:
         self.engine: Engine = self.dialect.create_engine(url)
         if migrate_schema:
             migrate(self.engine, self.dialect)
+        # Built once: a reconcile runs these thousands of times a second, and building a statement
+        # costs more than running it.
+        self._by_name = self._joined().where(TENANTS.c.name == bindparam("name"))
+        self._bind = (
+            TENANTS.update()
+            .where(and_(TENANTS.c.name == bindparam("b_name"), TENANTS.c.node.is_(None)))
+            .values(node=bindparam("b_node"))
+        )
+        self._changes = (
+            select(TENANTS.c.name, TENANTS.c.revision)
+            .where(TENANTS.c.revision > bindparam("revision"))
+            .order_by(TENANTS.c.revision)
+            .limit(bindparam("limit"))
+        )
+        self._insert_events = EVENTS.insert()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -202,10 +241,7 @@ class Store:
     def bind(self, name: str, node: str) -> bool:
         """Compare-and-set binding: only an unbound tenant is bound. True if this call bound it."""
         with self._write() as conn:
-            result = conn.execute(
-                TENANTS.update().where(and_(TENANTS.c.name == name, TENANTS.c.node.is_(None))).values(node=node)
-            )
-            return bool(result.rowcount)
+            return bool(conn.execute(self._bind, {"b_name": name, "b_node": node}).rowcount)
 
     # -- tenants: reading --------------------------------------------------------------------------
     def _joined(self) -> Any:
@@ -258,40 +294,55 @@ class Store:
         )
 
     @staticmethod
-    def _desired_from_row(row: Any) -> DesiredRecord:
+    def _desired_from_row(
+        row: Any, *, conditions: bool = True, templates: dict[tuple[str, str], Template] | None = None
+    ) -> DesiredRecord:
+        """`templates` shares one Template (and its default Resources and Network) between the rows of one
+        pass: ten thousand tenants of one template then cost one template object, not ten thousand."""
+        status = _status_from_row(row, conditions=conditions)
         if row.tpl_version is None:
-            return DesiredRecord(row.name, row.revision, row.node, None, None, _status_from_row(row), row.template)
-        template = Template.model_construct(
-            name=row.template,
-            version=row.tpl_version,
-            resources=Resources.model_construct(
-                cpu=row.tpl_cpu, memory=row.tpl_memory, disk=row.tpl_disk, pids=row.tpl_pids
-            ),
-            network=Network.model_construct(ingress=_ports(row.tpl_ports)),
-            description=row.tpl_description,
-        )
+            return DesiredRecord(row.name, row.revision, row.node, None, None, status, row.template)
+        key = (row.template, row.tpl_version)
+        template = templates.get(key) if templates is not None else None
+        if template is None:
+            template = Template.model_construct(
+                name=row.template,
+                version=row.tpl_version,
+                resources=Resources.model_construct(
+                    cpu=row.tpl_cpu, memory=row.tpl_memory, disk=row.tpl_disk, pids=row.tpl_pids
+                ),
+                network=Network.model_construct(ingress=_ports(row.tpl_ports)),
+                description=row.tpl_description,
+            )
+            if templates is not None:
+                templates[key] = template
+        own = (row.cpu_millicores, row.memory_bytes, row.disk_bytes, row.pids)
+        resources = template.resources
+        if any(value is not None for value in own):
+            resources = Resources.model_construct(
+                cpu=row.cpu_millicores if row.cpu_millicores is not None else row.tpl_cpu,
+                memory=row.memory_bytes if row.memory_bytes is not None else row.tpl_memory,
+                disk=row.disk_bytes if row.disk_bytes is not None else row.tpl_disk,
+                pids=row.pids if row.pids is not None else row.tpl_pids,
+            )
+        network = template.network
+        if row.ingress_ports is not None:
+            network = Network.model_construct(ingress=_ports(row.ingress_ports))
         spec = ResolvedSpec.model_construct(
             name=row.name,
             generation=row.generation,
             template=row.template,
             template_version=row.tpl_version,
-            resources=Resources.model_construct(
-                cpu=row.cpu_millicores if row.cpu_millicores is not None else row.tpl_cpu,
-                memory=row.memory_bytes if row.memory_bytes is not None else row.tpl_memory,
-                disk=row.disk_bytes if row.disk_bytes is not None else row.tpl_disk,
-                pids=row.pids if row.pids is not None else row.tpl_pids,
-            ),
-            network=Network.model_construct(
-                ingress=_ports(row.ingress_ports if row.ingress_ports is not None else row.tpl_ports)
-            ),
+            resources=resources,
+            network=network,
             paused=bool(row.paused),
             deleting=row.deletion_requested_at is not None,
         )
-        return DesiredRecord(row.name, row.revision, row.node, spec, template, _status_from_row(row))
+        return DesiredRecord(row.name, row.revision, row.node, spec, template, status)
 
     def get_tenant(self, name: str) -> Tenant | None:
         with self._read() as conn:
-            row = conn.execute(self._joined().where(TENANTS.c.name == name)).first()
+            row = conn.execute(self._by_name, {"name": name}).first()
         return None if row is None else self._tenant_from_row(row)
 
     def list_tenants(
@@ -315,27 +366,24 @@ class Store:
 
     def desired(self, name: str) -> DesiredRecord | None:
         with self._read() as conn:
-            row = conn.execute(self._joined().where(TENANTS.c.name == name)).first()
+            row = conn.execute(self._by_name, {"name": name}).first()
         return None if row is None else self._desired_from_row(row)
 
-    def desired_all(self, *, node: str | None = None) -> list[DesiredRecord]:
-        """Every tenant (bound to `node`, or unbound, when given): what a resync compares in one pass."""
+    def iter_desired(self, *, node: str | None = None, chunk: int = 1000) -> Iterator[DesiredRecord]:
+        """Every tenant (bound to `node`, or unbound, when given), streamed: what a resync compares in one
+        pass without holding them all. Statuses come without conditions (phase and observed generation)."""
         query = self._joined()
         if node is not None:
             query = query.where((TENANTS.c.node == node) | TENANTS.c.node.is_(None))
+        templates: dict[tuple[str, str], Template] = {}
         with self._read() as conn:
-            rows = conn.execute(query).all()
-        return [self._desired_from_row(row) for row in rows]
+            for row in conn.execution_options(yield_per=chunk).execute(query):
+                yield self._desired_from_row(row, conditions=False, templates=templates)
 
     def changes_since(self, revision: int, *, limit: int = 10_000) -> list[Change]:
         """Tenants whose desired state was written after `revision`, oldest first: the change feed."""
         with self._read() as conn:
-            rows = conn.execute(
-                select(TENANTS.c.name, TENANTS.c.revision)
-                .where(TENANTS.c.revision > revision)
-                .order_by(TENANTS.c.revision)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(self._changes, {"revision": revision, "limit": limit}).all()
         return [Change(row.name, row.revision) for row in rows]
 
     def current_revision(self) -> int:
@@ -349,24 +397,21 @@ class Store:
         """One reconcile's outcome in one transaction. `status` None leaves the status as it was."""
         with self._write() as conn:
             if status is not None:
-                values = {
-                    "phase": status.phase.value,
-                    "observed_generation": status.observed_generation,
-                    "node": status.node,
-                    "url": status.url,
-                    "address": status.address,
-                    "template": status.template,
-                    "conditions": json.dumps([c.model_dump(mode="json") for c in status.conditions]),
-                    "last_error": status.last_error,
-                    "observed": None if observed is None else observed.model_dump_json(),
-                    "updated_at": func.current_timestamp(),
-                }
-                # Only for a tenant that still exists: a status must not outlive its row.
-                exists = conn.execute(select(TENANTS.c.id).where(TENANTS.c.name == name)).first()
-                if exists is not None:
-                    updated = conn.execute(STATUS.update().where(STATUS.c.name == name).values(**values))
-                    if updated.rowcount == 0:
-                        conn.execute(STATUS.insert().values(name=name, **values))
+                conn.execute(
+                    _UPSERT_STATUS,
+                    {
+                        "name": name,
+                        "phase": status.phase.value,
+                        "observed_generation": status.observed_generation,
+                        "node": status.node,
+                        "url": status.url,
+                        "address": status.address,
+                        "template": status.template,
+                        "conditions": json.dumps([c.model_dump(mode="json") for c in status.conditions]),
+                        "last_error": status.last_error,
+                        "observed": None if observed is None else observed.model_dump_json(),
+                    },
+                )
             self._append_events(conn, events)
 
     def last_observed(self, name: str) -> Observed | None:
@@ -374,12 +419,11 @@ class Store:
             text = conn.execute(select(STATUS.c.observed).where(STATUS.c.name == name)).scalar_one_or_none()
         return None if text is None else Observed.model_validate_json(text)
 
-    @staticmethod
-    def _append_events(conn: Connection, events: Sequence[Event]) -> None:
+    def _append_events(self, conn: Connection, events: Sequence[Event]) -> None:
         if not events:
             return
         conn.execute(
-            EVENTS.insert(),
+            self._insert_events,
             [
                 {
                     "tenant": e.tenant,
