@@ -83,6 +83,8 @@ def map_os_error(error: OSError, doing: str) -> Exception:
         return PermanentError(f"{message}; run the agent as root with CAP_SYS_ADMIN", reason="NotPermitted")
     if code == errno.ENOENT:
         return NotFound(message)
+    if code == errno.ENOTEMPTY:
+        return PermanentError(f"{message}; it holds nested subvolumes", reason="NestedSubvolumes")
     if code in (errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOSYS):
         return PermanentError(f"{message}; the kernel or filesystem lacks this btrfs feature", reason="Unsupported")
     return PermanentError(message, reason="HostError")

@@ -48,7 +48,8 @@ def _write(path: Path, value: str) -> None:
         if error.errno in (errno.EBUSY, errno.EAGAIN, errno.EINTR):
             raise TransientError(f"kernel refused {value!r} for {path}: {error.strerror}") from error
         if error.errno in (errno.EINVAL, errno.ERANGE):
-            raise PermanentError(f"kernel rejected {value!r} for {path}: {error.strerror}", reason="BadLimit") from error
+            message = f"kernel rejected {value!r} for {path}: {error.strerror}"
+            raise PermanentError(message, reason="BadLimit") from error
         raise TransientError(f"could not write {path}: {error}") from error
 
 

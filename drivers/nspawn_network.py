@@ -29,6 +29,7 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ NETNS_DIR = Path("/run/netns")
 TABLE = "fleet"
 TABLE_MARKER = "fleet: owned by Fleet, do not edit"
 ALIAS_PREFIX = "fleet:"
+LOCK_DIR = Path("/run/lock")
 _VETH = re.compile(r"^fl[0-9a-f]{12}$")
 _NFT_TIMEOUT_S = 10.0
 
@@ -176,17 +178,18 @@ def _check_veth(name: str) -> str:
     return name
 
 
-def _base_ruleset(links: dict[str, str], ingress: dict[tuple[str, int], str]) -> str:
+def _base_ruleset(table: str, links: dict[str, str], ingress: dict[tuple[str, int], str]) -> str:
     """The whole table as nft text, keeping the given set elements (veth -> tenant, (veth, port) -> tenant)."""
     link_elements = ", ".join(
-        f'"{_check_veth(veth)}" comment "{ALIAS_PREFIX}{validate_name(tenant)}"' for veth, tenant in sorted(links.items())
+        f'"{_check_veth(veth)}" comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
+        for veth, tenant in sorted(links.items())
     )
     ingress_elements = ", ".join(
         f'"{_check_veth(veth)}" . {_check_port(port)} comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
         for (veth, port), tenant in sorted(ingress.items())
     )
     # nft 1.0.6: every rule ends with a newline before '}' (a rule directly followed by '}' fails to parse).
-    return f"""table inet {TABLE} {{
+    return f"""table inet {table} {{
   set tenant_links {{
     type ifname
     comment "{TABLE_MARKER}"
@@ -240,14 +243,42 @@ class FirewallState:
 
     @property
     def complete(self) -> bool:
-        return self.exists and self.owned and BASE_RULES <= self.base_rules
+        return self.exists and self.owned and self.base_rules >= BASE_RULES
 
 
 class Firewall:
     """The `inet fleet` table, read with `nft -j` and changed with `nft -f -` (argument lists, no shell)."""
 
-    def __init__(self, nft: str = "nft") -> None:
+    def __init__(self, nft: str = "nft", table: str = TABLE) -> None:
         self.nft = nft
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", table):
+            raise PermanentError(f"nft table name {table!r} is not a plain identifier", reason="BadTable")
+        self.table = table
+        # Read-modify-write of the table (a rebuild keeps the elements it read) must not interleave between
+        # workers or processes: a second declaration of the table would also append its base rules twice.
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.lock_path = LOCK_DIR / f"fleet-nft-{table}.lock"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive within the process (RLock, re-entrant) and across processes (flock, outermost only)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.lock_path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
 
     def _run(self, arguments: list[str], script: str | None = None) -> str:
         try:
@@ -263,14 +294,17 @@ class Firewall:
     def read(self) -> FirewallState:
         try:
             done = subprocess.run(
-                [self.nft, "-j", "list", "table", "inet", TABLE], capture_output=True, text=True, timeout=_NFT_TIMEOUT_S
+                [self.nft, "-j", "list", "table", "inet", self.table],
+                capture_output=True,
+                text=True,
+                timeout=_NFT_TIMEOUT_S,
             )
         except (OSError, subprocess.TimeoutExpired) as error:
             raise TransientError(f"nft failed to run: {error}") from error
         if done.returncode != 0:
             if "No such file or directory" in done.stderr:
                 return FirewallState(exists=False, owned=False)
-            raise TransientError(f"nft could not list table inet {TABLE}: {done.stderr.strip()}")
+            raise TransientError(f"nft could not list table inet {self.table}: {done.stderr.strip()}")
         owned = False
         rules: set[str] = set()
         links: dict[str, str] = {}
@@ -296,65 +330,69 @@ class Firewall:
 
     def ensure_table(self) -> FirewallState:
         """Create the table, or rebuild it in one transaction (keeping every element) if a base rule is gone."""
-        state = self.read()
-        if state.exists and not state.owned:
-            raise PermanentError(
-                f"nft table inet {TABLE} exists but lacks Fleet's marker; refusing to touch it", reason="NotOwned"
-            )
-        if state.complete:
-            return state
-        script = ""
-        if state.exists:
-            script = f"delete table inet {TABLE}\n"
-        self._run(["-f", "-"], script + _base_ruleset(state.links, state.ingress))
-        logger.bind(table=TABLE, rebuilt=state.exists).info("Wrote firewall table")
-        return self.read()
+        with self._locked():
+            state = self.read()
+            if state.exists and not state.owned:
+                message = f"nft table inet {self.table} exists but lacks Fleet's marker; refusing to touch it"
+                raise PermanentError(message, reason="NotOwned")
+            if state.complete:
+                return state
+            script = ""
+            if state.exists:
+                script = f"delete table inet {self.table}\n"
+            self._run(["-f", "-"], script + _base_ruleset(self.table, state.links, state.ingress))
+            logger.bind(table=self.table, rebuilt=state.exists).info("Wrote firewall table")
+            return self.read()
 
     def ensure_tenant(self, tenant: str, veth: str, ports: tuple[int, ...]) -> None:
-        state = self.ensure_table()
-        comment = f'comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
-        wanted = {(_check_veth(veth), _check_port(port)) for port in ports}
-        have = {key for key, owner in state.ingress.items() if key[0] == veth}
-        lines = []
-        stale = sorted(have - wanted)
-        if stale:
-            items = ", ".join(f'"{v}" . {p}' for v, p in stale)
-            lines.append(f"delete element inet {TABLE} tenant_ingress {{ {items} }}")
-        missing = sorted(wanted - have)
-        if missing:
-            items = ", ".join(f'"{v}" . {p} {comment}' for v, p in missing)
-            lines.append(f"add element inet {TABLE} tenant_ingress {{ {items} }}")
-        if veth not in state.links:
-            lines.append(f'add element inet {TABLE} tenant_links {{ "{veth}" {comment} }}')
-        if lines:
-            self._run(["-f", "-"], "\n".join(lines) + "\n")
+        with self._locked():
+            state = self.ensure_table()
+            comment = f'comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
+            wanted = {(_check_veth(veth), _check_port(port)) for port in ports}
+            have = {key for key, owner in state.ingress.items() if key[0] == veth}
+            lines = []
+            stale = sorted(have - wanted)
+            if stale:
+                items = ", ".join(f'"{v}" . {p}' for v, p in stale)
+                lines.append(f"delete element inet {self.table} tenant_ingress {{ {items} }}")
+            missing = sorted(wanted - have)
+            if missing:
+                items = ", ".join(f'"{v}" . {p} {comment}' for v, p in missing)
+                lines.append(f"add element inet {self.table} tenant_ingress {{ {items} }}")
+            if veth not in state.links:
+                lines.append(f'add element inet {self.table} tenant_links {{ "{veth}" {comment} }}')
+            if lines:
+                self._run(["-f", "-"], "\n".join(lines) + "\n")
 
     def remove_tenant(self, veth: str) -> list[str]:
-        state = self.read()
-        if not state.exists or not state.owned:
-            return []
-        removed = []
-        lines = []
-        ports = sorted(key for key in state.ingress if key[0] == _check_veth(veth))
-        if ports:
-            lines.append(f"delete element inet {TABLE} tenant_ingress {{ {', '.join(f'"{v}" . {p}' for v, p in ports)} }}")
-            removed.extend(f"firewall rule {v} tcp/{p}" for v, p in ports)
-        if veth in state.links:
-            lines.append(f'delete element inet {TABLE} tenant_links {{ "{veth}" }}')
-            removed.append(f"firewall isolation of {veth}")
-        if lines:
-            self._run(["-f", "-"], "\n".join(lines) + "\n")
-        after = self.read()
-        if veth in after.links or any(key[0] == veth for key in after.ingress):
-            raise TransientError(f"firewall elements of {veth} are still present after removal")
-        return removed
+        with self._locked():
+            state = self.read()
+            if not state.exists or not state.owned:
+                return []
+            removed: list[str] = []
+            lines: list[str] = []
+            ports = sorted(key for key in state.ingress if key[0] == _check_veth(veth))
+            if ports:
+                items = ", ".join(f'"{name}" . {port}' for name, port in ports)
+                lines.append(f"delete element inet {self.table} tenant_ingress {{ {items} }}")
+                removed.extend(f"firewall rule {v} tcp/{p}" for v, p in ports)
+            if veth in state.links:
+                lines.append(f'delete element inet {self.table} tenant_links {{ "{veth}" }}')
+                removed.append(f"firewall isolation of {veth}")
+            if lines:
+                self._run(["-f", "-"], "\n".join(lines) + "\n")
+            after = self.read()
+            if veth in after.links or any(key[0] == veth for key in after.ingress):
+                raise TransientError(f"firewall elements of {veth} are still present after removal")
+            return removed
 
     def remove_table_if_unused(self) -> bool:
-        state = self.read()
-        if state.exists and state.owned and not state.links and not state.ingress:
-            self._run(["delete", "table", "inet", TABLE])
-            return True
-        return False
+        with self._locked():
+            state = self.read()
+            if state.exists and state.owned and not state.links and not state.ingress:
+                self._run(["delete", "table", "inet", self.table])
+                return True
+            return False
 
 
 @dataclass(frozen=True)
@@ -406,7 +444,7 @@ class Networks:
         return used
 
     def list_tenants(self) -> list[str]:
-        names = {path.name.removeprefix("fleet-") for path in NETNS_DIR.glob("fleet-*")} if NETNS_DIR.is_dir() else set()
+        names = {path.name.removeprefix("fleet-") for path in NETNS_DIR.glob("fleet-*")}
         with IPRoute() as ipr:
             names |= set(self._fleet_veths(ipr))
         names |= set(self.leases.all())
@@ -551,7 +589,7 @@ class Networks:
                 if ns in netns.listnetns():
                     netns.remove(ns)
                     removed.append(f"network namespace {ns}")
-                if ipr.link_lookup(ifname=veth) or ns in netns.listnetns():
+                if tenant in self._fleet_veths(ipr) or ns in netns.listnetns():
                     raise TransientError(f"network of tenant {tenant} still present after removal")
         except NetlinkError as error:
             raise TransientError(f"netlink refused to remove network of tenant {tenant}: {error}") from error

@@ -8,6 +8,7 @@ from specs import PermanentError
 
 _DRIVERS: dict[str, str] = {
     "fake": "drivers.fake:FakeDriver",
+    "nspawn": "drivers.nspawn:NspawnDriver",
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from reconciler.cli import templates, tenants
+from reconciler.cli import node, templates, tenants
 from reconciler.cli.documents import BadInput
 from reconciler.cli.logs import quiet
 from reconciler.cli.settings import Settings
@@ -45,6 +45,7 @@ app.command("pause")(tenants.pause)
 app.command("resume")(tenants.resume)
 app.command("events")(tenants.events)
 app.add_typer(templates.app, name="template")
+app.add_typer(node.app, name="node")
 
 
 def main() -> None:

@@ -1,12 +1,48 @@
-"""Verbs on templates."""
+"""Verbs on templates: list what tenants can be cloned from, import or build new ones on this node."""
+
+import socket
+from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import ValidationError
 
+from drivers import nspawn_templates
+from reconciler.cli.documents import BadInput, describe_validation
+from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings
-from specs import format_bytes, format_cpu
+from specs import PermanentError, Template, format_bytes, format_cpu
 
 app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=True)
+
+_POOL = typer.Option(None, "--pool", help="The btrfs pool (default: DATA_DIR/pool.img, as fleet up uses).")
+
+
+def _template(ref: str, cpu: str, memory: str, disk: str, pids: int, ports: list[int], description: str) -> Template:
+    name, _, version = ref.partition("@")
+    if not version:
+        raise BadInput(f"NAME@VERSION: {ref!r} has no version; write it like web@1")
+    document: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "resources": {"cpu": cpu, "memory": memory, "disk": disk, "pids": pids},
+        "network": {"ingress": ports},
+    }
+    try:
+        return Template.model_validate(document)
+    except ValidationError as error:
+        raise BadInput(describe_validation(error)) from error
+
+
+def _node_driver(settings: Settings, pool: Path | None) -> Any:
+    data_dir = settings.resolved_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    driver, _ = open_driver(
+        DriverOptions(name="nspawn", data_dir=data_dir, pool=pool, node=socket.gethostname().split(".")[0].lower())
+    )
+    return driver
 
 
 @app.command("list")
@@ -28,3 +64,83 @@ def list_templates(ctx: typer.Context) -> None:
         for t in store.list_templates()
     ]
     typer.echo(table(["NAME", "VERSION", "CPU", "MEMORY", "DISK", "PIDS", "PORTS", "DESCRIPTION"], rows))
+
+
+def _defaults() -> dict[str, Any]:
+    return {
+        "cpu": typer.Option("500m", "--cpu", help="Default CPU of its tenants."),
+        "memory": typer.Option("256Mi", "--memory"),
+        "disk": typer.Option("1Gi", "--disk"),
+        "pids": typer.Option(256, "--pids"),
+        "ports": typer.Option([80], "--port", help="Default ingress port (repeat for several)."),
+        "description": typer.Option("", "--description"),
+    }
+
+
+_D = _defaults()
+
+
+@app.command("import")
+def import_template(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="NAME@VERSION, e.g. web@1"),
+    rootfs: Path | None = typer.Option(None, "--rootfs", help="A directory holding the root filesystem."),
+    tarball: Path | None = typer.Option(None, "--tarball", help="A tar archive of the root filesystem."),
+    cpu: str = _D["cpu"],
+    memory: str = _D["memory"],
+    disk: str = _D["disk"],
+    pids: int = _D["pids"],
+    ports: list[int] = _D["ports"],
+    description: str = _D["description"],
+    pool: Path | None = _POOL,
+) -> None:
+    """Import a root filesystem as a read-only template on this node and record it in the store.
+
+    The tree must have /usr and an executable /fleet/init (the container's entry point)."""
+    if (rootfs is None) == (tarball is None):
+        raise BadInput("--rootfs or --tarball: give exactly one")
+    template = _template(ref, cpu, memory, disk, pids, ports, description)
+    settings: Settings = ctx.obj
+    store = settings.open_store(create=True)
+    driver = _node_driver(settings, pool)
+    if rootfs is not None:
+        nspawn_templates.import_rootfs(driver.pool, template, rootfs)
+    elif tarball is not None:
+        nspawn_templates.import_tarball(driver.pool, template, tarball)
+    store.upsert_template(template)
+    typer.echo(f"template/{template.ref} imported")
+
+
+@app.command("build")
+def build_template(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="NAME@VERSION, e.g. tiny@1"),
+    busybox: bool = typer.Option(False, "--busybox", help="A tiny busybox userland serving HTTP on port 80."),
+    debootstrap: str | None = typer.Option(None, "--debootstrap", help="A Debian suite, e.g. bookworm."),
+    cpu: str = _D["cpu"],
+    memory: str = _D["memory"],
+    disk: str = _D["disk"],
+    pids: int = _D["pids"],
+    ports: list[int] = _D["ports"],
+    description: str = _D["description"],
+    pool: Path | None = _POOL,
+) -> None:
+    """Build a template on this node (with progress) and record it in the store."""
+    if busybox == (debootstrap is not None):
+        raise BadInput("--busybox or --debootstrap SUITE: give exactly one")
+    template = _template(ref, cpu, memory, disk, pids, ports, description)
+    settings: Settings = ctx.obj
+    store = settings.open_store(create=True)
+    driver = _node_driver(settings, pool)
+
+    def progress(line: str) -> None:
+        typer.echo(f"  {line}", err=True)
+
+    if busybox:
+        nspawn_templates.build_busybox(driver.pool, template, progress)
+    elif debootstrap is not None:
+        nspawn_templates.build_debootstrap(driver.pool, template, debootstrap, progress)
+    else:  # pragma: no cover - guarded above
+        raise PermanentError("nothing to build")
+    store.upsert_template(template)
+    typer.echo(f"template/{template.ref} built")

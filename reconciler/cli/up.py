@@ -9,29 +9,28 @@ from types import FrameType
 import typer
 from loguru import logger
 
-from drivers import Driver, available_drivers, create_driver
+from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
 from reconciler.controller import Controller, ControllerConfig
-from specs import PermanentError
-
-
-def choose_driver(requested: str, data_dir: Path) -> tuple[Driver, str]:
-    """The driver to run and a line saying what it is. 'auto' means the real one where the host can."""
-    names = available_drivers()
-    if requested == "auto":
-        requested = "nspawn" if "nspawn" in names else "fake"
-    if requested not in names:
-        raise PermanentError(f"--driver: unknown driver {requested!r}; choose one of: auto, {', '.join(names)}")
-    if requested == "fake":
-        return create_driver("fake"), "fake (in memory: containers are simulated and vanish when fleet up stops)"
-    driver = create_driver(requested, data_dir=data_dir)
-    return driver, f"{requested} ({driver.info().version})"
 
 
 def up(
     ctx: typer.Context,
-    driver_name: str = typer.Option("auto", "--driver", help="auto (the real driver where the host can), or fake."),
+    driver_name: str = typer.Option(
+        "auto",
+        "--driver",
+        help="auto (the real driver; says what is missing where "
+        "the host cannot run it), nspawn, or fake (simulated, in memory).",
+    ),
+    pool: Path | None = typer.Option(
+        None,
+        "--pool",
+        help="A btrfs filesystem to keep containers in. Default: a "
+        "loop-backed image DATA_DIR/pool.img, created on first start.",
+    ),
+    pool_size: str = typer.Option("20Gi", "--pool-size", help="Size of the loop-backed image when Fleet creates it."),
+    address_range: str = typer.Option("10.213.0.0/16", "--address-range", help="Tenant addresses on this node."),
     node: str = typer.Option(socket.gethostname().split(".")[0].lower(), "--node", help="This node's name."),
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5, help="How often to compare all with the host."),
@@ -44,7 +43,11 @@ def up(
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.open_store(create=True)
-    driver, described = choose_driver(driver_name, data_dir)
+    driver, described = open_driver(
+        DriverOptions(
+            name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node
+        )
+    )
     controller = Controller(
         store, driver, ControllerConfig(node=node, workers=workers, resync_seconds=resync, base_domain=base_domain)
     )

@@ -64,21 +64,31 @@ def fleet(tmp_path: Path) -> Fleet:
     return Fleet(data_dir=tmp_path / "data")
 
 
-@pytest.fixture
-def operator(fleet: Fleet) -> Iterator[subprocess.Popen[str]]:
-    """`fleet up --driver fake` in the background until the test ends; it must stop cleanly on Ctrl-C."""
+def start_operator(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
+    """`fleet up ARGS` in the background; returns once it says it is up."""
     process = subprocess.Popen(
-        [FLEET, "up", "--driver", "fake", "--resync-seconds", "1", "--log-level", "DEBUG"],
+        [FLEET, "up", "--resync-seconds", "1", "--log-level", "DEBUG", *args],
         env=fleet.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert process.stderr is not None
     stderr = process.stderr
-    reader = threading.Thread(target=lambda: fleet.logs.extend(iter(stderr.readline, "")), daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: fleet.logs.extend(iter(stderr.readline, "")), daemon=True).start()
     wait_for(lambda: any("Fleet is up" in line for line in fleet.logs) or process.poll() is not None,
-             timeout=20, what="fleet up to start")
+             timeout=30, what="fleet up to start")
     assert process.poll() is None, "".join(fleet.logs)
+    return process
+
+
+def stop_operator(fleet: Fleet, process: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as a user would; it must stop cleanly."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, "".join(fleet.logs[-30:])
+
+
+@pytest.fixture
+def operator(fleet: Fleet) -> Iterator[subprocess.Popen[str]]:
+    """`fleet up --driver fake` in the background until the test ends; it must stop cleanly on Ctrl-C."""
+    process = start_operator(fleet, "--driver", "fake")
     yield process
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=20) == 0, "".join(fleet.logs[-30:])
-    reader.join(5)
+    stop_operator(fleet, process)

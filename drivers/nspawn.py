@@ -1,0 +1,345 @@
+"""The nspawn driver: btrfs clones run under systemd-nspawn with their own cgroups, netns and firewall.
+
+Glue only: storage is `nspawn_pool` / `nspawn_templates`, limits `nspawn_cgroups`, networking
+`nspawn_network`, processes `nspawn_process`. Every method reads the host (never a cache), is idempotent,
+and finishes or undoes what a crash left half-made. A tenant exists when its subvolume does: inspect says
+None otherwise (the planner then re-provisions, adopting any parts left), and delete removes the
+subvolume last so a crash mid-delete always leaves something inspect can see.
+
+This module must never touch anything without Fleet's marker, and lets only `specs` errors out.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import psutil
+from loguru import logger
+from pyroute2 import NetlinkError
+
+from drivers import nspawn_cgroups, nspawn_network, nspawn_process
+from drivers.nspawn_pool import Pool
+from drivers.nspawn_templates import INIT_PATH, ensure_builtin
+from specs import (
+    DeleteReceipt,
+    DriverInfo,
+    Network,
+    NodeCapacity,
+    NotFound,
+    Observed,
+    PermanentError,
+    Resources,
+    Template,
+    TransientError,
+    validate_name,
+)
+from specs.errors import FleetError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# tool -> the Debian package that provides it
+_TOOLS = {
+    "btrfs": "btrfs-progs",
+    "systemd-nspawn": "systemd-container",
+    "nft": "nftables",
+    "busybox": "busybox-static",
+    "nsenter": "util-linux",
+}
+_KSM = Path("/sys/kernel/mm/ksm")
+
+
+def host_problems(*, pool_path: Path | None = None) -> list[str]:
+    """What this host lacks for the nspawn driver, each with how to get it; empty when it can run."""
+    problems: list[str] = []
+    if os.geteuid() != 0:
+        problems.append("not root: the nspawn driver creates cgroups, namespaces and mounts; run it as root")
+    missing = sorted({package for tool, package in _TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        problems.append(f"missing tools: install them with `apt-get install -y {' '.join(missing)}`")
+    try:
+        filesystems = Path("/proc/filesystems").read_text()
+    except OSError:
+        filesystems = ""
+    if "btrfs" not in filesystems and not Path("/sys/module/btrfs").exists():
+        problems.append("the kernel has no btrfs: `modprobe btrfs` (package linux-modules-extra on some distros)")
+    if pool_path is None and not Path("/dev/loop-control").exists():
+        problems.append("no loop device support (/dev/loop-control missing): `modprobe loop`, or pass pool_path")
+    if not Path("/proc/self/ns/net").exists():
+        problems.append("the kernel has no network namespaces (CONFIG_NET_NS)")
+    try:
+        nspawn_cgroups.detect()
+    except PermanentError as error:
+        problems.append(f"cgroups: {error}")
+    return problems
+
+
+def _at_edge(method: Callable[P, R]) -> Callable[P, R]:
+    """Map host and library errors to specs errors: this is the driver's edge."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except FleetError:
+            raise
+        except ValueError as error:  # a name that is not a DNS label, from validate_name
+            raise PermanentError(str(error), reason="InvalidName") from error
+        except (OSError, NetlinkError, subprocess.SubprocessError) as error:
+            raise TransientError(f"{method.__name__} failed on the host: {error}") from error
+
+    return wrapper
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "missing"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+class NspawnDriver:
+    name = "nspawn"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        pool_path: Path | None = None,
+        image_size: int = 20 << 30,
+        address_range: str = "10.213.0.0/16",
+        node: str = "local",
+    ) -> None:
+        problems = host_problems(pool_path=pool_path)
+        if problems:
+            raise PermanentError("; ".join(problems), reason="HostUnsupported")
+        self.node = node
+        self.data_dir = Path(data_dir)
+        state_dir = self.data_dir / "state"
+        self.pool = Pool.open(self.data_dir, pool_path=pool_path, image_size=image_size)
+        self.cgroups = nspawn_cgroups.detect()
+        self.networks = nspawn_network.Networks(state_dir, address_range)
+        self.processes = nspawn_process.Processes(state_dir, init_path=INIT_PATH)
+        self._info: DriverInfo | None = None
+        self._template_lock = threading.Lock()
+
+    # -- node-level -------------------------------------------------------------------------------------
+    def info(self) -> DriverInfo:
+        if self._info is None:
+            tools = {
+                "systemd-nspawn": _version(["systemd-nspawn", "--version"]),
+                "nft": _version(["nft", "--version"]),
+                "btrfs": _version(["btrfs", "--version"]),
+                "kernel": os.uname().release,
+            }
+            capabilities = [f"cgroup-v{self.cgroups.version}", "netns", "nftables", "btrfs-snapshots"]
+            if nspawn_process.ksm_enabled():
+                capabilities.append("ksm")
+            self._info = DriverInfo(
+                name=self.name, version=tools["systemd-nspawn"], capabilities=tuple(capabilities), tools=tools
+            )
+        return self._info
+
+    def capacity(self) -> NodeCapacity:
+        disk, _available = self.pool.space()
+        return NodeCapacity(
+            cpu_millicores=(psutil.cpu_count() or 1) * 1000,
+            memory_bytes=psutil.virtual_memory().total,
+            disk_bytes=disk,
+            max_tenants=min(300, self.networks.leases.subnets),
+            ksm_pages_shared=_read_int(_KSM / "pages_shared"),
+            ksm_pages_sharing=_read_int(_KSM / "pages_sharing"),
+        )
+
+    # -- observation ------------------------------------------------------------------------------------
+    def _observe(
+        self, tenant: str, firewall: nspawn_network.FirewallState, running: dict[str, int] | None
+    ) -> Observed | None:
+        if not self.pool.tenant_exists(tenant):
+            return None
+        problems: list[str] = []
+        if self.cgroups.exists(tenant):
+            kernel = self.cgroups.read(tenant)
+            problems += self.cgroups.problems(tenant)
+            oom_kills = self.cgroups.oom_kills(tenant)
+            if oom_kills:
+                problems.append(f"{oom_kills} process(es) killed at the memory limit")
+        else:
+            kernel = Resources()
+            problems.append("cgroups missing")
+        resources = Resources.model_construct(
+            cpu=kernel.cpu, memory=kernel.memory, disk=self.pool.disk_limit(tenant), pids=kernel.pids
+        )
+        network = self.networks.observe(tenant, firewall)
+        problems += network.problems
+        if running is None:
+            container = self.processes.find(tenant)
+            pid = container.pid if container else None
+        else:
+            pid = running.get(tenant)
+        return Observed(
+            name=tenant,
+            template=self.pool.template_of(tenant),
+            resources=resources,
+            network=Network(ingress=network.ports) if network.ready else Network(),
+            running=pid is not None,
+            address=network.address if network.ready else None,
+            pid=pid,
+            problems=tuple(problems),
+        )
+
+    @_at_edge
+    def list(self) -> builtins.list[Observed]:
+        firewall = self.networks.firewall.read()
+        running = self.processes.running_tenants()
+        found = (self._observe(name, firewall, running) for name in self.pool.list_tenants())
+        return [observed for observed in found if observed is not None]
+
+    @_at_edge
+    def inspect(self, tenant: str) -> Observed | None:
+        validate_name(tenant)
+        return self._observe(tenant, self.networks.firewall.read(), None)
+
+    # -- provisioning -----------------------------------------------------------------------------------
+    @_at_edge
+    def ensure_template(self, template: Template) -> None:
+        if self.pool.has_template(template.ref):
+            return
+        # Workers cloning the first tenants all find the template missing at once; two builds of one
+        # template would throw away each other's half-made tree.
+        with self._template_lock:
+            if self.pool.has_template(template.ref):
+                return
+            ensure_builtin(self.pool, template)
+        if not self.pool.has_template(template.ref):
+            raise PermanentError(
+                f"template {template.ref} is not on node {self.node}; import a rootfs or tarball for it",
+                reason="TemplateMissing",
+            )
+
+    @_at_edge
+    def clone(self, tenant: str, template: Template) -> None:
+        validate_name(tenant)
+        if not self.pool.tenant_exists(tenant) and self.processes.find(tenant) is not None:
+            # A container still running on a subvolume deleted behind our back: it must not outlive it.
+            self.processes.stop(tenant)
+        started = time.perf_counter()
+        self.pool.clone(tenant, template.ref, disk_limit=template.resources.disk)
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, template=template.ref, node=self.node, ms=ms).info("Cloned tenant")
+
+    def _require(self, tenant: str) -> None:
+        validate_name(tenant)
+        if not self.pool.tenant_exists(tenant):
+            raise NotFound(f"tenant {tenant} has no container on node {self.node}")
+
+    @_at_edge
+    def apply_resources(self, tenant: str, resources: Resources) -> None:
+        """Change limits in place: the container keeps running (cgroup files and qgroup limits are live)."""
+        self._require(tenant)
+        self.cgroups.apply(tenant, resources)
+        if resources.disk is not None:
+            self.pool.set_disk_limit(tenant, resources.disk)
+        logger.bind(tenant=tenant, node=self.node, **resources.display()).info("Applied resources")
+
+    @_at_edge
+    def apply_network(self, tenant: str, network: Network) -> None:
+        self._require(tenant)
+        self.networks.ensure(tenant, network.ingress or ())
+
+    @_at_edge
+    def start(self, tenant: str) -> None:
+        self._require(tenant)
+        if self.processes.find(tenant) is not None:
+            return
+        if not nspawn_network.netns_path(tenant).exists():
+            raise TransientError(f"tenant {tenant} has no network namespace yet; apply its network first")
+        self.cgroups.create(tenant)
+        # Leftovers of a container that died (payload children) would be charged with the new one.
+        self.cgroups.kill(tenant)
+        self.processes.start(
+            tenant,
+            root=self.pool.tenant_path(tenant),
+            netns_path=nspawn_network.netns_path(tenant),
+            procs_files=self.cgroups.procs_files(tenant),
+            tenant_pids=lambda: self.cgroups.pids(tenant),
+        )
+
+    @_at_edge
+    def stop(self, tenant: str) -> None:
+        validate_name(tenant)
+        self.processes.stop(tenant)
+        if self.cgroups.exists(tenant):
+            self.cgroups.kill(tenant)
+
+    @_at_edge
+    def delete(self, tenant: str) -> DeleteReceipt:
+        validate_name(tenant)
+        started = time.perf_counter()
+        removed: list[str] = []
+        absent: list[str] = []
+        pid = self.processes.stop(tenant)
+        if pid is None:
+            absent.append("process")
+        else:
+            removed.append(f"process {pid}")
+        removed += self.cgroups.remove(tenant)
+        network = self.networks.remove(tenant)
+        removed += network
+        if not network:
+            absent.append("network")
+        removed += self.processes.remove_files(tenant)
+        # The subvolume goes last: while it exists, inspect sees the tenant and the next pass finishes.
+        try:
+            storage = self.pool.delete_tenant(tenant)
+        except NotFound:
+            storage = []
+        removed += storage
+        if not storage:
+            absent.append("subvolume")
+        leftovers = self._leftovers(tenant)
+        if leftovers:
+            raise TransientError(f"tenant {tenant} still has parts after delete: {', '.join(leftovers)}")
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, node=self.node, removed=len(removed), ms=ms).info("Deleted tenant")
+        return DeleteReceipt(tenant=tenant, removed=tuple(removed), already_absent=tuple(absent))
+
+    def _leftovers(self, tenant: str) -> builtins.list[str]:
+        found = []
+        if self.pool.tenant_exists(tenant):
+            found.append("subvolume")
+        if self.processes.find(tenant) is not None:
+            found.append("process")
+        if self.cgroups.exists(tenant):
+            found.append("cgroups")
+        state = self.networks.observe(tenant)
+        if state.netns or state.veth or state.ports is not None:
+            found.append("network")
+        if self.networks.leases.get(tenant) is not None:
+            found.append("address lease")
+        return found
+
+    def close(self) -> None:
+        """Containers keep running: closing the driver (or the operator exiting) never stops a tenant."""
+        self.pool.close()
+
+    # -- for tests and operators --------------------------------------------------------------------------
+    def log_tail(self, tenant: str) -> str:
+        return self.processes.log_tail(validate_name(tenant))

@@ -1,0 +1,264 @@
+"""Start, find and stop a tenant's systemd-nspawn container so that it outlives the operator.
+
+A small launcher (Python run with -I -S, so it starts in milliseconds and imports nothing of ours) forks
+once so the container is re-parented away from the operator, then in the child: `setsid`, writes its pid
+into each of the tenant's cgroup.procs (everything nspawn starts is charged to the tenant), opts into KSM
+with `prctl(PR_SET_MEMORY_MERGE)` when asked, writes a pid file, and execs
+
+    systemd-nspawn --register=no --keep-unit -q -D ROOT --network-namespace-path=/run/netns/fleet-T
+                   --machine=T --setenv=FLEET_TENANT=T --as-pid2 /fleet/init
+
+(`--register=no --keep-unit`: no machined and no systemd bus on hosts where systemd is not PID 1). Output
+goes to a per-tenant log file. A running container is found by reading /proc (cmdline carries the
+`--setenv=FLEET_TENANT=T` marker and `--machine=T`), never from memory, so an operator restart never
+restarts a tenant; the pid file only makes the lookup fast.
+
+This module must never signal a process that does not carry Fleet's marker for that tenant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from specs import TransientError, validate_name
+
+MARKER = "--setenv=FLEET_TENANT="
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+PR_SET_MEMORY_MERGE = 67
+
+# Runs in a fresh interpreter: argv[1] is a JSON document {procs, ksm, pid_file, argv, log}.
+_LAUNCHER = r"""
+import ctypes, json, os, sys
+spec = json.loads(sys.argv[1])
+if os.fork():
+    os._exit(0)
+os.setsid()
+try:
+    for procs in spec["procs"]:
+        with open(procs, "w") as handle:
+            handle.write(str(os.getpid()))
+    if spec["ksm"]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(67, 1, 0, 0, 0) != 0:
+            sys.stderr.write("fleet-launcher: prctl(PR_SET_MEMORY_MERGE) failed: errno %d\n" % ctypes.get_errno())
+    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0); os.dup2(log, 1); os.dup2(log, 2)
+    os.close(null); os.close(log)
+    temporary = spec["pid_file"] + ".tmp"
+    with open(temporary, "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(temporary, spec["pid_file"])
+    os.execv(spec["argv"][0], spec["argv"])
+except BaseException as error:
+    sys.stderr.write("fleet-launcher: %r\n" % (error,))
+    os._exit(127)
+"""
+
+
+def ksm_enabled() -> bool:
+    try:
+        return KSM_RUN.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _alive(pid: int) -> bool:
+    """True unless the process is gone or a zombie (a zombie has exited; it only waits to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _is_container(cmdline: list[str], tenant: str) -> bool:
+    return (
+        bool(cmdline)
+        and os.path.basename(cmdline[0]) == "systemd-nspawn"
+        and f"{MARKER}{tenant}" in cmdline
+        and f"--machine={tenant}" in cmdline
+    )
+
+
+@dataclass(frozen=True)
+class Container:
+    tenant: str
+    pid: int
+
+
+class Processes:
+    """Containers of tenants: start, find (from /proc), stop. State lives in `state_dir` (pid files, logs)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        nspawn: str | None = None,
+        init_path: str = "/fleet/init",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.state_dir = state_dir
+        self.nspawn = nspawn or shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn"
+        self.init_path = init_path
+        self._sleep = sleep
+
+    def pid_file(self, tenant: str) -> Path:
+        return self.state_dir / "run" / f"{validate_name(tenant)}.pid"
+
+    def log_file(self, tenant: str) -> Path:
+        return self.state_dir / "logs" / f"{validate_name(tenant)}.log"
+
+    def find(self, tenant: str) -> Container | None:
+        """The tenant's running nspawn process: the pid file's pid if it checks out, else a /proc scan."""
+        validate_name(tenant)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_file(tenant).read_text().strip())
+            if _alive(pid) and _is_container(_cmdline(pid), tenant):
+                return Container(tenant, pid)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                pid = int(entry.name)
+                if _is_container(_cmdline(pid), tenant) and _alive(pid):
+                    return Container(tenant, pid)
+        return None
+
+    def running_tenants(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            cmdline = _cmdline(int(entry.name))
+            markers = [part.removeprefix(MARKER) for part in cmdline if part.startswith(MARKER)]
+            if markers and _is_container(cmdline, markers[0]) and _alive(int(entry.name)):
+                found[markers[0]] = int(entry.name)
+        return found
+
+    def command(self, tenant: str, root: Path, netns_path: Path) -> list[str]:
+        return [
+            self.nspawn,
+            "--register=no",
+            "--keep-unit",
+            "-q",
+            "-D",
+            str(root),
+            f"--network-namespace-path={netns_path}",
+            f"--machine={validate_name(tenant)}",
+            f"{MARKER}{tenant}",
+            "--as-pid2",
+            self.init_path,
+        ]
+
+    def start(
+        self,
+        tenant: str,
+        *,
+        root: Path,
+        netns_path: Path,
+        procs_files: list[Path],
+        tenant_pids: Callable[[], set[int]],
+        ksm: bool | None = None,
+        deadline_s: float = 10.0,
+    ) -> Container:
+        """Launch unless already running; returns once the payload runs inside the tenant's cgroups."""
+        existing = self.find(tenant)
+        if existing is not None:
+            return existing
+        started = time.perf_counter()
+        for directory in (self.pid_file(tenant).parent, self.log_file(tenant).parent):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.pid_file(tenant).unlink(missing_ok=True)
+        spec = {
+            "procs": [str(path) for path in procs_files],
+            "ksm": ksm_enabled() if ksm is None else ksm,
+            "pid_file": str(self.pid_file(tenant)),
+            "log": str(self.log_file(tenant)),
+            "argv": self.command(tenant, root, netns_path),
+        }
+        try:
+            # The launcher's first process exits at once after forking; the container is its grandchild.
+            subprocess.run(
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec)],
+                check=True,
+                timeout=deadline_s,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            raise TransientError(f"launcher for tenant {tenant} failed: {error}") from error
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            container = self.find(tenant)
+            # nspawn has started the payload once the tenant's cgroups hold more than nspawn itself.
+            if container is not None and tenant_pids() - {container.pid}:
+                ms = round((time.perf_counter() - started) * 1000, 1)
+                logger.bind(tenant=tenant, pid=container.pid, ms=ms).info("Started container")
+                return container
+            if container is None and self._launched_and_gone(tenant):
+                break
+            self._sleep(0.005)
+        raise TransientError(f"container of tenant {tenant} did not start; log tail: {self.log_tail(tenant)!r}")
+
+    def _launched_and_gone(self, tenant: str) -> bool:
+        """The launcher wrote its pid file (it was about to exec nspawn) and that process has exited."""
+        try:
+            pid = int(self.pid_file(tenant).read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return not _alive(pid)
+
+    def log_tail(self, tenant: str, size: int = 800) -> str:
+        try:
+            with open(self.log_file(tenant), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - size))
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, tenant: str, *, deadline_s: float = 10.0) -> int | None:
+        """SIGTERM nspawn, wait, SIGKILL; returns the pid stopped, None if it was not running."""
+        container = self.find(tenant)
+        if container is None:
+            self.pid_file(tenant).unlink(missing_ok=True)
+            return None
+        started = time.perf_counter()
+        for sig, wait_s in ((signal.SIGTERM, deadline_s), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(container.pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if not (_alive(container.pid) and _is_container(_cmdline(container.pid), tenant)):
+                    self.pid_file(tenant).unlink(missing_ok=True)
+                    ms = round((time.perf_counter() - started) * 1000, 1)
+                    logger.bind(tenant=tenant, pid=container.pid, signal=sig.name, ms=ms).info("Stopped container")
+                    return container.pid
+                self._sleep(0.005)
+        raise TransientError(f"container of tenant {tenant} (pid {container.pid}) survived SIGKILL")
+
+    def remove_files(self, tenant: str) -> list[str]:
+        removed = []
+        for path in (self.pid_file(tenant), self.log_file(tenant)):
+            if path.exists():
+                path.unlink()
+                removed.append(f"{'log' if path.suffix == '.log' else 'pid file'} {path}")
+        return removed

@@ -1,0 +1,64 @@
+"""Choosing and opening the driver for commands that act on this node (up, node, template)."""
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers import Driver, available_drivers, create_driver
+from specs import PermanentError, parse_bytes
+
+
+@dataclass(frozen=True)
+class DriverOptions:
+    name: str = "auto"
+    data_dir: Path = Path("/var/lib/fleet")
+    pool: Path | None = None
+    pool_size: str = "20Gi"
+    address_range: str = "10.213.0.0/16"
+    node: str = "local"
+
+
+def real_driver_problems(pool: Path | None) -> list[str]:
+    """What keeps the real driver from running here, each with how to fix it; empty when it can."""
+    if "nspawn" not in available_drivers():
+        return ["this build of Fleet has no real driver"]
+    module = importlib.import_module("drivers.nspawn")
+    problems: list[str] = module.host_problems(pool_path=pool)
+    return problems
+
+
+def open_driver(options: DriverOptions) -> tuple[Driver, str]:
+    """The driver to run and a line saying what it is. 'auto' is the real driver; where the host cannot
+    run it, the error says exactly what is missing (the fake driver runs only when asked for)."""
+    name = options.name
+    if name == "auto":
+        problems = real_driver_problems(options.pool)
+        if problems:
+            raise PermanentError(
+                "the real driver (nspawn) cannot run on this host: "
+                + "; ".join(problems)
+                + ". Fix that, or run with --driver fake to simulate containers in memory.",
+                reason="HostUnsupported",
+            )
+        name = "nspawn"
+    if name not in available_drivers():
+        choices = ", ".join(available_drivers())
+        raise PermanentError(f"--driver: unknown driver {name!r}; choose one of: auto, {choices}")
+    if name == "fake":
+        described = "fake (in memory: containers are simulated and vanish when fleet up stops)"
+        return create_driver("fake", node=options.node), described
+    try:
+        size = parse_bytes(options.pool_size)
+    except ValueError as error:
+        raise PermanentError(f"--pool-size: {error}") from error
+    driver = create_driver(
+        name,
+        data_dir=options.data_dir,
+        pool_path=options.pool,
+        image_size=size,
+        address_range=options.address_range,
+        node=options.node,
+    )
+    pool = getattr(driver, "pool", None)
+    where = f", pool {pool.root}" if pool is not None else ""
+    return driver, f"{name} ({driver.info().version}{where})"

@@ -1,0 +1,195 @@
+"""Fixtures for the nspawn runtime tests (cgroups, network, processes, the assembled driver).
+
+Loaded as a plugin (`pytest_plugins = ["tests.integration.conftest_runtime"]`) by the modules that need it.
+Every fixture tears down from what the host shows, also after a failed or killed earlier run: tenants of
+the test prefix are swept before and after, the pool's loop device is detached and its image deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from drivers import nspawn_cgroups, nspawn_network
+from specs import Network, Observed, Resources, Template
+
+TEST_PREFIX = "ft-"  # every tenant a test makes starts with this; sweeps touch nothing else
+TEST_DATA_DIR = Path("/var/tmp/fleet-test-nspawn-runtime")  # fixed, so a killed run's leftovers are found
+TEST_IMAGE_SIZE = 2 << 30  # sparse
+BASE = Template(name="base", version="1")
+T = TypeVar("T")
+RUNTIME_TOOLS = {"nft": "nftables", "ip": "iproute2", "nsenter": "util-linux", "nc": "netcat-openbsd"}
+
+
+def runtime_unavailable() -> str | None:
+    """Why cgroups/netns/nft tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root: cgroups, network namespaces and nftables"
+    missing = sorted({package for tool, package in RUNTIME_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        return f"missing tools: apt-get install -y {' '.join(missing)}"
+    try:
+        nspawn_cgroups.detect()
+    except Exception as error:
+        return f"no usable cgroups: {error}"
+    return None
+
+
+def driver_unavailable() -> str | None:
+    """Why the assembled nspawn driver cannot run here, or None."""
+    reason = runtime_unavailable()
+    if reason:
+        return reason
+    from drivers.nspawn import host_problems
+
+    problems = host_problems()
+    return "; ".join(problems) if problems else None
+
+
+def leftover_test_tenants() -> set[str]:
+    """Tenants of the test prefix that have any part on the host (cgroups, netns, veth, lease, process)."""
+    from drivers.nspawn_process import Processes
+
+    names = set(nspawn_cgroups.detect().list_tenants())
+    names |= set(nspawn_network.Networks(TEST_DATA_DIR / "state").list_tenants())
+    names |= set(Processes(TEST_DATA_DIR / "state").running_tenants())
+    return {name for name in names if name.startswith(TEST_PREFIX)}
+
+
+def sweep_runtime(state_dir: Path) -> None:
+    """Remove every test tenant's runtime parts (no pool needed): processes, cgroups, network."""
+    from drivers.nspawn_process import Processes
+
+    cgroups = nspawn_cgroups.detect()
+    networks = nspawn_network.Networks(state_dir)
+    processes = Processes(state_dir)
+    names = set(cgroups.list_tenants()) | set(networks.list_tenants()) | set(processes.running_tenants())
+    for name in sorted(n for n in names if n.startswith(TEST_PREFIX)):
+        processes.stop(name)
+        cgroups.remove(name)
+        networks.remove(name)
+    with contextlib.suppress(Exception):
+        networks.firewall.remove_table_if_unused()
+
+
+def _teardown_pool(data_dir: Path) -> None:
+    from tests.integration.conftest import teardown_loop_pool
+
+    teardown_loop_pool(data_dir)
+
+
+@pytest.fixture
+def runtime_state(tmp_path: Path) -> Iterator[Path]:
+    """A state directory for Networks/Processes; every test tenant's runtime parts are swept around the test."""
+    reason = runtime_unavailable()
+    if reason:
+        pytest.skip(reason)
+    sweep_runtime(tmp_path / "state")
+    try:
+        yield tmp_path / "state"
+    finally:
+        sweep_runtime(tmp_path / "state")
+
+
+@pytest.fixture(scope="session")
+def nspawn_driver() -> Iterator[object]:
+    """One NspawnDriver on a loop-backed pool for the session, with the built-in base@1 template."""
+    reason = driver_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from drivers.nspawn import NspawnDriver
+
+    _sweep_driver_leftovers()
+    driver = NspawnDriver(TEST_DATA_DIR, image_size=TEST_IMAGE_SIZE)
+    try:
+        driver.ensure_template(BASE)
+        yield driver
+    finally:
+        for name in driver.pool.list_tenants():
+            if name.startswith(TEST_PREFIX):
+                driver.delete(name)
+        _sweep_driver_leftovers()
+
+
+def _sweep_driver_leftovers() -> None:
+    """Whatever a killed run left: runtime parts, then the pool (its tenants go with the image)."""
+    sweep_runtime(TEST_DATA_DIR / "state")
+    _teardown_pool(TEST_DATA_DIR)
+    shutil.rmtree(TEST_DATA_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def make_tenant(nspawn_driver: object) -> Iterator[Callable[..., Observed]]:
+    """Provision a tenant end to end (clone, resources, network, start); deleted after the test."""
+    from drivers.nspawn import NspawnDriver
+
+    assert isinstance(nspawn_driver, NspawnDriver)
+    driver = nspawn_driver
+    made: list[str] = []
+
+    def make(
+        suffix: str,
+        resources: Resources | None = None,
+        ports: tuple[int, ...] = (80,),
+        start: bool = True,
+    ) -> Observed:
+        name = f"{TEST_PREFIX}{suffix}"
+        made.append(name)
+        driver.clone(name, BASE)
+        driver.apply_resources(name, resources or Resources(cpu="1", memory="128Mi", pids=128, disk="128Mi"))
+        driver.apply_network(name, Network(ingress=ports))
+        if start:
+            driver.start(name)
+        observed = driver.inspect(name)
+        assert observed is not None
+        return observed
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            driver.delete(name)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.005)
+
+
+def http_get(address: str, port: int = 80, timeout: float = 1.0) -> bytes | None:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
+    except OSError:
+        return None
+
+
+def wait_http(address: str, port: int = 80, timeout: float = 10.0) -> bytes:
+    return wait_for(lambda: http_get(address, port), timeout=timeout, what=f"http://{address}:{port}/ to answer")
+
+
+def can_connect_from_netns(tenant: str, address: str, port: int, timeout_s: int = 1) -> bool:
+    """TCP connect from inside the tenant's network namespace (host's nc, the tenant's network)."""
+    done = subprocess.run(
+        ["nsenter", f"--net={nspawn_network.netns_path(tenant)}", "nc", "-z", "-w", str(timeout_s), address, str(port)],
+        capture_output=True,
+        timeout=timeout_s + 5,
+    )
+    return done.returncode == 0
