@@ -1,13 +1,21 @@
-"""The SQL contract a billing system relies on, exercised with raw SQL from another process."""
+"""The SQL contract a billing system relies on, exercised with raw SQL from another process, on both engines:
+the sqlite3 shell against SQLite, psql against PostgreSQL."""
 
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from state import Conflict, InvalidRecord, Store
+from state.migrations import MIGRATIONS
 from tests.helpers import tenant
+
+pytestmark = pytest.mark.both_stores
 
 
 def _db_path(store: Store) -> str:
@@ -15,15 +23,21 @@ def _db_path(store: Store) -> str:
 
 
 def _sqlite3_shell(store: Store, sql: str) -> subprocess.CompletedProcess[str]:
-    """Run SQL the way a billing engineer would: the sqlite3 shell, a separate process."""
+    """Run SQL the way a billing engineer would: the database's own shell, a separate process."""
+    if store.url.startswith("postgresql"):
+        psql = shutil.which("psql") or "psql"
+        return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", store.url, "-c", sql],
+                              capture_output=True, text=True, timeout=30)
     return subprocess.run(["sqlite3", _db_path(store), sql], capture_output=True, text=True, timeout=30)
 
 
-def _row(store: Store, name: str) -> sqlite3.Row | None:
+def _row(store: Store, name: str) -> Any:
+    if store.url.startswith("postgresql"):
+        with psycopg.connect(store.url, row_factory=dict_row) as pg:
+            return pg.execute("SELECT * FROM tenants WHERE name = %s", (name,)).fetchone()
     with sqlite3.connect(_db_path(store)) as conn:
         conn.row_factory = sqlite3.Row
-        row: sqlite3.Row | None = conn.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
-        return row
+        return conn.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
 
 
 needs_shell = pytest.mark.skipif(
@@ -138,12 +152,14 @@ def test_a_tenant_being_deleted_cannot_be_reconfigured(store: Store) -> None:
         store.apply_tenant(tenant("acme", resources={"memory": "1Gi"}))
 
 
+@needs_shell
 def test_events_are_append_only(store: Store, tmp_path: Path) -> None:
     from specs import Event
 
     store.append_events([Event(tenant="acme", reason="Cloned", message="x")])
-    with sqlite3.connect(_db_path(store)) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("UPDATE events SET message = 'rewritten'")
+    result = _sqlite3_shell(store, "UPDATE events SET message = 'rewritten';")
+    assert result.returncode != 0 and "append-only" in result.stderr
+    assert [e.message for e in store.events(tenant="acme")] == ["x"]
 
 
 def test_binding_is_compare_and_set(store: Store) -> None:
@@ -162,6 +178,9 @@ def test_the_schema_is_migrated_once_and_reopening_keeps_data(tmp_path: Path) ->
     second = Store(url)
     assert second.get_tenant("acme") is not None
     with sqlite3.connect(tmp_path / "f.db") as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+        from state.migrations import MIGRATIONS
+
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [m.version for m in MIGRATIONS], "each migration applied exactly once"
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     second.close()
