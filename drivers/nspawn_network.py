@@ -436,11 +436,16 @@ class Networks:
     def _host_indexes(self, ipr: IPRoute) -> dict[int, str]:
         """/30 indexes carried by Fleet veths on the host, and their tenants."""
         used: dict[int, str] = {}
-        for tenant, (index, _name) in self._fleet_veths(ipr).items():
-            for address, _prefix in _ipv4_addresses(ipr, index):
-                lease_index = self.leases.index_of(address)
-                if lease_index is not None:
-                    used[lease_index] = tenant
+        tenants = {index: tenant for tenant, (index, _name) in self._fleet_veths(ipr).items()}
+        # One dump of every IPv4 address, not one request per veth: with hundreds of tenants the
+        # per-veth round trips dominated every network setup.
+        for message in ipr.get_addr(family=2):
+            tenant = tenants.get(message["index"])
+            if tenant is None:
+                continue
+            lease_index = self.leases.index_of(message.get("IFA_ADDRESS"))
+            if lease_index is not None:
+                used[lease_index] = tenant
         return used
 
     def list_tenants(self) -> list[str]:

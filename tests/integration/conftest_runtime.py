@@ -11,22 +11,20 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from drivers import nspawn_cgroups, nspawn_network
 from specs import Network, Observed, Resources, Template
+from tests.helpers import wait_for
 
 TEST_PREFIX = "ft-"  # every tenant a test makes starts with this; sweeps touch nothing else
 TEST_DATA_DIR = Path("/var/tmp/fleet-test-nspawn-runtime")  # fixed, so a killed run's leftovers are found
 TEST_IMAGE_SIZE = 2 << 30  # sparse
 BASE = Template(name="base", version="1")
-T = TypeVar("T")
 RUNTIME_TOOLS = {"nft": "nftables", "ip": "iproute2", "nsenter": "util-linux", "nc": "netcat-openbsd"}
 
 
@@ -161,17 +159,6 @@ def make_tenant(nspawn_driver: object) -> Iterator[Callable[..., Observed]]:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.005)
-
-
 def http_get(address: str, port: int = 80, timeout: float = 1.0) -> bytes | None:
     try:
         with urllib.request.urlopen(f"http://{address}:{port}/", timeout=timeout) as response:

@@ -14,18 +14,11 @@ from drivers import nspawn_btrfs as btrfs
 from drivers import nspawn_templates
 from drivers.nspawn_pool import Pool
 from specs import NotFound, PermanentError, Template
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.root
 
 MiB = 1 << 20
-
-
-def wait_for(condition: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def fill(path: Path, size: int) -> int:
