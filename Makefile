@@ -4,7 +4,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: up test setup lint bench bench-fake clean
+.PHONY: up test setup lint bench bench-fake bench-fleet clean
 up: setup
 	$(VENV)/bin/fleet up $(ARGS)
 
@@ -24,7 +24,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy specs state drivers reconciler
 
-bench: bench-fake
+bench: bench-fake bench-fleet
+
+bench-fleet: setup
+	$(VENV)/bin/python -m tests.bench.bench_fleet
 
 bench-fake: setup
 	$(VENV)/bin/python -m tests.bench.bench_fake_10k

@@ -41,6 +41,9 @@ class ControllerConfig:
     poll_seconds: float = 0.05
     base_domain: str = "fleet.localhost"
     url_scheme: str = "http"
+    # True on a single machine (`fleet up`): an unbound tenant is bound to this node. False under an agent
+    # of a fleet: the scheduler binds, and this controller touches only tenants bound to its node.
+    self_bind: bool = True
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Controller:
             return Outcome.SKIPPED
         events: list[Event] = []
         if record.node is None:
+            if not self.config.self_bind:
+                return Outcome.SKIPPED  # the scheduler has not bound it yet
             if not self.store.bind(name, node):
                 return Outcome.SKIPPED  # another node took it first
             events.append(Event(tenant=name, node=node, reason="Scheduled", message=f"bound to {node}"))
@@ -250,6 +255,8 @@ class Controller:
         queued = 0
         known: set[str] = set()
         for record in self.store.iter_desired(node=self.config.node):
+            if record.node is None and not self.config.self_bind:
+                continue
             known.add(record.name)
             spec, status = record.spec, record.status
             needs_work = (
@@ -283,12 +290,17 @@ class Controller:
                 self.queue.done(name)
 
     def _run_feed(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_changes()
-            except FleetError as error:
-                self._log.warning("Could not read the change feed, will retry: {}", error)
-            self._stop.wait(self.config.poll_seconds)
+        listener = self.store.listen()  # PostgreSQL wakes the feed early; SQLite polls
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.poll_changes()
+                except FleetError as error:
+                    self._log.warning("Could not read the change feed, will retry: {}", error)
+                if not self._stop.is_set():
+                    listener.wait(self.config.poll_seconds)
+        finally:
+            listener.close()
 
     def start(self) -> None:
         self.poll_changes()

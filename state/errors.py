@@ -50,10 +50,14 @@ def translate(error: DBAPIError) -> FleetError:
             rule = check.group(1)
             column = next((c for c in _COLUMN_TO_FIELD if rule.startswith(c + "_")), rule)
             return InvalidRecord(field_for(column), rule[len(column) + 1 :].replace("_", " "))
-        unique = re.search(r"UNIQUE constraint failed: \w+\.(\w+)", message)
+        unique = re.search(r"UNIQUE constraint failed: \w+\.(\w+)", message) or re.search(
+            r"Key \((\w+)\)=\(.*\) already exists", message
+        )
         if unique:
             return Conflict(f"{field_for(unique.group(1))}: already exists")
-        not_null = re.search(r"NOT NULL constraint failed: \w+\.(\w+)", message)
+        not_null = re.search(r"NOT NULL constraint failed: \w+\.(\w+)", message) or re.search(
+            r'null value in column "(\w+)"', message
+        )
         if not_null:
             return InvalidRecord(field_for(not_null.group(1)), "is required")
     raised = re.search(r"(\w+): (.+)$", message.splitlines()[0] if message else "")

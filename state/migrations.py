@@ -12,7 +12,9 @@ from sqlalchemy import Connection, Engine, inspect, select
 from sqlmodel import SQLModel
 
 from specs import Network, PermanentError, Resources, Template
+from state.access_schema import ACCESS_TABLES
 from state.dialects import Dialect
+from state.nodes_schema import NODE_TABLES
 from state.schema import TEMPLATES, MigrationRow, RevisionRow
 
 BUILTIN_TEMPLATE = Template(
@@ -53,13 +55,30 @@ def _initial(conn: Connection, dialect: Dialect) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "tenants, status, templates, events, triggers", _initial),)
+def _access(conn: Connection, dialect: Dialect) -> None:
+    """Issue 5: API tokens, idempotency keys, webhook events, billing subscriptions, plans, signing keys."""
+    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[name] for name in ACCESS_TABLES])
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "tenants, status, templates, events, triggers", _initial),
+    Migration(2, "api tokens, idempotency keys, webhook events, plans, signing keys", _access),
+)
+
+
+def _nodes(conn: Connection, dialect: Dialect) -> None:
+    """Issue 6: the nodes of a fleet and the leases (scheduler leadership, node heartbeats)."""
+    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[name] for name in NODE_TABLES])
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(3, "nodes and leases (scheduler, heartbeats)", _nodes))
 
 
 def migrate(engine: Engine, dialect: Dialect) -> int:
     """Bring the schema to the newest version; return it."""
-    newest = MIGRATIONS[-1].version
+    newest = max(migration.version for migration in MIGRATIONS)
     with engine.connect().execution_options(**dialect.write_options()) as conn, conn.begin():
+        dialect.lock_for_migration(conn)
         migrations_table = MigrationRow.__table__  # type: ignore[attr-defined]
         if not inspect(conn).has_table("schema_migrations"):
             migrations_table.create(conn)
@@ -68,7 +87,7 @@ def migrate(engine: Engine, dialect: Dialect) -> int:
             raise PermanentError(
                 f"the store is at schema version {max(applied)}, newer than this Fleet ({newest}); upgrade Fleet"
             )
-        for migration in MIGRATIONS:
+        for migration in sorted(MIGRATIONS, key=lambda m: m.version):
             if migration.version in applied:
                 continue
             migration.apply(conn, dialect)

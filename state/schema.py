@@ -12,6 +12,7 @@ from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, DateTime, F
 from sqlmodel import Field, SQLModel
 
 from specs import format_bytes, limits
+from state.dialects.postgresql import install_functions, postgresql_checks
 from state.dialects.sqlite import sqlite_checks
 
 _NOW = text("CURRENT_TIMESTAMP")
@@ -142,5 +143,6 @@ STATUS = TenantStatusRow.__table__  # type: ignore[attr-defined]
 TEMPLATES = TemplateRow.__table__  # type: ignore[attr-defined]
 EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 
-for _table_name, _constraint in sqlite_checks():
+for _table_name, _constraint in [*sqlite_checks(), *postgresql_checks()]:
     SQLModel.metadata.tables[_table_name].append_constraint(_constraint)
+install_functions(SQLModel.metadata)

@@ -30,7 +30,7 @@ from specs import (
     TenantSpec,
     TenantStatus,
 )
-from state.dialects import Dialect, dialect_for
+from state.dialects import ChangeListener, Dialect, dialect_for
 from state.errors import Conflict, InvalidRecord, translate
 from state.migrations import migrate
 from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
@@ -142,6 +142,11 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def listen(self) -> ChangeListener:
+        """Something to wait on until tenants are written: LISTEN/NOTIFY on PostgreSQL, a sleep on SQLite.
+        Only a wake-up; the revision feed says what changed."""
+        return self.dialect.change_listener(self.url)
 
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
@@ -388,7 +393,7 @@ class Store:
 
     def current_revision(self) -> int:
         with self._read() as conn:
-            return int(conn.exec_driver_sql("SELECT value FROM fleet_revision WHERE id = 1").scalar_one())
+            return int(conn.exec_driver_sql(self.dialect.current_revision_sql()).scalar_one())
 
     # -- status and events -------------------------------------------------------------------------
     def record(

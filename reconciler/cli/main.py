@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from reconciler.cli import node, templates, tenants
+from reconciler.cli import agents, fleet_nodes, node, plans, templates, tenants, tokens, web
 from reconciler.cli.documents import BadInput
 from reconciler.cli.logs import quiet
 from reconciler.cli.settings import Settings
@@ -27,7 +27,8 @@ app = typer.Typer(
 def _global(
     ctx: typer.Context,
     db: str | None = typer.Option(
-        None, "--db", help="Store URL (sqlite:///PATH). Default: FLEET_DB, else DATA_DIR/fleet.db."
+        None, "--db", help="Store URL (sqlite:///PATH or postgresql://USER@HOST/DB). "
+        "Default: FLEET_DB, else DATA_DIR/fleet.db."
     ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Default: FLEET_DATA_DIR, else /var/lib/fleet (root) or ~/.local/share/fleet."
@@ -46,10 +47,21 @@ app.command("resume")(tenants.resume)
 app.command("events")(tenants.events)
 app.add_typer(templates.app, name="template")
 app.add_typer(node.app, name="node")
+app.command("nodes")(fleet_nodes.nodes)
+app.command("cordon")(fleet_nodes.cordon)
+app.command("uncordon")(fleet_nodes.uncordon)
+app.command("drain")(fleet_nodes.drain)
+app.command("agent")(agents.agent)
+app.command("scheduler")(agents.scheduler)
+app.add_typer(tokens.app, name="token")
+app.add_typer(tokens.keys, name="key")
+app.add_typer(plans.app, name="plan")
+app.command("api")(web.api)
+app.command("gateway")(web.gateway)
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "up":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("up", "api", "gateway", "agent", "scheduler"):
         quiet()
     try:
         app()

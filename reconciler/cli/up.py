@@ -9,6 +9,7 @@ from types import FrameType
 import typer
 from loguru import logger
 
+from reconciler.cli import web
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
@@ -36,9 +37,14 @@ def up(
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5, help="How often to compare all with the host."),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
     log_level: str = typer.Option("INFO", "--log-level"),
+    api_listen: str = typer.Option("127.0.0.1:8080", "--api-listen", help="HOST:PORT of the HTTP API (port 0: any)."),
+    gateway_listen: str = typer.Option("127.0.0.1:8081", "--gateway-listen", help="HOST:PORT of the tenant gateway."),
+    no_api: bool = typer.Option(False, "--no-api", help="Start neither the API nor the gateway."),
 ) -> None:
-    """Run the operator (store, controller, driver) in this process until Ctrl-C."""
+    """Run the operator (store, controller, driver, API, gateway) in this process until Ctrl-C."""
     configure(log_level)
+    api_at = None if no_api else web.listen(api_listen, "--api-listen")
+    gateway_at = None if no_api else web.listen(gateway_listen, "--gateway-listen")
     settings: Settings = ctx.obj
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,14 +65,21 @@ def up(
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     controller.start()
+    servers = [] if no_api else web.start_web(
+        store, web.web_config(base_domain, gateway_at, None, "http"), api_at, gateway_at,
+        [web.NodeView(node, driver.name, None)],
+    )
+    listening = "".join(f" {s.name}: http://{s.listen}." for s in servers)
     engine = "SQLite, WAL" if store.url.startswith("sqlite") else store.dialect.name
     typer.echo(
-        f"Fleet is up. Store: {store.url} ({engine}). Driver: {described}. Node: {node}. "
+        f"Fleet is up. Store: {store.url} ({engine}). Driver: {described}. Node: {node}.{listening} "
         f"Try: fleet apply -f docs/examples/tenant.yaml. Stop with Ctrl-C.",
         err=True,
     )
     stop.wait()
     logger.info("Stopping: finishing the passes under way")
+    for server in servers:
+        server.stop()
     controller.stop()
     driver.close()
     store.close()

@@ -3,7 +3,7 @@
 Each engine's dialect-specific SQL lives in exactly one module here.
 """
 
-from state.dialects.base import Dialect
+from state.dialects.base import ChangeListener, Dialect
 from state.dialects.sqlite import SQLiteDialect
 
 
@@ -11,8 +11,10 @@ def dialect_for(url: str) -> Dialect:
     if url.startswith("sqlite"):
         return SQLiteDialect()
     if url.startswith("postgresql"):
-        raise NotImplementedError("the PostgreSQL store arrives with the fleet (issue 6); use a sqlite:/// URL")
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH")
+        from state.dialects.postgresql import PostgreSQLDialect
+
+        return PostgreSQLDialect()
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
-__all__ = ["Dialect", "dialect_for"]
+__all__ = ["ChangeListener", "Dialect", "dialect_for"]

@@ -5,6 +5,7 @@ one global counter on every write, a generation bump when the spec changes, a so
 lost one, and a refusal of unknown templates and bad port lists.
 """
 
+import threading
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Connection, Engine, create_engine, event
@@ -136,3 +137,48 @@ class SQLiteDialect:
 
     def write_options(self) -> dict[str, object]:
         return {"sqlite_begin": "IMMEDIATE"}
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        """Nothing to do: a write transaction (BEGIN IMMEDIATE) already excludes other writers."""
+
+    def current_revision_sql(self) -> str:
+        return "SELECT value FROM fleet_revision WHERE id = 1"
+
+    def epoch_now_sql(self) -> str:
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def change_listener(self, url: str) -> "SleepListener":
+        return SleepListener()
+
+
+class SleepListener:
+    """SQLite has no notifications: waiting is sleeping, and the revision feed is polled."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        self._event.wait(timeout)
+        return False
+
+    def close(self) -> None:
+        self._event.set()
+
+
+# Issue 5: CHECKs of the access tables (tokens, plans, signing keys), kept apart from CHECKS because
+# those tables are defined in state/access_schema.py, after state/schema.py attached the ones above.
+ACCESS_CHECKS: list[tuple[str, str, str]] = [
+    ("plans", "template_must_be_a_dns_label", NAME_CHECK.format(col="template")),
+    ("plans", "plan_id_must_be_a_billing_id", "id NOT GLOB '*[^A-Za-z0-9_.:-]*' AND length(id) BETWEEN 1 AND 128"),
+    (
+        "plans",
+        "ingress_ports_must_be_a_json_array",
+        f"ingress_ports IS NULL OR (json_valid(ingress_ports) AND json_type(ingress_ports) = 'array'"
+        f" AND json_array_length(ingress_ports) <= {limits.PORTS_MAX})",
+    ),
+    ("api_tokens", "token_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
+]
+
+
+def sqlite_access_checks() -> list[tuple[str, CheckConstraint]]:
+    return [(table, CheckConstraint(sql, name=name).ddl_if(dialect="sqlite")) for table, name, sql in ACCESS_CHECKS]

@@ -67,7 +67,8 @@ def fleet(tmp_path: Path) -> Fleet:
 def start_operator(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
     """`fleet up ARGS` in the background; returns once it says it is up."""
     process = subprocess.Popen(
-        [FLEET, "up", "--resync-seconds", "1", "--log-level", "DEBUG", *args],
+        [FLEET, "up", "--resync-seconds", "1", "--log-level", "DEBUG",
+         "--api-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0", *args],  # free ports; ARGS may override
         env=fleet.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert process.stderr is not None

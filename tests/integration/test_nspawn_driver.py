@@ -253,3 +253,42 @@ def test_delete_removes_everything_and_says_so(driver: NspawnDriver) -> None:
     assert driver.processes.find(name) is None
     again = driver.delete(name)
     assert again.removed == () and "subvolume" in again.already_absent
+
+
+def test_a_disk_filler_hits_its_quota_and_the_neighbour_keeps_writing(
+    driver: NspawnDriver, make_tenant: MakeTenant
+) -> None:
+    filler = make_tenant("fill", Resources(cpu="1", memory="128Mi", pids=64, disk="32Mi"))
+    calm = make_tenant("calm3")
+    assert calm.address
+    # 64 MiB into a 32 MiB exclusive quota: dd must fail with EDQUOT, inside the tenant's own filesystem.
+    process = in_tenant(driver, filler.name, "/usr/bin/busybox dd if=/dev/zero of=/big bs=1M count=64; echo rc=$?")
+    output = process.communicate(timeout=60)[0]
+    assert "Disk quota exceeded" in output and "rc=1" in output, output
+    usage = driver.pool.disk_usage(filler.name)
+    assert usage <= 33 << 20, usage
+    neighbour = in_tenant(driver, calm.name, "/usr/bin/busybox dd if=/dev/zero of=/ok bs=1M count=8; echo rc=$?")
+    assert "rc=0" in neighbour.communicate(timeout=60)[0]
+    assert http_get(calm.address) is not None
+
+
+def test_a_tenant_sees_neither_the_files_nor_the_processes_of_another(
+    driver: NspawnDriver, make_tenant: MakeTenant
+) -> None:
+    a = make_tenant("see-a")
+    b = make_tenant("see-b")
+    secret = driver.pool.tenant_path(b.name) / "secret-of-b"
+    secret.write_text("b only")
+    b_pids = driver.cgroups.pids(b.name)
+    probe = in_tenant(
+        driver, a.name,
+        "ls /; echo ---; cat /secret-of-b 2>&1; echo ---; for p in /proc/[0-9]*; do echo ${p#/proc/}; done",
+    )
+    listing, secret_read, pids = probe.communicate(timeout=30)[0].split("---")
+    assert "secret-of-b" not in listing
+    assert "No such file" in secret_read
+    visible = {int(p) for p in pids.split()}
+    assert len(visible) < 10, f"a tenant sees only its own few processes, saw {sorted(visible)}"
+    assert not any(str(pid) in listing for pid in b_pids)  # host pids of b never appear as a's pids
+    hostname = in_tenant(driver, a.name, "hostname").communicate(timeout=30)[0].strip()
+    assert hostname == a.name

@@ -10,6 +10,8 @@ from state import Store
 from tests.conftest import make_controller
 from tests.helpers import drain, tenant
 
+pytestmark = pytest.mark.both_stores
+
 
 def phases(store: Store) -> dict[str, str]:
     return {t.metadata.name: (t.status.phase.value if t.status else "Pending") for t in store.list_tenants().items}
@@ -181,9 +183,15 @@ def test_a_missing_template_is_a_failed_condition_not_a_crash(
 ) -> None:
     import sqlite3
 
+    import psycopg
+
     store.apply_tenant(tenant("acme"))
-    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
-        conn.execute("DELETE FROM templates WHERE name = 'base'")
+    if store.url.startswith("postgresql"):
+        with psycopg.connect(store.url) as pg:
+            pg.execute("DELETE FROM templates WHERE name = 'base'")
+    else:
+        with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
+            conn.execute("DELETE FROM templates WHERE name = 'base'")
     controller.poll_changes()
     drain(controller, clock=clock)
     got = store.get_tenant("acme")

@@ -184,3 +184,55 @@ def test_the_schema_is_migrated_once_and_reopening_keeps_data(tmp_path: Path) ->
         assert versions == [m.version for m in MIGRATIONS], "each migration applied exactly once"
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     second.close()
+
+
+def test_the_change_feed_misses_no_write_from_concurrent_writers(store: Store) -> None:
+    """PostgreSQL can commit transactions out of revision order; a reader of `revision > last_seen` must
+    still see every write (revisions are stamped under a lock held until commit)."""
+    import threading
+
+    writers, per_writer = 4, 40
+    done = threading.Event()
+    seen: set[str] = set()
+
+    def write(index: int) -> None:
+        for n in range(per_writer):
+            store.apply_tenant(tenant(f"w{index}-{n}"))
+
+    def follow() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            for change in store.changes_since(last):
+                seen.add(change.name)
+                last = change.revision
+            if finished:
+                return
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    done.set()
+    reader.join(60)
+    assert seen == {f"w{i}-{n}" for i in range(writers) for n in range(per_writer)}
+
+
+def test_a_postgresql_store_is_migrated_once_by_processes_starting_together(postgres_url: str) -> None:
+    import threading
+
+    stores: list[Store] = []
+    threads = [threading.Thread(target=lambda: stores.append(Store(postgres_url))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(stores) == 4
+    with psycopg.connect(postgres_url) as pg:
+        versions = [row[0] for row in pg.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == sorted(m.version for m in MIGRATIONS)
+    for s in stores:
+        s.close()

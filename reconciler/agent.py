@@ -1,0 +1,163 @@
+"""The node agent: one per node of a fleet. Registers the node, keeps its heartbeat lease, and runs the
+controller for the tenants bound to this node only.
+
+Why it exists: on a fleet the scheduler binds and agents reconcile. The heartbeat lease is also the
+agent's claim on its node name: a second agent for the same node is refused while the first is alive, so
+two agents never act on the same tenant. What it must never do: bind a tenant (the scheduler does), touch
+a tenant bound to another node, or reschedule anything.
+"""
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from drivers import Driver
+from reconciler.controller import Controller, ControllerConfig
+from specs import FleetError, NodeCapacity, PermanentError, TransientError
+from state import Store
+from state.nodes import Allocatable, NodeRegistration, NodeStore
+
+
+def agent_identity(node: str) -> str:
+    """Unique per process: host, pid and a random suffix, so a restarted agent is a new holder."""
+    return f"{node}/{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    labels: dict[str, str] = field(default_factory=dict)
+    lease_seconds: float = 10.0
+    cpu_overcommit: float = 4.0  # cpu limits are ceilings; mostly idle tenants share cores
+    memory_overcommit: float = 1.0
+    max_tenants: int | None = None
+    workers: int = 4
+    resync_seconds: float = 30.0
+    poll_seconds: float = 0.5  # PostgreSQL's NOTIFY wakes the feed sooner
+    base_domain: str = "fleet.localhost"
+    template_refresh_beats: int = 5  # look for new templates every this many heartbeats
+
+
+def allocatable(capacity: NodeCapacity, config: AgentConfig) -> Allocatable:
+    slots = capacity.max_tenants if config.max_tenants is None else min(capacity.max_tenants, config.max_tenants)
+    return Allocatable(
+        cpu_millicores=int(capacity.cpu_millicores * config.cpu_overcommit),
+        memory_bytes=int(capacity.memory_bytes * config.memory_overcommit),
+        disk_bytes=capacity.disk_bytes,
+        tenants=slots,
+    )
+
+
+class Agent:
+    def __init__(self, store: Store, driver: Driver, config: AgentConfig, identity: str | None = None) -> None:
+        self.store = store
+        self.driver = driver
+        self.config = config
+        self.identity = identity or agent_identity(config.node)
+        self.nodes = NodeStore(store)
+        self.controller = Controller(
+            store,
+            driver,
+            ControllerConfig(
+                node=config.node, workers=config.workers, resync_seconds=config.resync_seconds,
+                poll_seconds=config.poll_seconds, base_domain=config.base_domain, self_bind=False,
+            ),
+        )
+        self.templates: set[str] = set()
+        self.lost = threading.Event()  # set when another agent took this node's lease
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._beats = 0
+        self._log = logger.bind(node=config.node)
+
+    def ensure_templates(self) -> set[str]:
+        """Make every template of the store present on this node; return the refs it holds."""
+        for template in self.store.list_templates():
+            if template.ref not in self.templates:
+                self.driver.ensure_template(template)
+                self.templates.add(template.ref)
+                self._log.bind(template=template.ref).info("Ensured template")
+        return set(self.templates)
+
+    def register(self) -> None:
+        capacity = self.driver.capacity()
+        registration = NodeRegistration(
+            name=self.config.node,
+            labels=self.config.labels,
+            driver=self.driver.info(),
+            capacity=capacity,
+            allocatable=allocatable(capacity, self.config),
+            templates=tuple(sorted(self.ensure_templates())),
+        )
+        if not self.nodes.register(registration, self.identity, self.config.lease_seconds):
+            lease = self.nodes.lease(f"node/{self.config.node}")
+            holder = lease.holder if lease else "another agent"
+            raise PermanentError(
+                f"node {self.config.node} is held by a live agent ({holder}); stop it, or wait "
+                f"{self.config.lease_seconds:.0f}s for its lease to expire",
+                reason="NodeHeld",
+            )
+        self._log.bind(
+            cpu=registration.allocatable.cpu_millicores, memory=registration.allocatable.memory_bytes,
+            slots=registration.allocatable.tenants, driver=registration.driver.name,
+        ).info("Registered node")
+
+    def heartbeat(self) -> None:
+        """Renew the lease; after a NotReady spell, look at every tenant again so Ready comes back."""
+        self._beats += 1
+        templates = None
+        capacity = None
+        if self._beats % self.config.template_refresh_beats == 0:
+            templates = sorted(self.ensure_templates())
+            capacity = self.driver.capacity()
+        ours, was_not_ready = self.nodes.heartbeat(
+            self.config.node, self.identity, self.config.lease_seconds, templates=templates, capacity=capacity
+        )
+        if not ours:
+            self._log.error("Lost this node's lease to another agent; stopping work")
+            self.lost.set()
+            self.controller.stop(timeout=1)
+            return
+        if was_not_ready:
+            self.requeue_all()
+
+    def requeue_all(self) -> int:
+        names = self.nodes.tenants_on(self.config.node)
+        for name in names:
+            self.controller.queue.add(name)
+        self._log.bind(tenants=len(names)).info("Node is Ready again; re-checking its tenants")
+        return len(names)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.config.lease_seconds / 3
+        while not self._stop.wait(interval) and not self.lost.is_set():
+            try:
+                self.heartbeat()
+            except (TransientError, FleetError) as error:
+                self._log.warning("Heartbeat failed, will retry: {}", error)
+            except Exception as error:  # keep beating: a dead heartbeat marks every tenant Unknown
+                self._log.exception("Heartbeat raised an unexpected error: {}", error)
+
+    def start(self) -> None:
+        self.register()
+        self.controller.start()
+        self._thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.controller.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+        if not self.lost.is_set():
+            try:
+                self.nodes.release_lease(f"node/{self.config.node}", self.identity)
+            except FleetError as error:
+                self._log.warning("Could not release the node lease: {}", error)
+
+
+__all__ = ["Agent", "AgentConfig", "agent_identity", "allocatable"]

@@ -1,0 +1,129 @@
+"""`fleet agent` and `fleet scheduler`: the long-running processes of a fleet on PostgreSQL.
+
+Why here: each is a thin door onto `reconciler.agent` and `reconciler.scheduler` (flags, signals, a
+retry while the store is not reachable yet). What it must never do: hold placement or reconcile logic.
+"""
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import typer
+from loguru import logger
+
+from reconciler.agent import Agent, AgentConfig
+from reconciler.cli.hosts import DriverOptions, open_driver
+from reconciler.cli.logs import configure
+from reconciler.cli.settings import Settings
+from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
+from specs import PermanentError, TransientError
+from state import Store
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PermanentError(f"--label: {pair!r} must be KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _open_store(settings: Settings, wait_seconds: float = 60.0) -> Store:
+    """The store, waiting for it while it is unreachable (a database restarting is not fatal)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return settings.open_store(create=True)
+        except TransientError as error:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("Store not reachable yet, will retry: {}", error)
+            time.sleep(1)
+
+
+def _until_signal() -> threading.Event:
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    return stop
+
+
+def agent(
+    ctx: typer.Context,
+    node: str = typer.Option(socket.gethostname().split(".")[0].lower(), "--node", help="This node's name."),
+    driver_name: str = typer.Option("auto", "--driver", help="auto (the real driver), nspawn, or fake."),
+    pool: Path | None = typer.Option(None, "--pool", help="A btrfs filesystem for this node's containers."),
+    pool_size: str = typer.Option("20Gi", "--pool-size"),
+    address_range: str = typer.Option("10.213.0.0/16", "--address-range"),
+    label: list[str] = typer.Option([], "--label", help="KEY=VALUE node label (repeatable), for node selectors."),
+    lease: float = typer.Option(10.0, "--lease-seconds", min=1.0, help="Heartbeat lease; NotReady after it."),
+    max_tenants: int | None = typer.Option(None, "--max-tenants", min=1, help="Tenant slots on this node."),
+    cpu_overcommit: float = typer.Option(4.0, "--cpu-overcommit", min=0.1, help="Allocatable cpu = cores x this."),
+    memory_overcommit: float = typer.Option(1.0, "--memory-overcommit", min=0.1),
+    workers: int = typer.Option(4, "--workers", min=1, max=64),
+    resync: float = typer.Option(30.0, "--resync-seconds", min=0.5),
+    base_domain: str = typer.Option("fleet.localhost", "--base-domain"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Run this node's agent: register the node, heartbeat, reconcile the tenants bound to it."""
+    configure(log_level)
+    settings: Settings = ctx.obj
+    data_dir = settings.resolved_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = _open_store(settings)
+    driver, described = open_driver(
+        DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size,
+                      address_range=address_range, node=node)
+    )
+    config = AgentConfig(
+        node=node, labels=_labels(label), lease_seconds=lease, cpu_overcommit=cpu_overcommit,
+        memory_overcommit=memory_overcommit, max_tenants=max_tenants, workers=workers, resync_seconds=resync,
+        base_domain=base_domain,
+    )
+    runner = Agent(store, driver, config)
+    stop = _until_signal()
+    runner.start()
+    typer.echo(f"Fleet agent is up. Node: {node}. Driver: {described}. Store: {store.dialect.name}.", err=True)
+    while not stop.wait(0.5):
+        if runner.lost.is_set():
+            break
+    runner.stop()
+    driver.close()
+    store.close()
+    typer.echo("Fleet agent stopped. Containers keep running.", err=True)
+
+
+def scheduler(
+    ctx: typer.Context,
+    strategy: Strategy = typer.Option(Strategy.BINPACK, "--strategy", help="binpack (fill nodes) or spread."),
+    lease: float = typer.Option(10.0, "--lease-seconds", min=1.0, help="Leader lease; a standby takes over after."),
+    max_tenants_per_node: int | None = typer.Option(None, "--max-tenants-per-node", min=1),
+    interval: float = typer.Option(1.0, "--interval-seconds", min=0.05, help="Longest wait between passes."),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Run a scheduler: one is active at a time (a leader lease); it binds unbound tenants to nodes."""
+    configure(log_level)
+    settings: Settings = ctx.obj
+    store = _open_store(settings)
+    identity = f"{socket.gethostname()}/{__import__('os').getpid()}"
+    runner = Scheduler(
+        store,
+        SchedulerConfig(identity=identity, strategy=strategy, lease_seconds=lease, interval_seconds=interval,
+                        max_tenants_per_node=max_tenants_per_node),
+    )
+    stop = _until_signal()
+    runner.start()
+    typer.echo(f"Fleet scheduler is up ({strategy.value}). Identity: {identity}.", err=True)
+    stop.wait()
+    runner.stop()
+    store.close()
+    typer.echo("Fleet scheduler stopped.", err=True)

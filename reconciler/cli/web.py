@@ -1,0 +1,93 @@
+"""`fleet api` and `fleet gateway`: the HTTP API or the gateway alone, for a fleet where they run on other
+machines than the controllers. `fleet up` starts both in its own process (see `start_web`)."""
+
+import signal
+import threading
+from types import FrameType
+
+import typer
+
+from reconciler.cli.documents import BadInput
+from reconciler.cli.logs import configure
+from reconciler.cli.settings import Settings
+from reconciler.web.app import create_app
+from reconciler.web.context import NodeView, WebConfig, WebContext
+
+__all__ = ["NodeView", "api", "gateway", "listen", "start_web", "web_config"]
+from reconciler.web.gateway import create_gateway
+from reconciler.web.server import BackgroundServer, Listen
+from state import Store
+
+PUBLIC_PORT_HELP = "Port customers reach the gateway on, in tenant URLs (default: the gateway's own port)."
+
+
+def listen(text: str, option: str) -> Listen:
+    try:
+        return Listen.parse(text, option)
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+
+
+def web_config(base_domain: str, gateway: Listen | None, public_port: int | None, public_scheme: str) -> WebConfig:
+    if public_scheme not in ("http", "https"):
+        raise BadInput(f"--public-scheme: {public_scheme!r} must be http or https")
+    port = public_port if public_port is not None else (gateway.port if gateway else None)
+    return WebConfig(base_domain=base_domain, public_scheme=public_scheme, public_port=port,
+                     webhook_secrets=WebConfig.secrets_from_env(), secure_cookies=public_scheme == "https")
+
+
+def start_web(store: Store, config: WebConfig, api: Listen | None, gateway: Listen | None,
+              nodes: list[NodeView] | None = None) -> list[BackgroundServer]:
+    """Start the API and/or the gateway in background threads; returns them, started."""
+    known = nodes or []
+    context = WebContext(store, config, nodes=lambda: known)
+    servers = []
+    if api is not None:
+        servers.append(BackgroundServer(create_app(context), api, name="API").start())
+    if gateway is not None:
+        servers.append(BackgroundServer(create_gateway(context), gateway, name="gateway").start())
+    return servers
+
+
+def _serve(ctx: typer.Context, what: str, api: Listen | None, gateway: Listen | None, base_domain: str,
+           public_port: int | None, public_scheme: str, log_level: str) -> None:
+    configure(log_level)
+    settings: Settings = ctx.obj
+    store = settings.open_store()
+    servers = start_web(store, web_config(base_domain, gateway, public_port, public_scheme), api, gateway)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    typer.echo(f"Fleet {what} is up on " + ", ".join(f"{s.name} http://{s.listen}" for s in servers)
+               + ". Stop with Ctrl-C.", err=True)
+    stop.wait()
+    for server in servers:
+        server.stop()
+    store.close()
+
+
+def api(
+    ctx: typer.Context,
+    listen_on: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to serve the API on."),
+    base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
+    public_port: int | None = typer.Option(None, "--public-port", help=PUBLIC_PORT_HELP),
+    public_scheme: str = typer.Option("http", "--public-scheme", help="http, or https behind a TLS proxy."),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Serve the HTTP API (tenants, plans, claims, the billing webhook) on the store, until Ctrl-C."""
+    _serve(ctx, "API", listen(listen_on, "--listen"), None, base_domain, public_port or 8081, public_scheme,
+           log_level)
+
+
+def gateway(
+    ctx: typer.Context,
+    listen_on: str = typer.Option("127.0.0.1:8081", "--listen", help="HOST:PORT to serve tenants on."),
+    base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Serve the gateway: NAME.BASE-DOMAIN -> the tenant's container, for holders of its claim."""
+    _serve(ctx, "gateway", None, listen(listen_on, "--listen"), base_domain, None, "http", log_level)

@@ -1,0 +1,203 @@
+"""Tenant routes: create, get, list (filters, paging), patch the spec, delete, events, and authorize
+(mint a claim and the URL to send the customer to).
+
+Writes take `?dry_run=true` (the same checks, nothing written, the plan returned) and an
+`Idempotency-Key`. Routes validate with the spec models and call the store; they never write SQL and
+never touch the host.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reconciler.plan import plan as plan_actions
+from reconciler.web.auth import Reader, TenantWriter
+from reconciler.web.claims import DEFAULT_TTL_SECONDS
+from reconciler.web.context import ContextDep, StoreDep
+from reconciler.web.errors import ApiError, ErrorBody, validation_error
+from reconciler.web.idempotency import IdempotencyDep
+from specs import Event, NotFound, Phase, Tenant
+from specs.names import NAME_PATTERN
+from state import ApplyResult, Store
+
+CLAIM_PARAMETER = "fleet_claim"
+TenantName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="The tenant's name")]
+DryRun = Annotated[bool, Query(description="Check and plan only; write nothing")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422, 503)
+}
+
+router = APIRouter(prefix="/api/v1", tags=["tenants"], responses=ERRORS)
+
+
+class WriteResult(BaseModel):
+    """What a write did (or, with dry_run, would do)."""
+
+    name: str
+    outcome: str = Field(description="created, configured, unchanged or deleting")
+    generation: int
+    dry_run: bool = False
+    plan: list[str] = Field(default_factory=list, description="The actions the reconciler will take")
+    tenant: Tenant | None = None
+
+
+class TenantList(BaseModel):
+    items: list[Tenant]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page")
+
+
+class TenantPatch(BaseModel):
+    """A JSON merge patch (RFC 7386) of a tenant: keys given replace, null resets to the template default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str] | None = None
+    spec: dict[str, Any] | None = None
+
+
+class AuthorizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60, le=86400, description="How long the claim lasts")
+
+
+class Authorization(BaseModel):
+    tenant: str
+    claim: str = Field(description="A signed JWT; its audience is the tenant")
+    url: str = Field(description="Redirect the customer here: the tenant URL with the claim")
+    expires_at: datetime
+
+
+def _planned(store: Store, result: ApplyResult) -> list[str]:
+    desired = result.desired
+    if desired is None or desired.spec is None:
+        return []
+    return [action.describe() for action in plan_actions(desired.spec, store.last_observed(result.name))]
+
+
+def _result(store: Store, result: ApplyResult, dry_run: bool) -> WriteResult:
+    return WriteResult(
+        name=result.name, outcome=result.outcome.value, generation=result.generation, dry_run=dry_run,
+        plan=_planned(store, result), tenant=None if dry_run else store.get_tenant(result.name),
+    )
+
+
+def _existing(store: Store, name: str) -> Tenant:
+    tenant = store.get_tenant(name)
+    if tenant is None:
+        raise NotFound(f"metadata.name: tenant {name} not found")
+    return tenant
+
+
+@router.post("/tenants", status_code=201, response_model=WriteResult, summary="Create a tenant")
+def create_tenant(
+    tenant: Tenant, store: StoreDep, token: TenantWriter, once: IdempotencyDep, dry_run: DryRun = False
+) -> Any:
+    def answer() -> tuple[int, BaseModel]:
+        if store.get_tenant(tenant.name) is not None:
+            raise ApiError(409, "metadata.name", f"tenant {tenant.name} already exists; PATCH it instead")
+        result = store.apply_tenant(tenant.model_copy(update={"status": None}), dry_run=dry_run)
+        return (200 if dry_run else 201), _result(store, result, dry_run)
+
+    return once.run(token.name, answer)
+
+
+@router.get("/tenants", response_model=TenantList, summary="List tenants")
+def list_tenants(
+    store: StoreDep,
+    _token: Reader,
+    phase: Phase | None = None,
+    label: Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to require several")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str, Query(max_length=63, description="The `next_after` of the previous page")] = "",
+) -> TenantList:
+    labels: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ApiError(422, "label", f"{item!r} must be KEY=VALUE")
+        labels[key] = value
+    page = store.list_tenants(labels=labels or None, phase=phase.value if phase else None, limit=limit, after=after)
+    return TenantList(items=page.items, next_after=page.next_after)
+
+
+@router.get("/tenants/{name}", response_model=Tenant, summary="Get a tenant, with its status")
+def get_tenant(name: TenantName, store: StoreDep, _token: Reader) -> Tenant:
+    return _existing(store, name)
+
+
+@router.patch("/tenants/{name}", response_model=WriteResult, summary="Change a tenant's spec or labels")
+def patch_tenant(
+    name: TenantName, patch: TenantPatch, store: StoreDep, token: TenantWriter, once: IdempotencyDep,
+    dry_run: DryRun = False,
+) -> Any:
+    def answer() -> tuple[int, BaseModel]:
+        current = _existing(store, name)
+        document = current.model_dump(mode="json", by_alias=True, exclude={"status"})
+        document["metadata"] = {"name": name, "labels": document["metadata"]["labels"]}
+        if patch.labels is not None:
+            document["metadata"]["labels"] = patch.labels
+        if patch.spec is not None:
+            document["spec"] = _merge(document["spec"], patch.spec)
+        try:
+            tenant = Tenant.model_validate(document)
+        except ValidationError as error:
+            raise validation_error(error) from error
+        return 200, _result(store, store.apply_tenant(tenant, dry_run=dry_run), dry_run)
+
+    return once.run(token.name, answer)
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
+
+
+@router.delete("/tenants/{name}", status_code=202, response_model=WriteResult,
+               summary="Delete a tenant and everything it has")
+def delete_tenant(
+    name: TenantName, store: StoreDep, token: TenantWriter, once: IdempotencyDep, dry_run: DryRun = False
+) -> Any:
+    def answer() -> tuple[int, BaseModel]:
+        current = _existing(store, name)
+        observed = store.last_observed(name)
+        steps = [] if observed is None else (["stop the container"] if observed.running else []) + [
+            "delete everything the tenant has"]
+        if not dry_run:
+            store.request_delete(name)
+        return 202, WriteResult(name=name, outcome="deleting", generation=current.metadata.generation,
+                                dry_run=dry_run, plan=steps)
+
+    return once.run(token.name, answer)
+
+
+@router.get("/tenants/{name}/events", response_model=list[Event], summary="What happened to a tenant")
+def tenant_events(
+    name: TenantName, store: StoreDep, _token: Reader,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Event]:
+    return store.events(tenant=name, after_id=after, limit=limit)
+
+
+@router.post("/tenants/{name}/authorize", response_model=Authorization,
+             summary="Mint a claim that lets the customer into this tenant")
+def authorize(
+    name: TenantName, context: ContextDep, _token: TenantWriter,
+    request: Annotated[AuthorizeRequest | None, Body()] = None,
+) -> Authorization:
+    tenant = _existing(context.store, name)
+    if tenant.deleting:
+        raise ApiError(409, "metadata.name", f"tenant {name} is being deleted")
+    ttl = (request or AuthorizeRequest()).ttl_seconds
+    claim = context.signer.mint(name, ttl_seconds=ttl)
+    url = f"{context.config.tenant_url(name)}?{CLAIM_PARAMETER}={claim.token}"
+    return Authorization(tenant=name, claim=claim.token, url=url, expires_at=claim.expires_at)

@@ -1,0 +1,245 @@
+"""The billing webhook: Stripe's signature scheme, and subscription events mapped to desired state.
+
+    customer.subscription.created  -> a tenant with the template and quota of the subscription's plan
+    customer.subscription.updated  -> the same (a re-quota when the plan changed); status canceled -> delete
+    customer.subscription.deleted  -> delete the tenant (the reconciler removes everything it had)
+    anything else                  -> acknowledged and recorded, nothing changed
+
+Each event id is applied once: a replay answers 200 with the first outcome. Per subscription the store
+keeps the newest event applied and whether it was deleted, so an event that arrives late never resurrects
+a deleted tenant nor undoes a newer plan. A request whose signature, timestamp or body is wrong, or whose
+plan is unknown, gets a 4xx naming the problem and writes nothing (the billing system retries it).
+
+Never trust the body before the signature is checked; never log a secret.
+"""
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reconciler.web.context import ContextDep, WebConfig
+from reconciler.web.errors import ApiError, ErrorBody, validation_error
+from specs import Event, Metadata, Tenant, TenantSpec
+from specs.names import validate_name
+from specs.plan import Plan
+from state import Conflict, Store
+from state.access import Access, Subscription
+
+SIGNATURE_HEADER = "Stripe-Signature"
+CREATED, UPDATED, DELETED = (
+    "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted"
+)
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+TENANT_METADATA_KEY = "fleet_tenant"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+router = APIRouter(prefix="/api/v1", tags=["webhooks"])
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # Stripe adds fields; we read only these
+
+
+class Price(_Loose):
+    id: str = Field(min_length=1, max_length=255)
+    product: str | dict[str, Any] | None = None
+
+    @property
+    def product_id(self) -> str | None:
+        if isinstance(self.product, dict):
+            value = self.product.get("id")
+            return value if isinstance(value, str) else None
+        return self.product
+
+
+class SubscriptionItem(_Loose):
+    price: Price
+
+
+class SubscriptionItems(_Loose):
+    data: list[SubscriptionItem] = Field(min_length=1)
+
+
+class SubscriptionObject(_Loose):
+    id: str = Field(min_length=1, max_length=255)
+    customer: str = Field(min_length=1, max_length=255)
+    status: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    items: SubscriptionItems
+
+
+class EventData(_Loose):
+    object: dict[str, Any]
+
+
+class BillingEvent(_Loose):
+    id: str = Field(min_length=1, max_length=255)
+    type: str = Field(min_length=1, max_length=255)
+    created: int = Field(ge=0, le=2**62)
+    data: EventData
+
+
+class WebhookResult(BaseModel):
+    event_id: str
+    type: str
+    outcome: str
+    tenant: str | None = None
+    replayed: bool = False
+
+
+def sign(payload: bytes, secret: str, timestamp: int) -> str:
+    """The `Stripe-Signature` header Stripe would send (for tests, benchmarks and docs)."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify_signature(
+    payload: bytes, header: str | None, secrets: Sequence[str], *, now: float, tolerance: int = 300
+) -> int:
+    """Check a `Stripe-Signature` header; return its timestamp. Several v1 values and several secrets are
+    accepted, so either side can rotate."""
+    if not header:
+        raise ApiError(400, SIGNATURE_HEADER, "is required")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) < 20:
+            timestamp = int(value)
+        elif key == "v1" and value:
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        raise ApiError(400, SIGNATURE_HEADER, "must be t=TIMESTAMP,v1=SIGNATURE[,v1=...]")
+    signed = f"{timestamp}.".encode() + payload
+    expected = [hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets]
+    if not any(hmac.compare_digest(e, s) for e in expected for s in signatures):
+        raise ApiError(400, SIGNATURE_HEADER, "no signature matches the body with any webhook secret")
+    if abs(now - timestamp) > tolerance:
+        raise ApiError(400, SIGNATURE_HEADER, f"timestamp is more than {tolerance} seconds from now (replayed?)")
+    return timestamp
+
+
+def tenant_name_for(subscription: SubscriptionObject) -> str:
+    """The subscription's `fleet_tenant` metadata if set, else a DNS label derived from the customer id."""
+    chosen = subscription.metadata.get(TENANT_METADATA_KEY)
+    if chosen is not None:
+        try:
+            return validate_name(chosen)
+        except ValueError as error:
+            raise ApiError(422, f"data.object.metadata.{TENANT_METADATA_KEY}", str(error)) from error
+    readable = re.sub(r"[^a-z0-9]+", "-", subscription.customer.lower()).strip("-")[:48].strip("-") or "customer"
+    # Stripe ids are case-sensitive; the suffix keeps two that differ only in case apart.
+    return f"{readable}-{hashlib.sha256(subscription.customer.encode()).hexdigest()[:6]}"
+
+
+class BillingWebhook:
+    def __init__(self, store: Store, access: Access, config: WebConfig, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.access = access
+        self.config = config
+        self.clock = clock
+
+    def handle(self, payload: bytes, signature: str | None) -> WebhookResult:
+        if not self.config.webhook_secrets:
+            raise ApiError(503, "webhook", "no webhook secret is configured (set FLEET_WEBHOOK_SECRET)")
+        verify_signature(payload, signature, self.config.webhook_secrets, now=self.clock(),
+                         tolerance=self.config.webhook_tolerance_seconds)
+        try:
+            event = BillingEvent.model_validate_json(payload)
+        except ValidationError as error:
+            raise validation_error(error) from error
+        first = self.access.webhook_event(event.id)
+        if first is not None:
+            return WebhookResult(event_id=event.id, type=first.type, outcome=first.outcome, tenant=first.tenant,
+                                 replayed=True)
+        if event.type not in (CREATED, UPDATED, DELETED):
+            return self._record(event, None, "ignored: not a subscription event Fleet acts on", None)
+        try:
+            subscription = SubscriptionObject.model_validate(event.data.object)
+        except ValidationError as error:
+            raise validation_error(error, prefix="data.object.") from error
+        known = self.access.subscription(subscription.id)
+        tenant = known.tenant if known is not None else tenant_name_for(subscription)
+        ended = event.type == DELETED or subscription.status in ENDED_STATUSES
+        newest = max(event.created, known.last_event_created if known else 0)
+        if ended:
+            existed = self.store.request_delete(tenant)
+            state = Subscription(subscription.id, tenant, subscription.customer, known.plan if known else None,
+                                 newest, deleted=True)
+            return self._record(event, tenant, "deleting tenant" if existed else "tenant already absent", state)
+        if known is not None and known.deleted:
+            return self._record(event, tenant, "ignored: the subscription was deleted", None)
+        if known is not None and event.created < known.last_event_created:
+            return self._record(event, tenant, "ignored: older than an event already applied", None)
+        plan = self._plan_for(subscription)
+        result = self.store.apply_tenant(self._tenant(tenant, subscription, plan))
+        state = Subscription(subscription.id, tenant, subscription.customer, plan.id, newest, deleted=False)
+        return self._record(event, tenant, f"tenant {result.outcome.value} with plan {plan.id}", state)
+
+    def _plan_for(self, subscription: SubscriptionObject) -> Plan:
+        price = subscription.items.data[0].price
+        for candidate in (price.id, price.product_id):
+            if candidate:
+                plan = self.access.get_plan(candidate)
+                if plan is not None:
+                    return plan
+        raise ApiError(422, "data.object.items.data.0.price.id",
+                       f"no plan for price {price.id!r} or product {price.product_id!r}; add one with fleet plan apply")
+
+    @staticmethod
+    def _tenant(name: str, subscription: SubscriptionObject, plan: Plan) -> Tenant:
+        labels = {"billing/customer": subscription.customer, "billing/subscription": subscription.id,
+                  "billing/plan": plan.id}
+        labels = {key: value for key, value in labels.items() if _LABEL_VALUE.fullmatch(value)}
+        try:
+            return Tenant(
+                metadata=Metadata(name=name, labels=labels),
+                spec=TenantSpec(template=plan.template, resources=plan.resources, network=plan.network),
+            )
+        except ValidationError as error:
+            raise validation_error(error) from error
+
+    def _record(self, event: BillingEvent, tenant: str | None, outcome: str,
+                state: Subscription | None) -> WebhookResult:
+        fresh = self.access.record_webhook_event(event_id=event.id, type=event.type, tenant=tenant, outcome=outcome,
+                                                 subscription=state)
+        if not fresh:  # a concurrent delivery of the same event recorded it first
+            first = self.access.webhook_event(event.id)
+            assert first is not None
+            return WebhookResult(event_id=event.id, type=first.type, outcome=first.outcome, tenant=first.tenant,
+                                 replayed=True)
+        if tenant is not None:
+            self.store.append_events([Event(tenant=tenant, reason="BillingEvent",
+                                            message=f"{event.type} {event.id}: {outcome}")])
+        logger.bind(event=event.id, type=event.type, tenant=tenant).info("Applied billing event: {}", outcome)
+        return WebhookResult(event_id=event.id, type=event.type, outcome=outcome, tenant=tenant)
+
+
+_OPENAPI_BODY: dict[str, Any] = {
+    "parameters": [{"name": SIGNATURE_HEADER, "in": "header", "required": True, "schema": {"type": "string"},
+                    "description": "t=TIMESTAMP,v1=HMAC-SHA256(secret, 'TIMESTAMP.BODY') hex"}],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": BillingEvent.model_json_schema()}}},
+}
+
+
+@router.post("/webhooks/billing", response_model=WebhookResult, openapi_extra=_OPENAPI_BODY,
+             responses={code: {"model": ErrorBody} for code in (400, 409, 422, 503)},
+             summary="Stripe-style billing webhook (signed; no token)")
+async def billing_webhook(request: Request, context: ContextDep) -> WebhookResult:
+    payload = await request.body()
+    handler = BillingWebhook(context.store, context.access, context.config, context.clock or time.time)
+    try:
+        return await run_in_threadpool(handler.handle, payload, request.headers.get(SIGNATURE_HEADER))
+    except Conflict as error:
+        # The tenant is still being deleted: not applied, so the billing system retries it later.
+        raise ApiError(409, "metadata.name", str(error).partition(": ")[2] or str(error)) from error
+
+

@@ -1,0 +1,364 @@
+"""Data access for the doors (issue 5): API tokens, idempotency keys, billing webhook events and
+subscriptions, plans, claim signing keys, and the tenant change feed the watch stream follows.
+
+Uses the same engine and transaction helpers as `Store`; like it, it is the only code that speaks SQL for
+these tables. It never stores an API token's secret (only its SHA-256) and never returns a row or a dict
+to the layers above: typed records only.
+"""
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from specs import Network, NotFound, Resources
+from specs.plan import Plan
+from state.access_schema import (
+    API_TOKENS,
+    IDEMPOTENCY_KEYS,
+    PLANS,
+    ROLES,
+    SIGNING_KEYS,
+    SUBSCRIPTIONS,
+    WEBHOOK_EVENTS,
+)
+from state.errors import Conflict, InvalidRecord
+from state.schema import STATUS, TEMPLATES, TENANTS
+from state.store import Store
+
+TOKEN_PREFIX = "fleet_"
+
+
+class Role(StrEnum):
+    BILLING = "billing"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+assert tuple(r.value for r in Role) == ROLES
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    role: Role
+    created_at: datetime | None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    request_hash: str
+    status_code: int
+    body: str
+
+
+@dataclass(frozen=True)
+class WebhookEventRecord:
+    event_id: str
+    type: str
+    tenant: str | None
+    outcome: str
+    received_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subscription_id: str
+    tenant: str
+    customer: str | None
+    plan: str | None
+    last_event_created: int
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    secret: str
+    created_at: datetime | None
+    retired_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def usable(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class TenantChange:
+    """One tenant's newest revision (desired state or status) and where it stands."""
+
+    name: str
+    revision: int
+    phase: str
+    deleting: bool
+    url: str | None
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _plan_from_row(row: Any) -> Plan:
+    ports = None if row.ingress_ports is None else tuple(json.loads(row.ingress_ports))
+    return Plan.model_construct(
+        kind="Plan",
+        id=row.id,
+        template=row.template,
+        resources=Resources.model_construct(
+            cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids
+        ),
+        network=Network.model_construct(ingress=ports),
+        description=row.description,
+    )
+
+
+def _key_from_row(row: Any) -> SigningKey:
+    return SigningKey(row.kid, row.secret, _utc(row.created_at), _utc(row.retired_at), _utc(row.revoked_at))
+
+
+class Access:
+    """Access tables of one store. Thread-safe as the store is: each call takes its own connection."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._read = store._read
+        self._write = store._write
+
+    # -- API tokens --------------------------------------------------------------------------------
+    def create_token(self, *, name: str, role: Role) -> tuple[ApiToken, str]:
+        """A new token; returns it and its secret, which is shown once and never stored."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        try:
+            with self._write() as conn:
+                conn.execute(API_TOKENS.insert().values(name=name, role=role.value, token_hash=hash_secret(secret)))
+        except Conflict as error:
+            raise Conflict(f"token {name}: already exists; revoke it or choose another name") from error
+        token = self.get_token(name)
+        assert token is not None
+        return token, secret
+
+    def get_token(self, name: str) -> ApiToken | None:
+        with self._read() as conn:
+            row = conn.execute(select(API_TOKENS).where(API_TOKENS.c.name == name)).first()
+        return None if row is None else ApiToken(row.name, Role(row.role), _utc(row.created_at), _utc(row.revoked_at))
+
+    def authenticate(self, secret: str) -> ApiToken | None:
+        """The live token with this secret, or None (unknown or revoked)."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(API_TOKENS).where(
+                    and_(API_TOKENS.c.token_hash == hash_secret(secret), API_TOKENS.c.revoked_at.is_(None))
+                )
+            ).first()
+        return None if row is None else ApiToken(row.name, Role(row.role), _utc(row.created_at))
+
+    def list_tokens(self) -> list[ApiToken]:
+        with self._read() as conn:
+            rows = conn.execute(select(API_TOKENS).order_by(API_TOKENS.c.name)).all()
+        return [ApiToken(r.name, Role(r.role), _utc(r.created_at), _utc(r.revoked_at)) for r in rows]
+
+    def revoke_token(self, name: str) -> None:
+        with self._write() as conn:
+            result = conn.execute(
+                API_TOKENS.update()
+                .where(and_(API_TOKENS.c.name == name, API_TOKENS.c.revoked_at.is_(None)))
+                .values(revoked_at=func.current_timestamp())
+            )
+            if result.rowcount == 0 and conn.execute(
+                select(API_TOKENS.c.name).where(API_TOKENS.c.name == name)
+            ).first() is None:
+                raise NotFound(f"token {name} not found")
+
+    # -- idempotency keys --------------------------------------------------------------------------
+    def stored_response(self, *, principal: str, key: str) -> StoredResponse | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(IDEMPOTENCY_KEYS).where(
+                    and_(IDEMPOTENCY_KEYS.c.principal == principal, IDEMPOTENCY_KEYS.c.key == key)
+                )
+            ).first()
+        return None if row is None else StoredResponse(row.request_hash, row.status_code, row.response_body)
+
+    def store_response(self, *, principal: str, key: str, response: StoredResponse) -> StoredResponse:
+        """Keep the first answer for a key; if another request stored one first, return that one."""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    IDEMPOTENCY_KEYS.insert().values(
+                        principal=principal, key=key, request_hash=response.request_hash,
+                        status_code=response.status_code, response_body=response.body,
+                    )
+                )
+            return response
+        except Conflict:
+            first = self.stored_response(principal=principal, key=key)
+            assert first is not None
+            return first
+
+    # -- billing webhook events and subscriptions --------------------------------------------------
+    def webhook_event(self, event_id: str) -> WebhookEventRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(WEBHOOK_EVENTS).where(WEBHOOK_EVENTS.c.event_id == event_id)).first()
+        return None if row is None else WebhookEventRecord(
+            row.event_id, row.type, row.tenant, row.outcome, _utc(row.received_at)
+        )
+
+    def record_webhook_event(
+        self, *, event_id: str, type: str, tenant: str | None, outcome: str, subscription: Subscription | None = None
+    ) -> bool:
+        """Record an event as applied, with the subscription state it led to, in one transaction.
+        False when the event id was already recorded (a concurrent replay): nothing changes then."""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    WEBHOOK_EVENTS.insert().values(event_id=event_id, type=type, tenant=tenant, outcome=outcome)
+                )
+                if subscription is not None:
+                    values = {
+                        "tenant": subscription.tenant,
+                        "customer": subscription.customer,
+                        "plan": subscription.plan,
+                        "last_event_created": subscription.last_event_created,
+                        "deleted_at": func.current_timestamp() if subscription.deleted else None,
+                    }
+                    updated = conn.execute(
+                        SUBSCRIPTIONS.update()
+                        .where(SUBSCRIPTIONS.c.subscription_id == subscription.subscription_id)
+                        .values(**values)
+                    )
+                    if updated.rowcount == 0:
+                        conn.execute(
+                            SUBSCRIPTIONS.insert().values(subscription_id=subscription.subscription_id, **values)
+                        )
+            return True
+        except (Conflict, IntegrityError):
+            return False
+
+    def webhook_events(self, *, limit: int = 100) -> list[WebhookEventRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(WEBHOOK_EVENTS).order_by(WEBHOOK_EVENTS.c.received_at.desc()).limit(limit)
+            ).all()
+        return [WebhookEventRecord(r.event_id, r.type, r.tenant, r.outcome, _utc(r.received_at)) for r in rows]
+
+    def subscription(self, subscription_id: str) -> Subscription | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.subscription_id == subscription_id)
+            ).first()
+        if row is None:
+            return None
+        return Subscription(
+            row.subscription_id, row.tenant, row.customer, row.plan, row.last_event_created, row.deleted_at is not None
+        )
+
+    # -- plans -------------------------------------------------------------------------------------
+    def apply_plans(self, plans: Sequence[Plan]) -> None:
+        """Create or replace plans, all or none. A plan naming an unknown template is refused."""
+        with self._write() as conn:
+            for plan in plans:
+                if conn.execute(select(TEMPLATES.c.name).where(TEMPLATES.c.name == plan.template)).first() is None:
+                    raise InvalidRecord("template", f"unknown template {plan.template!r}; see fleet template list")
+                values = {
+                    "template": plan.template,
+                    "cpu_millicores": plan.resources.cpu,
+                    "memory_bytes": plan.resources.memory,
+                    "disk_bytes": plan.resources.disk,
+                    "pids": plan.resources.pids,
+                    "ingress_ports": None if plan.network.ingress is None else json.dumps(list(plan.network.ingress)),
+                    "description": plan.description,
+                }
+                if conn.execute(PLANS.update().where(PLANS.c.id == plan.id).values(**values)).rowcount == 0:
+                    conn.execute(PLANS.insert().values(id=plan.id, **values))
+
+    def get_plan(self, plan_id: str) -> Plan | None:
+        with self._read() as conn:
+            row = conn.execute(select(PLANS).where(PLANS.c.id == plan_id)).first()
+        return None if row is None else _plan_from_row(row)
+
+    def list_plans(self) -> list[Plan]:
+        with self._read() as conn:
+            rows = conn.execute(select(PLANS).order_by(PLANS.c.id)).all()
+        return [_plan_from_row(row) for row in rows]
+
+    def delete_plan(self, plan_id: str) -> None:
+        with self._write() as conn:
+            if conn.execute(PLANS.delete().where(PLANS.c.id == plan_id)).rowcount == 0:
+                raise NotFound(f"plan {plan_id} not found")
+
+    # -- claim signing keys ------------------------------------------------------------------------
+    def signing_keys(self) -> list[SigningKey]:
+        """Every key, newest first (revoked ones included, so a claim they signed can be refused)."""
+        with self._read() as conn:
+            rows = conn.execute(select(SIGNING_KEYS).order_by(SIGNING_KEYS.c.created_at.desc(),
+                                                              SIGNING_KEYS.c.kid.desc())).all()
+        return [_key_from_row(row) for row in rows]
+
+    def rotate_signing_key(self) -> SigningKey:
+        """A new active key; the previous ones are retired: they still verify claims, sign no new ones."""
+        kid = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+        with self._write() as conn:
+            conn.execute(
+                SIGNING_KEYS.update().where(SIGNING_KEYS.c.retired_at.is_(None)).values(
+                    retired_at=func.current_timestamp()
+                )
+            )
+            conn.execute(SIGNING_KEYS.insert().values(kid=kid, secret=secrets.token_urlsafe(48)))
+        return next(key for key in self.signing_keys() if key.kid == kid)
+
+    def active_signing_key(self) -> SigningKey:
+        """The key new claims are signed with; made on first use."""
+        for key in self.signing_keys():
+            if key.retired_at is None and key.revoked_at is None:
+                return key
+        return self.rotate_signing_key()
+
+    def revoke_signing_key(self, kid: str) -> None:
+        """Claims signed with this key are refused from now on."""
+        with self._write() as conn:
+            result = conn.execute(
+                SIGNING_KEYS.update().where(SIGNING_KEYS.c.kid == kid).values(
+                    revoked_at=func.current_timestamp(), retired_at=func.coalesce(SIGNING_KEYS.c.retired_at,
+                                                                                 func.current_timestamp())
+                )
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"signing key {kid} not found")
+
+    # -- the change feed for watchers --------------------------------------------------------------
+    def tenant_changes_since(self, revision: int, *, limit: int = 500) -> list[TenantChange]:
+        """Tenants whose record or status was written after `revision`, oldest first."""
+        newest = func.max(TENANTS.c.revision, func.coalesce(STATUS.c.revision, 0)) if self.store.dialect.name == (
+            "sqlite") else func.greatest(TENANTS.c.revision, func.coalesce(STATUS.c.revision, 0))
+        query = (
+            select(TENANTS.c.name, newest.label("newest"), STATUS.c.phase, STATUS.c.url,
+                   TENANTS.c.deletion_requested_at)
+            .select_from(TENANTS)
+            .outerjoin(STATUS, STATUS.c.name == TENANTS.c.name)
+            .where(or_(TENANTS.c.revision > revision, STATUS.c.revision > revision))
+            .order_by(newest)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            TenantChange(row.name, int(row.newest), row.phase or "Pending", row.deletion_requested_at is not None,
+                         row.url)
+            for row in rows
+        ]

@@ -1,0 +1,258 @@
+"""PostgreSQL: the coordination store of a fleet. The same tables and the same contract as SQLite.
+
+Why this module exists: a raw `INSERT`, `UPDATE` or `DELETE` from a billing system must get exactly what
+it gets on SQLite (CHECKs that name the rule, a revision stamp on every write, a generation bump on a spec
+change, a soft delete, a refusal of unknown templates and bad ports, append-only events), so all of it
+is PL/pgSQL here, next to the engine settings, LISTEN/NOTIFY and the connection-loss retry.
+
+Revision order. PostgreSQL lets concurrent transactions commit in another order than they took their
+revisions, and a feed reader following `revision > last_seen` would then skip a row committed late with a
+smaller revision. Every statement that writes `tenants` or `tenant_status` therefore first takes one
+transaction-level advisory lock (a BEFORE ... FOR EACH STATEMENT trigger, so it is taken before any row
+lock and two writers cannot deadlock on it), and the lock is released only at commit: revisions are taken
+and made visible in one order. Writes to the feed tables are serialised, as they are on SQLite.
+
+What it must never do: write rows itself (the store does), or let a libpq error escape untranslated.
+"""
+
+import contextlib
+import re
+from typing import Any
+
+import psycopg
+from loguru import logger
+from sqlalchemy import DDL, CheckConstraint, Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from specs import limits
+
+# The key of the advisory lock that orders revisions ("fleet" in ASCII).
+REVISION_LOCK = 0x666C656574
+# The key of the advisory lock that serialises migrations between processes starting together.
+MIGRATION_LOCK = 0x666C656575
+CHANNEL = "fleet_changes"
+
+NAME_CHECK = "{col} ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$'"
+
+# (table, constraint name, SQL): the same names as SQLite's, so a raw write gets the same rule back.
+CHECKS: list[tuple[str, str, str]] = [
+    ("tenants", "name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
+    ("tenants", "template_must_be_a_dns_label", NAME_CHECK.format(col="template")),
+    ("tenants", "labels_must_be_a_json_object", "coalesce(fleet_json_type(labels), '') = 'object'"),
+    (
+        "tenants",
+        "ingress_ports_must_be_a_json_array",
+        "ingress_ports IS NULL OR (CASE WHEN coalesce(fleet_json_type(ingress_ports), '') = 'array'"
+        f" THEN jsonb_array_length(ingress_ports::jsonb) <= {limits.PORTS_MAX} ELSE false END)",
+    ),
+    ("templates", "template_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
+]
+
+# Created before the tables (their CHECKs call it): the JSON type of a text, NULL when it is not JSON,
+# so a CHECK fails with its own name instead of a cast error.
+FUNCTIONS = """
+CREATE OR REPLACE FUNCTION fleet_json_type(value text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RETURN jsonb_typeof(value::jsonb);
+EXCEPTION WHEN others THEN
+  RETURN NULL;
+END $$;
+"""
+
+_SPEC_COLUMNS = ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
+_SPEC_CHANGED = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in _SPEC_COLUMNS)
+
+TRIGGERS = [
+    "CREATE SEQUENCE IF NOT EXISTS fleet_revision_seq",
+    # Taken before any row lock of the statement, held until commit: revisions commit in order.
+    f"""CREATE OR REPLACE FUNCTION fleet_revision_lock() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM pg_advisory_xact_lock({REVISION_LOCK});
+      RETURN NULL;
+    END $$""",
+    f"""CREATE OR REPLACE FUNCTION fleet_tenants_before_write() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF (TG_OP = 'INSERT' OR NEW.template IS DISTINCT FROM OLD.template)
+         AND NOT EXISTS (SELECT 1 FROM templates WHERE name = NEW.template) THEN
+        RAISE EXCEPTION 'template: unknown template; see fleet template list' USING ERRCODE = 'check_violation';
+      END IF;
+      IF (TG_OP = 'INSERT' OR NEW.ingress_ports IS DISTINCT FROM OLD.ingress_ports)
+         AND NEW.ingress_ports IS NOT NULL AND fleet_json_type(NEW.ingress_ports) = 'array' AND EXISTS (
+          SELECT 1 FROM jsonb_array_elements(NEW.ingress_ports::jsonb) AS port
+           WHERE jsonb_typeof(port) <> 'number' OR port::text !~ '^[0-9]+$'
+              OR port::text::numeric < 1 OR port::text::numeric > 65535) THEN
+        RAISE EXCEPTION 'ingress_ports: ports must be whole numbers from 1 to 65535'
+          USING ERRCODE = 'check_violation';
+      END IF;
+      IF TG_OP = 'INSERT' THEN
+        NEW.generation := 1;
+      ELSE
+        IF OLD.deletion_requested_at IS NOT NULL AND NEW.deletion_requested_at IS NULL THEN
+          RAISE EXCEPTION 'deletion_requested_at: a requested delete cannot be taken back'
+            USING ERRCODE = 'check_violation';
+        END IF;
+        IF OLD.deletion_requested_at IS NOT NULL AND ({_SPEC_CHANGED}) THEN
+          RAISE EXCEPTION 'name: the tenant is being deleted; wait for the delete, then create it again'
+            USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.generation := OLD.generation + (CASE WHEN {_SPEC_CHANGED} THEN 1 ELSE 0 END);
+        NEW.updated_at := CURRENT_TIMESTAMP;
+      END IF;
+      NEW.revision := nextval('fleet_revision_seq');
+      RETURN NEW;
+    END $$""",
+    # A DELETE from anyone but the reconciler becomes a delete request, so no delete is ever lost.
+    """CREATE OR REPLACE FUNCTION fleet_tenants_soft_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF OLD.finalized THEN
+        RETURN OLD;
+      END IF;
+      UPDATE tenants SET deletion_requested_at = COALESCE(OLD.deletion_requested_at, CURRENT_TIMESTAMP)
+       WHERE id = OLD.id;
+      RETURN NULL;
+    END $$""",
+    """CREATE OR REPLACE FUNCTION fleet_status_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      NEW.revision := nextval('fleet_revision_seq');
+      RETURN NEW;
+    END $$""",
+    """CREATE OR REPLACE FUNCTION fleet_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      RAISE EXCEPTION 'events are append-only' USING ERRCODE = 'integrity_constraint_violation';
+    END $$""",
+    f"""CREATE OR REPLACE FUNCTION fleet_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME);
+      RETURN NULL;
+    END $$""",
+    "DROP TRIGGER IF EXISTS a_tenants_revision_lock ON tenants",
+    """CREATE TRIGGER a_tenants_revision_lock BEFORE INSERT OR UPDATE OR DELETE ON tenants
+         FOR EACH STATEMENT EXECUTE FUNCTION fleet_revision_lock()""",
+    "DROP TRIGGER IF EXISTS a_status_revision_lock ON tenant_status",
+    """CREATE TRIGGER a_status_revision_lock BEFORE INSERT OR UPDATE OR DELETE ON tenant_status
+         FOR EACH STATEMENT EXECUTE FUNCTION fleet_revision_lock()""",
+    "DROP TRIGGER IF EXISTS tenants_before_write ON tenants",
+    """CREATE TRIGGER tenants_before_write BEFORE INSERT OR UPDATE ON tenants
+         FOR EACH ROW EXECUTE FUNCTION fleet_tenants_before_write()""",
+    "DROP TRIGGER IF EXISTS tenants_soft_delete ON tenants",
+    """CREATE TRIGGER tenants_soft_delete BEFORE DELETE ON tenants
+         FOR EACH ROW EXECUTE FUNCTION fleet_tenants_soft_delete()""",
+    "DROP TRIGGER IF EXISTS status_stamp ON tenant_status",
+    """CREATE TRIGGER status_stamp BEFORE INSERT OR UPDATE ON tenant_status
+         FOR EACH ROW EXECUTE FUNCTION fleet_status_stamp()""",
+    "DROP TRIGGER IF EXISTS events_append_only ON events",
+    """CREATE TRIGGER events_append_only BEFORE UPDATE ON events
+         FOR EACH ROW EXECUTE FUNCTION fleet_events_append_only()""",
+    "DROP TRIGGER IF EXISTS tenants_notify ON tenants",
+    """CREATE TRIGGER tenants_notify AFTER INSERT OR UPDATE OR DELETE ON tenants
+         FOR EACH STATEMENT EXECUTE FUNCTION fleet_notify()""",
+]
+
+
+def postgresql_checks() -> list[tuple[str, CheckConstraint]]:
+    return [(table, CheckConstraint(sql, name=name).ddl_if(dialect="postgresql")) for table, name, sql in CHECKS]
+
+
+def install_functions(metadata: MetaData) -> None:
+    """Create the functions CHECKs call before any table of `metadata` is created on PostgreSQL."""
+    event.listen(metadata, "before_create", DDL(FUNCTIONS).execute_if(dialect="postgresql"))  # type: ignore[no-untyped-call]
+
+
+def libpq_url(url: str) -> str:
+    """The URL libpq understands, from either spelling Fleet accepts."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def sqlalchemy_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+class PostgreSQLDialect:
+    name = "postgresql"
+
+    def __init__(self, *, connect_retry_seconds: float = 5.0) -> None:
+        self.connect_retry_seconds = connect_retry_seconds
+
+    def create_engine(self, url: str) -> Engine:
+        conninfo = libpq_url(url)
+        retry_seconds = self.connect_retry_seconds
+
+        # A server restarting refuses connections for a moment: retry briefly, then let the caller's
+        # own backoff (a TransientError) take over. Never fatal to an agent or the scheduler.
+        @retry(
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            stop=stop_after_delay(retry_seconds),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        def _connect() -> Any:
+            return psycopg.connect(conninfo, connect_timeout=5, application_name="fleet")
+
+        # pool_pre_ping finds connections a restart killed before they are used.
+        return create_engine(
+            "postgresql+psycopg://", creator=_connect, pool_size=8, max_overflow=8, pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+
+    def install_triggers(self, conn: Connection) -> None:
+        conn.exec_driver_sql(FUNCTIONS)
+        for statement in TRIGGERS:
+            conn.exec_driver_sql(statement)
+
+    def write_options(self) -> dict[str, object]:
+        return {}
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+
+    def current_revision_sql(self) -> str:
+        return "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM fleet_revision_seq"
+
+    def epoch_now_sql(self) -> str:
+        return "extract(epoch from clock_timestamp())::double precision"
+
+    def change_listener(self, url: str) -> "ChangeListener":
+        return ChangeListener(libpq_url(url))
+
+
+class ChangeListener:
+    """LISTEN on one dedicated connection; `wait` returns when a tenant was written or time ran out.
+
+    Only a wake-up: the revision feed decides what changed, so a lost notification (a restart, a dropped
+    connection) only delays work until the next poll."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> "psycopg.Connection[Any]":
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            self._conn.execute(f"LISTEN {CHANNEL}")
+        return self._conn
+
+    def wait(self, timeout: float) -> bool:
+        import time
+
+        try:
+            conn = self._connection()
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except psycopg.Error as error:
+            logger.debug("Lost the LISTEN connection, will reconnect: {}", error)
+            self.close()
+            time.sleep(min(timeout, 0.5))
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None

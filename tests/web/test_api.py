@@ -1,0 +1,142 @@
+"""The HTTP API as a billing system or an operator uses it: real HTTP on loopback, a real SQLite store,
+the controller converging tenants on the fake driver."""
+
+import uuid
+
+import pytest
+
+from state.access import Role
+from tests.helpers import wait_for
+from tests.web.conftest import Web
+
+DOC = {"kind": "Tenant", "metadata": {"name": "acme", "labels": {"tier": "gold"}}, "spec": {"template": "base"}}
+
+
+def _doc(name: str, **spec: object) -> dict[str, object]:
+    return {"kind": "Tenant", "metadata": {"name": name}, "spec": {"template": "base", **spec}}
+
+
+def test_no_token_a_wrong_token_or_a_wrong_role_is_refused_and_nothing_is_written(web: Web) -> None:
+    with web.client(None) as anonymous:
+        response = anonymous.post("/api/v1/tenants", json=DOC)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["error"]["field"] == "Authorization"
+        wrong = anonymous.post("/api/v1/tenants", json=DOC, headers={"authorization": "Bearer fleet_nope"})
+        assert wrong.status_code == 401, wrong.text
+    with web.client(Role.VIEWER) as viewer:
+        refused = viewer.post("/api/v1/tenants", json=DOC)
+        assert refused.status_code == 403 and "role viewer may not" in refused.json()["error"]["rule"]
+        assert viewer.get("/api/v1/tenants").status_code == 200
+    with web.client(Role.BILLING) as billing:
+        assert billing.put("/api/v1/plans/price_x", json={"id": "price_x", "template": "base"}).status_code == 403
+    web.access.revoke_token("t-billing")
+    with web.client(Role.BILLING) as revoked:
+        assert revoked.get("/api/v1/tenants").status_code == 401
+    assert web.store.list_tenants().items == [] and web.access.list_plans() == []
+
+
+def test_a_tenant_is_created_read_listed_patched_and_deleted_through_the_api(web: Web) -> None:
+    with web.client(Role.BILLING) as client:
+        created = client.post("/api/v1/tenants", json=DOC)
+        assert created.status_code == 201, created.text
+        assert created.json()["outcome"] == "created" and created.json()["tenant"]["metadata"]["name"] == "acme"
+        assert client.post("/api/v1/tenants", json=DOC).status_code == 409
+        for name in ("beta", "gamma"):
+            assert client.post("/api/v1/tenants", json=_doc(name)).status_code == 201
+        web.wait_running("acme")
+        tenant = client.get("/api/v1/tenants/acme").json()
+        assert tenant["status"]["phase"] == "Running" and tenant["apiVersion"] == "fleet/v1"
+        first = client.get("/api/v1/tenants", params={"limit": 2}).json()
+        assert [t["metadata"]["name"] for t in first["items"]] == ["acme", "beta"]
+        rest = client.get("/api/v1/tenants", params={"limit": 2, "after": first["next_after"]}).json()
+        assert [t["metadata"]["name"] for t in rest["items"]] == ["gamma"] and rest["next_after"] is None
+        gold = client.get("/api/v1/tenants", params={"label": "tier=gold"}).json()["items"]
+        assert [t["metadata"]["name"] for t in gold] == ["acme"]
+        wait_for(lambda: len(client.get("/api/v1/tenants", params={"phase": "Running"}).json()["items"]) == 3,
+                 what="three tenants Running")
+        patched = client.patch("/api/v1/tenants/acme", json={"spec": {"resources": {"memory": "512Mi"}}})
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["outcome"] == "configured" and patched.json()["generation"] == 2
+        assert "apply resources" in " ".join(patched.json()["plan"])
+        wait_for(lambda: web.driver.inspect("acme").resources.memory == 512 << 20,  # type: ignore[union-attr]
+                 what="the new quota on the host")
+        assert client.get("/api/v1/tenants/acme").json()["metadata"]["labels"] == {"tier": "gold"}
+        deleted = client.delete("/api/v1/tenants/acme")
+        assert deleted.status_code == 202 and deleted.json()["outcome"] == "deleting"
+        wait_for(lambda: client.get("/api/v1/tenants/acme").status_code == 404, what="acme to be gone")
+        reasons = [e["reason"] for e in client.get("/api/v1/tenants/acme/events").json()]
+        assert "Deleted" in reasons and reasons[-1] == "Finalized"
+        assert web.driver.inspect("acme") is None
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "rule"),
+    [
+        (_doc("big", resources={"memory": "9Ti"}), "spec.resources.memory", "must be between"),
+        (_doc("Bad_Name"), "metadata.name", "must be a DNS label"),
+        (_doc("typo", resourcez={}), "spec.resourcez", "unknown field"),
+        (_doc("notemplate") | {"spec": {"template": "nope"}}, "spec.template", "unknown template"),
+        (_doc("ports", network={"ingress": [70000]}), "spec.network.ingress", "1 to 65535"),
+        ({"kind": "Tenant", "metadata": {"name": "x"}}, "spec", "is required"),
+    ],
+)
+def test_an_invalid_spec_gets_422_naming_the_field_and_nothing_is_written(
+    web: Web, document: dict[str, object], field: str, rule: str
+) -> None:
+    with web.client() as client:
+        response = client.post("/api/v1/tenants", json=document)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and rule in error["rule"], error
+    assert web.store.list_tenants().items == []
+
+
+def test_a_malformed_body_or_patch_gets_422_and_the_tenant_is_unchanged(web: Web) -> None:
+    with web.client() as client:
+        response = client.post("/api/v1/tenants", content=b"{not json", headers={"content-type": "application/json"})
+        assert response.status_code == 422 and response.json()["error"]["rule"] == "is not valid JSON"
+        assert client.post("/api/v1/tenants", json=_doc("keep")).status_code == 201
+        bad = client.patch("/api/v1/tenants/keep", json={"spec": {"resources": {"cpu": "-1"}}})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "spec.resources.cpu", bad.text
+        assert client.get("/api/v1/tenants/keep").json()["metadata"]["generation"] == 1
+        assert client.get("/api/v1/tenants", params={"limit": 0}).json()["error"]["field"] == "limit"
+
+
+def test_dry_run_returns_the_plan_and_writes_nothing(web: Web) -> None:
+    with web.client() as client:
+        response = client.post("/api/v1/tenants", params={"dry_run": "true"}, json=_doc("dry"))
+        assert response.status_code == 200, response.text
+        assert response.json()["dry_run"] is True
+        assert response.json()["plan"] == ["clone from template base@1", "apply resources cpu=500m memory=256Mi "
+                                           "disk=1Gi pids=256", "apply network (ingress ports 80)",
+                                           "start the container"]
+        assert client.get("/api/v1/tenants/dry").status_code == 404
+    assert web.store.current_revision() == 0
+
+
+def test_the_same_idempotency_key_and_body_create_one_tenant_and_another_body_is_409(web: Web) -> None:
+    key = {"idempotency-key": str(uuid.uuid4())}
+    with web.client(Role.BILLING) as client:
+        first = client.post("/api/v1/tenants", json=_doc("once"), headers=key)
+        again = client.post("/api/v1/tenants", json=_doc("once"), headers=key)
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        other = client.post("/api/v1/tenants", json=_doc("other"), headers=key)
+        assert other.status_code == 409 and other.json()["error"]["field"] == "Idempotency-Key"
+    assert [t.metadata.name for t in web.store.list_tenants().items] == ["once"]
+
+
+def test_templates_plans_nodes_and_events_are_readable(web: Web) -> None:
+    web.plan("price_basic", memory="128Mi")
+    with web.client(Role.VIEWER) as client:
+        assert [t["name"] for t in client.get("/api/v1/templates").json()] == ["base"]
+        plans = client.get("/api/v1/plans").json()
+        assert plans[0]["id"] == "price_basic" and plans[0]["resources"]["memory"] == 128 << 20
+        assert client.get("/api/v1/plans/price_nope").status_code == 404
+        assert client.get("/api/v1/nodes").status_code == 200
+        assert client.get("/api/v1/events").json() == []
+    with web.client() as operator:
+        bad = operator.put("/api/v1/plans/price_x", json={"id": "price_x", "template": "nope"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "template"
+        assert operator.delete("/api/v1/plans/price_basic").status_code == 204
+    assert web.access.list_plans() == []
