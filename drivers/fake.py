@@ -165,8 +165,9 @@ class FakeDriver:
         return DriverInfo(name=self.name, version="1", capabilities=("faults", "latency"))
 
     def capacity(self) -> NodeCapacity:
+        # A simulated large node: room for the 10,000-tenant simulation at the default overcommit.
         return NodeCapacity(
-            cpu_millicores=64_000, memory_bytes=256 << 30, disk_bytes=4 << 40, max_tenants=self.max_tenants
+            cpu_millicores=1_024_000, memory_bytes=1 << 40, disk_bytes=16 << 40, max_tenants=self.max_tenants
         )
 
     def list(self) -> list[Observed]:

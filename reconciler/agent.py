@@ -13,6 +13,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
+import psutil
 from loguru import logger
 
 from drivers import Driver
@@ -32,8 +33,11 @@ class AgentConfig:
     node: str
     labels: dict[str, str] = field(default_factory=dict)
     lease_seconds: float = 10.0
-    cpu_overcommit: float = 4.0  # cpu limits are ceilings; mostly idle tenants share cores
-    memory_overcommit: float = 1.0
+    # A tenant's resources are ceilings (quotas), not reservations: hundreds of mostly idle tenants share a
+    # node's cores, memory (KSM merges their identical pages) and thinly provisioned disk.
+    cpu_overcommit: float = 100.0
+    memory_overcommit: float = 4.0
+    disk_overcommit: float = 20.0
     max_tenants: int | None = None
     workers: int = 4
     resync_seconds: float = 30.0
@@ -47,7 +51,7 @@ def allocatable(capacity: NodeCapacity, config: AgentConfig) -> Allocatable:
     return Allocatable(
         cpu_millicores=int(capacity.cpu_millicores * config.cpu_overcommit),
         memory_bytes=int(capacity.memory_bytes * config.memory_overcommit),
-        disk_bytes=capacity.disk_bytes,
+        disk_bytes=int(capacity.disk_bytes * config.disk_overcommit),
         tenants=slots,
     )
 
@@ -63,8 +67,12 @@ class Agent:
             store,
             driver,
             ControllerConfig(
-                node=config.node, workers=config.workers, resync_seconds=config.resync_seconds,
-                poll_seconds=config.poll_seconds, base_domain=config.base_domain, self_bind=False,
+                node=config.node,
+                workers=config.workers,
+                resync_seconds=config.resync_seconds,
+                poll_seconds=config.poll_seconds,
+                base_domain=config.base_domain,
+                self_bind=False,
             ),
         )
         self.templates: set[str] = set()
@@ -93,7 +101,10 @@ class Agent:
             allocatable=allocatable(capacity, self.config),
             templates=tuple(sorted(self.ensure_templates())),
         )
-        if not self.nodes.register(registration, self.identity, self.config.lease_seconds):
+        if not self.nodes.register(registration, self.identity, self.config.lease_seconds) and not (
+            self._take_over_from_dead_agent()
+            and self.nodes.register(registration, self.identity, self.config.lease_seconds)
+        ):
             lease = self.nodes.lease(f"node/{self.config.node}")
             holder = lease.holder if lease else "another agent"
             raise PermanentError(
@@ -102,9 +113,30 @@ class Agent:
                 reason="NodeHeld",
             )
         self._log.bind(
-            cpu=registration.allocatable.cpu_millicores, memory=registration.allocatable.memory_bytes,
-            slots=registration.allocatable.tenants, driver=registration.driver.name,
+            cpu=registration.allocatable.cpu_millicores,
+            memory=registration.allocatable.memory_bytes,
+            slots=registration.allocatable.tenants,
+            driver=registration.driver.name,
         ).info("Registered node")
+
+    def _take_over_from_dead_agent(self) -> bool:
+        """A holder on this host whose process is gone (kill -9, a crash) cannot renew: take its lease now
+        rather than wait for it to expire, so a restarted agent (or `fleet up`) works at once."""
+        lease = self.nodes.lease(f"node/{self.config.node}")
+        if lease is None:
+            return False
+        parts = lease.holder.split("/")
+        if len(parts) < 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+            return False
+        pid = int(parts[2])
+        if pid == os.getpid() or psutil.pid_exists(pid):
+            return False
+        taken = self.nodes.take_over_lease(
+            f"node/{self.config.node}", lease.holder, self.identity, self.config.lease_seconds
+        )
+        if taken:
+            self._log.bind(previous=lease.holder).warning("Took over the lease of a dead agent on this host")
+        return taken
 
     def heartbeat(self) -> None:
         """Renew the lease; after a NotReady spell, look at every tenant again so Ready comes back."""

@@ -176,6 +176,7 @@ class Scheduler:
         self.leader = False
         self.bound_total = 0
         self._said: dict[str, str] = {}  # tenant -> the unschedulable message last written
+        self._renewed = 0.0  # monotonic time of the last lease renewal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = logger.bind(scheduler=config.identity)
@@ -183,7 +184,12 @@ class Scheduler:
     def run_once(self) -> PassResult:
         """One pass: keep (or try to take) the leader lease; if leading, expire nodes and bind tenants."""
         result = PassResult()
-        leader = self.nodes.acquire_lease(SCHEDULER_LEASE, self.config.identity, self.config.lease_seconds)
+        now = time.monotonic()
+        if self.leader and now - self._renewed < self.config.lease_seconds / 3:
+            leader = True  # renewed recently: the lease is ours for at least two thirds of its time
+        else:
+            leader = self.nodes.acquire_lease(SCHEDULER_LEASE, self.config.identity, self.config.lease_seconds)
+            self._renewed = now if leader else 0.0
         if leader != self.leader:
             self._log.info("Became the active scheduler" if leader else "Lost the scheduler lease; standing by")
             self._said.clear()

@@ -4,11 +4,12 @@ The only package that speaks SQL. It imports `specs` and nothing else of the pro
 the host (that is `drivers/`).
 """
 
-from state.errors import Conflict, InvalidRecord
+from state.errors import AlreadyExists, Conflict, InvalidRecord
 from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
 from state.store import Store
 
 __all__ = [
+    "AlreadyExists",
     "ApplyOutcome",
     "ApplyResult",
     "Change",

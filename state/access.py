@@ -9,7 +9,8 @@ to the layers above: typed records only.
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -133,12 +134,23 @@ def _key_from_row(row: Any) -> SigningKey:
 
 
 class Access:
-    """Access tables of one store. Thread-safe as the store is: each call takes its own connection."""
+    """Access tables of one store. Thread-safe as the store is: each call takes its own connection.
 
-    def __init__(self, store: Store) -> None:
+    `authenticate` remembers a live token for `token_cache_seconds` (by its hash, never the secret), so a
+    busy API reads the token table about once a second per token: a revocation by another process takes
+    effect within that time, one through this object at once."""
+
+    TOKEN_CACHE_LIMIT = 10_000
+
+    def __init__(
+        self, store: Store, *, token_cache_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self._read = store._read
         self._write = store._write
+        self._token_cache_seconds = token_cache_seconds
+        self._clock = clock
+        self._tokens: dict[str, tuple[ApiToken, float]] = {}  # token hash -> (token, valid until)
 
     # -- API tokens --------------------------------------------------------------------------------
     def create_token(self, *, name: str, role: Role) -> tuple[ApiToken, str]:
@@ -158,15 +170,33 @@ class Access:
             row = conn.execute(select(API_TOKENS).where(API_TOKENS.c.name == name)).first()
         return None if row is None else ApiToken(row.name, Role(row.role), _utc(row.created_at), _utc(row.revoked_at))
 
+    def cached_token(self, secret: str) -> ApiToken | None:
+        """The live token with this secret if it was authenticated less than the cache time ago; None
+        means "ask `authenticate`". No I/O: an event loop may call it."""
+        cached = self._tokens.get(hash_secret(secret))
+        if cached is None or cached[1] <= self._clock():
+            return None
+        return cached[0]
+
     def authenticate(self, secret: str) -> ApiToken | None:
         """The live token with this secret, or None (unknown or revoked)."""
+        digest = hash_secret(secret)
+        cached = self._tokens.get(digest)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
         with self._read() as conn:
             row = conn.execute(
-                select(API_TOKENS).where(
-                    and_(API_TOKENS.c.token_hash == hash_secret(secret), API_TOKENS.c.revoked_at.is_(None))
-                )
+                select(API_TOKENS).where(and_(API_TOKENS.c.token_hash == digest, API_TOKENS.c.revoked_at.is_(None)))
             ).first()
-        return None if row is None else ApiToken(row.name, Role(row.role), _utc(row.created_at))
+        if row is None:
+            self._tokens.pop(digest, None)
+            return None
+        token = ApiToken(row.name, Role(row.role), _utc(row.created_at))
+        if self._token_cache_seconds > 0:
+            if len(self._tokens) >= self.TOKEN_CACHE_LIMIT:
+                self._tokens.clear()
+            self._tokens[digest] = (token, self._clock() + self._token_cache_seconds)
+        return token
 
     def list_tokens(self) -> list[ApiToken]:
         with self._read() as conn:
@@ -174,6 +204,14 @@ class Access:
         return [ApiToken(r.name, Role(r.role), _utc(r.created_at), _utc(r.revoked_at)) for r in rows]
 
     def revoke_token(self, name: str) -> None:
+        try:
+            self._revoke_token(name)
+        finally:
+            for digest, (token, _until) in list(self._tokens.items()):
+                if token.name == name:
+                    self._tokens.pop(digest, None)
+
+    def _revoke_token(self, name: str) -> None:
         with self._write() as conn:
             result = conn.execute(
                 API_TOKENS.update()

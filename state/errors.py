@@ -35,6 +35,10 @@ class Conflict(PermanentError):
     reason = "Conflict"
 
 
+class AlreadyExists(Conflict):
+    """A create named a record that exists."""
+
+
 def field_for(column: str) -> str:
     return _COLUMN_TO_FIELD.get(column, column)
 
@@ -68,4 +72,4 @@ def translate(error: DBAPIError) -> FleetError:
     return PermanentError(f"the store refused the write: {message}")
 
 
-__all__ = ["Conflict", "InvalidRecord", "NotFound", "field_for", "translate"]
+__all__ = ["AlreadyExists", "Conflict", "InvalidRecord", "NotFound", "field_for", "translate"]

@@ -15,7 +15,7 @@ from specs import Network, PermanentError, Resources, Template
 from state.access_schema import ACCESS_TABLES
 from state.dialects import Dialect
 from state.nodes_schema import NODE_TABLES
-from state.schema import TEMPLATES, MigrationRow, RevisionRow
+from state.schema import TEMPLATES, TOMBSTONES, MigrationRow, RevisionRow
 
 BUILTIN_TEMPLATE = Template(
     name="base",
@@ -72,6 +72,15 @@ def _nodes(conn: Connection, dialect: Dialect) -> None:
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(3, "nodes and leases (scheduler, heartbeats)", _nodes))
+
+
+def _tombstones(conn: Connection, dialect: Dialect) -> None:
+    """The watch stream's deletions: one tombstone per finalized name, stamped with a revision."""
+    SQLModel.metadata.create_all(conn, tables=[TOMBSTONES])
+    dialect.install_tombstone_triggers(conn)
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(4, "tenant tombstones (deletions in the watch feed)", _tombstones))
 
 
 def migrate(engine: Engine, dialect: Dialect) -> int:

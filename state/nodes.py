@@ -143,6 +143,18 @@ class NodeStore:
             ).first()
             return created is not None
 
+    def take_over_lease(self, name: str, dead_holder: str, holder: str, ttl: float) -> bool:
+        """Compare-and-set the lease from a holder known to be dead to `holder`, before it expires."""
+        now = self._now
+        with self.store._write() as conn:
+            taken = conn.execute(
+                LEASES.update()
+                .where(and_(LEASES.c.name == name, LEASES.c.holder == dead_holder))
+                .values(renewed_at=now, expires_at=now + ttl, transitions=LEASES.c.transitions + 1, holder=holder)
+                .returning(LEASES.c.name)
+            ).first()
+        return taken is not None
+
     def release_lease(self, name: str, holder: str) -> None:
         with self.store._write() as conn:
             conn.execute(LEASES.delete().where(and_(LEASES.c.name == name, LEASES.c.holder == holder)))
@@ -233,6 +245,13 @@ class NodeStore:
             nodes = rows.all()
             used = {row.node: row for row in conn.execute(usage).all()}
         return [self._node_from_row(row, used.get(row.name)) for row in nodes]
+
+    def usage(self) -> dict[str, Usage]:
+        """What the tenants bound to each node ask for, by node name, registered or not (a single-node
+        `fleet up` binds to its node without registering it)."""
+        with self.store._read() as conn:
+            rows = conn.execute(self._usage_query().group_by(TENANTS.c.node)).all()
+        return {row.node: Usage(int(row.cpu), int(row.memory), int(row.disk), int(row.tenants)) for row in rows}
 
     def get_node(self, name: str) -> NodeRecord:
         for node in self.list_nodes():

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
-from specs import ResolvedSpec, Template, Tenant, TenantStatus
+from specs import Observed, ResolvedSpec, Template, Tenant, TenantStatus
 
 
 class ApplyOutcome(StrEnum):
@@ -31,6 +31,8 @@ class ApplyResult:
     outcome: ApplyOutcome
     generation: int
     desired: DesiredRecord | None = None
+    tenant: Tenant | None = None  # as stored (or, on a dry run, as it would be), read in the same transaction
+    observed: Observed | None = None  # what the reconciler last saw of it, for the plan
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,19 @@ class EventRow(SQLModel, table=True):
     )
 
 
+class TenantTombstoneRow(SQLModel, table=True):
+    """The last deletion of each name, stamped with a revision from the same counter as tenants: a watcher
+    resuming from an older revision learns that the tenant is gone (migration 4)."""
+
+    __tablename__ = "tenant_tombstones"
+
+    name: str = Field(sa_column=Column(Text, primary_key=True))
+    revision: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0", index=True))
+    deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
+    )
+
+
 class RevisionRow(SQLModel, table=True):
     """One row holding the last revision stamped (SQLite; PostgreSQL uses a sequence)."""
 
@@ -142,6 +155,7 @@ TENANTS = TenantRow.__table__  # type: ignore[attr-defined]
 STATUS = TenantStatusRow.__table__  # type: ignore[attr-defined]
 TEMPLATES = TemplateRow.__table__  # type: ignore[attr-defined]
 EVENTS = EventRow.__table__  # type: ignore[attr-defined]
+TOMBSTONES = TenantTombstoneRow.__table__  # type: ignore[attr-defined]
 
 for _table_name, _constraint in [*sqlite_checks(), *postgresql_checks()]:
     SQLModel.metadata.tables[_table_name].append_constraint(_constraint)

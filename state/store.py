@@ -8,7 +8,6 @@ revision and generation, so the raw SQL of a billing system gets the same guaran
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from specs import (
     Condition,
     Event,
+    FleetError,
     Metadata,
     Network,
     NotFound,
@@ -31,10 +31,11 @@ from specs import (
     TenantStatus,
 )
 from state.dialects import ChangeListener, Dialect, dialect_for
-from state.errors import Conflict, InvalidRecord, translate
+from state.errors import AlreadyExists, Conflict, InvalidRecord, translate
+from state.group_commit import GroupCommit
 from state.migrations import migrate
 from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
-from state.schema import EVENTS, STATUS, TEMPLATES, TENANTS
+from state.schema import EVENTS, STATUS, TEMPLATES, TENANTS, TOMBSTONES
 
 # Portable upsert (SQLite >= 3.24 and PostgreSQL): a status only for a tenant that still exists, so a
 # status never outlives its row.
@@ -139,6 +140,19 @@ class Store:
             .limit(bindparam("limit"))
         )
         self._insert_events = EVENTS.insert()
+        self._template_exists = select(TEMPLATES.c.name).where(TEMPLATES.c.name == bindparam("template"))
+        # A create's two checks in one statement: is the template known, is the name taken.
+        self._create_checks = select(
+            self._template_exists.scalar_subquery().label("template"),
+            select(TENANTS.c.id).where(TENANTS.c.name == bindparam("name")).scalar_subquery().label("existing"),
+        )
+        self._current = select(TENANTS).where(TENANTS.c.name == bindparam("name"))
+        self._insert_tenant = TENANTS.insert()
+        self._observed = select(STATUS.c.observed).where(STATUS.c.name == bindparam("name"))
+        self._templates_in = select(TEMPLATES.c.name).where(TEMPLATES.c.name.in_(bindparam("names", expanding=True)))
+        self._tenants_in = select(TENANTS.c.name).where(TENANTS.c.name.in_(bindparam("names", expanding=True)))
+        self._by_names = self._joined().where(TENANTS.c.name.in_(bindparam("names", expanding=True)))
+        self._creates: GroupCommit[Tenant, ApplyResult] = GroupCommit(self.create_tenants_each)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -160,7 +174,11 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect().execution_options(**self.dialect.write_options()) as conn, conn.begin():
+            with (
+                self.dialect.write_lock(),
+                self.engine.connect().execution_options(**self.dialect.write_options()) as conn,
+                conn.begin(),
+            ):
                 yield conn
         except DBAPIError as error:
             raise translate(error) from error
@@ -169,18 +187,93 @@ class Store:
     def apply_tenants(self, tenants: Sequence[Tenant], *, dry_run: bool = False) -> list[ApplyResult]:
         """Create or update tenants' desired state, all or none. With dry_run: the same checks, no write.
 
-        Each result carries the tenant as the reconciler will see it (defaults resolved)."""
+        Each result carries the tenant as the reconciler will see it (defaults resolved) and as stored."""
+        return self._apply_all(tenants, dry_run=dry_run, create_only=False)
+
+    def apply_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
+        return self.apply_tenants([tenant], dry_run=dry_run)[0]
+
+    def create_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
+        """Create one tenant, or raise `AlreadyExists` when the name is taken (even by a tenant being
+        deleted). The check, the write and the read-back are one transaction, so two creates of one name
+        never both succeed. Creates from concurrent threads share that transaction (group commit)."""
+        if dry_run:
+            return self._apply_all([tenant], dry_run=True, create_only=True)[0]
+        return self._creates.submit(tenant)
+
+    def create_tenants_each(self, tenants: Sequence[Tenant]) -> list[ApplyResult | Exception]:
+        """Create each tenant that can be, in one transaction; answer each with its result or its error.
+        Checks are one query for the batch, inserts one statement, the read-back one query. Should the
+        database still refuse an insert, each tenant is retried alone so only the bad one fails."""
+        answers: list[ApplyResult | Exception | None] = [None] * len(tenants)
+        names = [t.metadata.name for t in tenants]
+        created: dict[str, Any] = {}
         try:
-            with self.engine.connect().execution_options(**self.dialect.write_options()) as conn:
+            with (
+                self.dialect.write_lock(),
+                self.engine.connect().execution_options(**self.dialect.write_options()) as conn,
+                conn.begin(),
+            ):
+                known = set(conn.execute(self._templates_in, {"names": sorted({t.spec.template for t in tenants})})
+                            .scalars())
+                taken = set(conn.execute(self._tenants_in, {"names": names}).scalars())
+                rows: list[dict[str, Any]] = []
+                for index, tenant in enumerate(tenants):
+                    name = tenant.metadata.name
+                    if tenant.spec.template not in known:
+                        answers[index] = InvalidRecord(
+                            "spec.template", f"unknown template {tenant.spec.template!r}; see fleet template list")
+                    elif name in taken:
+                        answers[index] = AlreadyExists(f"metadata.name: tenant {name} already exists")
+                    else:
+                        taken.add(name)
+                        labels = json.dumps(tenant.metadata.labels, sort_keys=True)
+                        rows.append({"name": name, "labels": labels, **_spec_values(tenant)})
+                if rows:
+                    conn.execute(self._insert_tenant, rows)
+                    inserted = {"names": [row["name"] for row in rows]}
+                    created = {row.name: row for row in conn.execute(self._by_names, inserted)}
+        except DBAPIError:
+            return [self._create_alone(tenant) for tenant in tenants]
+        for index, name in enumerate(names):
+            if answers[index] is None:
+                row = created[name]
+                answers[index] = ApplyResult(
+                    name, ApplyOutcome.CREATED, row.generation, self._desired_from_row(row), self._tenant_from_row(row)
+                )
+        return [answer for answer in answers if answer is not None]
+
+    def _create_alone(self, tenant: Tenant) -> ApplyResult | Exception:
+        try:
+            return self._apply_all([tenant], dry_run=False, create_only=True)[0]
+        except FleetError as error:
+            return error
+
+    def _apply_all(self, tenants: Sequence[Tenant], *, dry_run: bool, create_only: bool) -> list[ApplyResult]:
+        # Rows are read inside the transaction and turned into models after it: the write lock is held for
+        # the SQL only.
+        written: list[tuple[ApplyOutcome, Any, str | None]] = []
+        try:
+            with (
+                self.dialect.write_lock(),
+                self.engine.connect().execution_options(**self.dialect.write_options()) as conn,
+            ):
                 transaction = conn.begin()
                 try:
-                    results = []
                     for tenant in tenants:
                         values = _spec_values(tenant)
                         labels = json.dumps(tenant.metadata.labels, sort_keys=True)
-                        result = self._apply_in(conn, tenant.metadata.name, labels, values)
-                        row = conn.execute(self._joined().where(TENANTS.c.name == tenant.metadata.name)).first()
-                        results.append(replace(result, desired=self._desired_from_row(row)))
+                        key = {"name": tenant.metadata.name}
+                        if create_only:
+                            outcome = self._create_in(conn, tenant.metadata.name, labels, values)
+                        else:
+                            outcome = self._apply_in(conn, tenant.metadata.name, labels, values)
+                        row = conn.execute(self._by_name, key).one()
+                        # A new row has no status yet (a status is only written for an existing tenant,
+                        # and a finalized one's is deleted with it).
+                        observed = None if outcome == ApplyOutcome.CREATED else conn.execute(
+                            self._observed, key).scalar_one_or_none()
+                        written.append((outcome, row, observed))
                 except BaseException:
                     transaction.rollback()
                     raise
@@ -188,29 +281,39 @@ class Store:
                     transaction.rollback()
                 else:
                     transaction.commit()
-                return results
         except DBAPIError as error:
             raise translate(error) from error
+        return [
+            ApplyResult(
+                row.name, outcome, row.generation, self._desired_from_row(row), self._tenant_from_row(row),
+                None if observed is None else Observed.model_validate_json(observed),
+            )
+            for outcome, row, observed in written
+        ]
 
-    def apply_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
-        return self.apply_tenants([tenant], dry_run=dry_run)[0]
-
-    def _apply_in(self, conn: Connection, name: str, labels: str, values: dict[str, Any]) -> ApplyResult:
-        if conn.execute(select(TEMPLATES.c.name).where(TEMPLATES.c.name == values["template"])).first() is None:
+    def _create_in(self, conn: Connection, name: str, labels: str, values: dict[str, Any]) -> ApplyOutcome:
+        checks = conn.execute(self._create_checks, {"template": values["template"], "name": name}).one()
+        if checks.template is None:
             raise InvalidRecord("spec.template", f"unknown template {values['template']!r}; see fleet template list")
-        current = conn.execute(select(TENANTS).where(TENANTS.c.name == name)).first()
+        if checks.existing is not None:
+            raise AlreadyExists(f"metadata.name: tenant {name} already exists")
+        conn.execute(self._insert_tenant, {"name": name, "labels": labels, **values})
+        return ApplyOutcome.CREATED
+
+    def _apply_in(self, conn: Connection, name: str, labels: str, values: dict[str, Any]) -> ApplyOutcome:
+        if conn.execute(self._template_exists, {"template": values["template"]}).first() is None:
+            raise InvalidRecord("spec.template", f"unknown template {values['template']!r}; see fleet template list")
+        current = conn.execute(self._current, {"name": name}).first()
         if current is None:
-            conn.execute(TENANTS.insert().values(name=name, labels=labels, **values))
-            generation = conn.execute(select(TENANTS.c.generation).where(TENANTS.c.name == name)).scalar_one()
-            return ApplyResult(name, ApplyOutcome.CREATED, generation)
+            conn.execute(self._insert_tenant, {"name": name, "labels": labels, **values})
+            return ApplyOutcome.CREATED
         if current.deletion_requested_at is not None:
             raise Conflict(f"metadata.name: tenant {name} is being deleted; wait for it to go, then create it again")
         unchanged = current.labels == labels and all(getattr(current, c) == v for c, v in values.items())
         if unchanged:
-            return ApplyResult(name, ApplyOutcome.UNCHANGED, current.generation)
+            return ApplyOutcome.UNCHANGED
         conn.execute(TENANTS.update().where(TENANTS.c.name == name).values(labels=labels, **values))
-        generation = conn.execute(select(TENANTS.c.generation).where(TENANTS.c.name == name)).scalar_one()
-        return ApplyResult(name, ApplyOutcome.CONFIGURED, generation)
+        return ApplyOutcome.CONFIGURED
 
     def set_paused(self, name: str, paused: bool) -> int:
         with self._write() as conn:
@@ -239,8 +342,14 @@ class Store:
                 .where(and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_not(None)))
                 .values(finalized=True)
             )
-            conn.execute(TENANTS.delete().where(and_(TENANTS.c.name == name, TENANTS.c.finalized.is_(True))))
+            gone = conn.execute(
+                TENANTS.delete().where(and_(TENANTS.c.name == name, TENANTS.c.finalized.is_(True)))
+            ).rowcount
             conn.execute(STATUS.delete().where(STATUS.c.name == name))
+            if gone:
+                # One tombstone per name (the last deletion), stamped with a revision by a trigger.
+                conn.execute(TOMBSTONES.delete().where(TOMBSTONES.c.name == name))
+                conn.execute(TOMBSTONES.insert().values(name=name))
             self._append_events(conn, events)
 
     def bind(self, name: str, node: str) -> bool:
@@ -389,6 +498,17 @@ class Store:
         """Tenants whose desired state was written after `revision`, oldest first: the change feed."""
         with self._read() as conn:
             rows = conn.execute(self._changes, {"revision": revision, "limit": limit}).all()
+        return [Change(row.name, row.revision) for row in rows]
+
+    def deletions_since(self, revision: int, *, limit: int = 500) -> list[Change]:
+        """Tenants finalized (gone for good) after `revision`, oldest first: the deletions of the feed."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(TOMBSTONES.c.name, TOMBSTONES.c.revision)
+                .where(TOMBSTONES.c.revision > revision)
+                .order_by(TOMBSTONES.c.revision)
+                .limit(limit)
+            ).all()
         return [Change(row.name, row.revision) for row in rows]
 
     def current_revision(self) -> int:

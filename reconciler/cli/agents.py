@@ -67,8 +67,9 @@ def agent(
     label: list[str] = typer.Option([], "--label", help="KEY=VALUE node label (repeatable), for node selectors."),
     lease: float = typer.Option(10.0, "--lease-seconds", min=1.0, help="Heartbeat lease; NotReady after it."),
     max_tenants: int | None = typer.Option(None, "--max-tenants", min=1, help="Tenant slots on this node."),
-    cpu_overcommit: float = typer.Option(4.0, "--cpu-overcommit", min=0.1, help="Allocatable cpu = cores x this."),
-    memory_overcommit: float = typer.Option(1.0, "--memory-overcommit", min=0.1),
+    cpu_overcommit: float = typer.Option(100.0, "--cpu-overcommit", min=0.1, help="Allocatable cpu = cores x this."),
+    memory_overcommit: float = typer.Option(4.0, "--memory-overcommit", min=0.1),
+    disk_overcommit: float = typer.Option(20.0, "--disk-overcommit", min=0.1, help="Allocatable disk = pool x this."),
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain"),
@@ -81,12 +82,20 @@ def agent(
     data_dir.mkdir(parents=True, exist_ok=True)
     store = _open_store(settings)
     driver, described = open_driver(
-        DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size,
-                      address_range=address_range, node=node)
+        DriverOptions(
+            name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node
+        )
     )
     config = AgentConfig(
-        node=node, labels=_labels(label), lease_seconds=lease, cpu_overcommit=cpu_overcommit,
-        memory_overcommit=memory_overcommit, max_tenants=max_tenants, workers=workers, resync_seconds=resync,
+        node=node,
+        labels=_labels(label),
+        lease_seconds=lease,
+        cpu_overcommit=cpu_overcommit,
+        memory_overcommit=memory_overcommit,
+        disk_overcommit=disk_overcommit,
+        max_tenants=max_tenants,
+        workers=workers,
+        resync_seconds=resync,
         base_domain=base_domain,
     )
     runner = Agent(store, driver, config)
@@ -117,8 +126,13 @@ def scheduler(
     identity = f"{socket.gethostname()}/{__import__('os').getpid()}"
     runner = Scheduler(
         store,
-        SchedulerConfig(identity=identity, strategy=strategy, lease_seconds=lease, interval_seconds=interval,
-                        max_tenants_per_node=max_tenants_per_node),
+        SchedulerConfig(
+            identity=identity,
+            strategy=strategy,
+            lease_seconds=lease,
+            interval_seconds=interval,
+            max_tenants_per_node=max_tenants_per_node,
+        ),
     )
     stop = _until_signal()
     runner.start()

@@ -1,5 +1,6 @@
 """`fleet up`: the whole operator in one process, on the embedded store, until Ctrl-C."""
 
+import contextlib
 import signal
 import socket
 import threading
@@ -9,11 +10,12 @@ from types import FrameType
 import typer
 from loguru import logger
 
+from reconciler.agent import Agent, AgentConfig
 from reconciler.cli import web
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
-from reconciler.controller import Controller, ControllerConfig
+from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 
 
 def up(
@@ -40,6 +42,11 @@ def up(
     api_listen: str = typer.Option("127.0.0.1:8080", "--api-listen", help="HOST:PORT of the HTTP API (port 0: any)."),
     gateway_listen: str = typer.Option("127.0.0.1:8081", "--gateway-listen", help="HOST:PORT of the tenant gateway."),
     no_api: bool = typer.Option(False, "--no-api", help="Start neither the API nor the gateway."),
+    strategy: Strategy = typer.Option(Strategy.BINPACK, "--strategy", help="The scheduler's: binpack or spread."),
+    max_tenants: int | None = typer.Option(None, "--max-tenants", min=1, help="Tenant slots on this node."),
+    cpu_overcommit: float = typer.Option(100.0, "--cpu-overcommit", min=0.1, help="Allocatable cpu = cores x this."),
+    memory_overcommit: float = typer.Option(4.0, "--memory-overcommit", min=0.1),
+    disk_overcommit: float = typer.Option(20.0, "--disk-overcommit", min=0.1, help="Allocatable disk = pool x this."),
 ) -> None:
     """Run the operator (store, controller, driver, API, gateway) in this process until Ctrl-C."""
     configure(log_level)
@@ -54,21 +61,48 @@ def up(
             name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node
         )
     )
-    controller = Controller(
-        store, driver, ControllerConfig(node=node, workers=workers, resync_seconds=resync, base_domain=base_domain)
+    # The same parts as a fleet, in one process: this node's agent (registration, heartbeat, controller)
+    # and the scheduler, which binds each new tenant to this node once it has room.
+    agent = Agent(
+        store,
+        driver,
+        AgentConfig(
+            node=node,
+            workers=workers,
+            resync_seconds=resync,
+            poll_seconds=0.05,
+            base_domain=base_domain,
+            max_tenants=max_tenants,
+            cpu_overcommit=cpu_overcommit,
+            memory_overcommit=memory_overcommit,
+            disk_overcommit=disk_overcommit,
+        ),
+    )
+    scheduler = Scheduler(
+        store, SchedulerConfig(identity=f"{agent.identity}/scheduler", strategy=strategy, interval_seconds=0.05)
     )
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    agent.start()
+    scheduler.start()
+    servers = (
+        []
+        if no_api
+        else web.start_web(
+            store,
+            web.web_config(base_domain, gateway_at, None, "http"),
+            api_at,
+            gateway_at,
+            [web.NodeView(node, driver.name, None)],
+        )
+    )
+    # Installed once every part has started, so no library's set-up can replace it; before the line
+    # that says Fleet is up, which is what a supervisor waits for before it may send a signal.
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    controller.start()
-    servers = [] if no_api else web.start_web(
-        store, web.web_config(base_domain, gateway_at, None, "http"), api_at, gateway_at,
-        [web.NodeView(node, driver.name, None)],
-    )
     listening = "".join(f" {s.name}: http://{s.listen}." for s in servers)
     engine = "SQLite, WAL" if store.url.startswith("sqlite") else store.dialect.name
     typer.echo(
@@ -76,11 +110,13 @@ def up(
         f"Try: fleet apply -f docs/examples/tenant.yaml. Stop with Ctrl-C.",
         err=True,
     )
-    stop.wait()
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C that reached the default handler stops cleanly too
+        stop.wait()
     logger.info("Stopping: finishing the passes under way")
     for server in servers:
         server.stop()
-    controller.stop()
+    scheduler.stop()
+    agent.stop()
     driver.close()
     store.close()
     typer.echo("Fleet stopped. Containers keep running; the next fleet up picks them up.", err=True)

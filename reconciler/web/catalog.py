@@ -3,24 +3,81 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from reconciler.web.auth import Operator, Reader
-from reconciler.web.context import AccessDep, ContextDep, StoreDep
+from reconciler.web.context import AccessDep, ContextDep, NodeView, StoreDep, WebContext
 from reconciler.web.errors import ApiError
 from reconciler.web.tenants import ERRORS
 from specs import Event, NodeCapacity, Template
 from specs.plan import PLAN_ID_PATTERN, Plan
+from state.nodes import NodeRecord, NodeStore, Usage
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
+PAGE_BYTES = 4096  # KSM counts pages
 PlanId = Annotated[str, Path(pattern=PLAN_ID_PATTERN, max_length=128, description="Billing price or product id")]
 
 
+class NodeResources(BaseModel):
+    cpu_millicores: int
+    memory_bytes: int
+    disk_bytes: int
+    tenants: int
+
+
 class Node(BaseModel):
+    """A node as `fleet nodes` shows it: registered by `fleet agent`, or the node of a single `fleet up`."""
+
     name: str
     driver: str
-    tenants: int
+    registered: bool = Field(description="False for the node of a single `fleet up`, which runs in the API's process")
+    ready: bool
+    cordoned: bool
+    not_ready_reason: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    templates: list[str] = Field(default_factory=list, description="name@version of every template it holds")
+    tenants: int = Field(description="Tenants bound to it")
     capacity: NodeCapacity | None = None
+    allocatable: NodeResources | None = Field(default=None, description="What the scheduler may hand out")
+    used: NodeResources = Field(description="What the tenants bound to it ask for")
+    ksm_saved_bytes: int = Field(default=0, description="Memory kernel same-page merging saves")
+    heartbeat_age_seconds: float | None = Field(default=None, description="On the store's clock; null when local")
+
+
+def _registered(record: NodeRecord) -> Node:
+    used, allocatable = record.used, record.allocatable
+    return Node(
+        name=record.name, driver=record.driver, registered=True, ready=record.ready, cordoned=record.cordoned,
+        not_ready_reason=record.not_ready_reason, labels=record.labels, templates=list(record.templates),
+        tenants=used.tenants, capacity=record.capacity,
+        allocatable=NodeResources(cpu_millicores=allocatable.cpu_millicores, memory_bytes=allocatable.memory_bytes,
+                                  disk_bytes=allocatable.disk_bytes, tenants=allocatable.tenants),
+        used=NodeResources(cpu_millicores=used.cpu_millicores, memory_bytes=used.memory_bytes,
+                           disk_bytes=used.disk_bytes, tenants=used.tenants),
+        ksm_saved_bytes=record.capacity.ksm_pages_sharing * PAGE_BYTES,
+        heartbeat_age_seconds=round(record.heartbeat_age, 1),
+    )
+
+
+def _local(view: NodeView, used: Usage) -> Node:
+    capacity = view.capacity
+    return Node(
+        name=view.name, driver=view.driver, registered=False, ready=True, cordoned=False, tenants=used.tenants,
+        capacity=capacity,
+        used=NodeResources(cpu_millicores=used.cpu_millicores, memory_bytes=used.memory_bytes,
+                           disk_bytes=used.disk_bytes, tenants=used.tenants),
+        ksm_saved_bytes=0 if capacity is None else capacity.ksm_pages_sharing * PAGE_BYTES,
+    )
+
+
+def nodes_of(context: WebContext) -> list[Node]:
+    """Registered nodes, then the local node of `fleet up` if it is not one of them, by name."""
+    store = NodeStore(context.store)
+    registered = {record.name: _registered(record) for record in store.list_nodes()}
+    usage = store.usage()
+    local = {view.name: _local(view, usage.get(view.name, Usage())) for view in context.nodes()
+             if view.name not in registered}
+    return [node for _, node in sorted({**local, **registered}.items())]
 
 
 @router.get("/templates", response_model=list[Template], tags=["templates"], summary="Templates tenants clone")
@@ -56,16 +113,7 @@ def delete_plan(plan_id: PlanId, access: AccessDep, _token: Operator) -> None:
 
 @router.get("/nodes", response_model=list[Node], tags=["nodes"], summary="Nodes and what runs on them")
 def list_nodes(context: ContextDep, _token: Reader) -> list[Node]:
-    counts: dict[str, int] = {}
-    for record in context.store.iter_desired():
-        if record.node is not None:
-            counts[record.node] = counts.get(record.node, 0) + 1
-    known = {view.name: view for view in context.nodes()}
-    return [
-        Node(name=name, driver=known[name].driver if name in known else "unknown", tenants=counts.get(name, 0),
-             capacity=known[name].capacity if name in known else None)
-        for name in sorted(set(counts) | set(known))
-    ]
+    return nodes_of(context)
 
 
 @router.get("/events", response_model=list[Event], tags=["events"], summary="The event log, oldest first")

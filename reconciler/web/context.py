@@ -12,7 +12,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from reconciler.scheduler import Strategy
 from reconciler.web.claims import ClaimSigner
+from reconciler.web.writer import CreateWriter
 from specs import NodeCapacity
 from state import Store
 from state.access import Access
@@ -37,6 +39,8 @@ class WebConfig:
     webhook_secrets: tuple[str, ...] = ()
     webhook_tolerance_seconds: int = 300
     secure_cookies: bool = False  # set when a TLS front proxy terminates https
+    # The scheduler's strategy, so a dry run names the node the scheduler would choose.
+    strategy: Strategy = Strategy.BINPACK
 
     def tenant_url(self, name: str) -> str:
         default = {"http": 80, "https": 443}.get(self.public_scheme)
@@ -56,9 +60,11 @@ class WebContext:
     clock: Callable[[], float] | None = None
     access: Access = field(init=False)
     signer: ClaimSigner = field(init=False)
+    creates: CreateWriter = field(init=False)
 
     def __post_init__(self) -> None:
         self.access = Access(self.store)
+        self.creates = CreateWriter(self.store)
         self.signer = ClaimSigner(self.access) if self.clock is None else ClaimSigner(self.access, clock=self.clock)
 
 

@@ -42,6 +42,11 @@ class Idempotency:
                 return self._replay(stored)
         return Response(text, status_code=status, media_type="application/json")
 
+    @staticmethod
+    def respond(status: int, body: BaseModel) -> Response:
+        """The answer of a write sent without a key (nothing to store or replay)."""
+        return Response(body.model_dump_json(by_alias=True), status_code=status, media_type="application/json")
+
     def _replay(self, first: StoredResponse) -> Response:
         if first.request_hash != self.request_hash:
             raise ApiError(409, "Idempotency-Key", "was already used with a different request")
@@ -58,6 +63,8 @@ async def _idempotency(
                description="Repeat a write safely: the same key and request return the first answer"),
     ] = None,
 ) -> Idempotency:
+    if idempotency_key is None:
+        return Idempotency(access, None, "")  # nothing to compare with: skip reading and hashing the body
     body = await request.body()
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode() if body else b""

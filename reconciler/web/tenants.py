@@ -1,15 +1,16 @@
 """Tenant routes: create, get, list (filters, paging), patch the spec, delete, events, and authorize
 (mint a claim and the URL to send the customer to).
 
-Writes take `?dry_run=true` (the same checks, nothing written, the plan returned) and an
-`Idempotency-Key`. Routes validate with the spec models and call the store; they never write SQL and
-never touch the host.
+Writes take `?dry_run=true` (the same checks, nothing written, the plan returned; a create also names
+the node it would land on) and an `Idempotency-Key`. Routes validate with the spec models and call the
+store; they never write SQL and never touch the host.
 """
 
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reconciler.plan import plan as plan_actions
@@ -18,9 +19,10 @@ from reconciler.web.claims import DEFAULT_TTL_SECONDS
 from reconciler.web.context import ContextDep, StoreDep
 from reconciler.web.errors import ApiError, ErrorBody, validation_error
 from reconciler.web.idempotency import IdempotencyDep
+from reconciler.web.placement import would_place
 from specs import Event, NotFound, Phase, Tenant
 from specs.names import NAME_PATTERN
-from state import ApplyResult, Store
+from state import AlreadyExists, ApplyResult, Store
 
 CLAIM_PARAMETER = "fleet_claim"
 TenantName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="The tenant's name")]
@@ -41,6 +43,8 @@ class WriteResult(BaseModel):
     dry_run: bool = False
     plan: list[str] = Field(default_factory=list, description="The actions the reconciler will take")
     tenant: Tenant | None = None
+    node: str | None = Field(default=None, description="Creates with dry_run: the node it would land on")
+    unschedulable: str | None = Field(default=None, description="Creates with dry_run: why no node would take it")
 
 
 class TenantList(BaseModel):
@@ -70,17 +74,18 @@ class Authorization(BaseModel):
     expires_at: datetime
 
 
-def _planned(store: Store, result: ApplyResult) -> list[str]:
+def _planned(result: ApplyResult) -> list[str]:
     desired = result.desired
     if desired is None or desired.spec is None:
         return []
-    return [action.describe() for action in plan_actions(desired.spec, store.last_observed(result.name))]
+    return [action.describe() for action in plan_actions(desired.spec, result.observed)]
 
 
-def _result(store: Store, result: ApplyResult, dry_run: bool) -> WriteResult:
+def _result(result: ApplyResult, dry_run: bool) -> WriteResult:
+    """From what the write's own transaction read back: no further round trip to the store."""
     return WriteResult(
         name=result.name, outcome=result.outcome.value, generation=result.generation, dry_run=dry_run,
-        plan=_planned(store, result), tenant=None if dry_run else store.get_tenant(result.name),
+        plan=_planned(result), tenant=None if dry_run else result.tenant,
     )
 
 
@@ -92,16 +97,30 @@ def _existing(store: Store, name: str) -> Tenant:
 
 
 @router.post("/tenants", status_code=201, response_model=WriteResult, summary="Create a tenant")
-def create_tenant(
-    tenant: Tenant, store: StoreDep, token: TenantWriter, once: IdempotencyDep, dry_run: DryRun = False
+async def create_tenant(
+    tenant: Tenant, context: ContextDep, token: TenantWriter, once: IdempotencyDep, dry_run: DryRun = False
 ) -> Any:
-    def answer() -> tuple[int, BaseModel]:
-        if store.get_tenant(tenant.name) is not None:
-            raise ApiError(409, "metadata.name", f"tenant {tenant.name} already exists; PATCH it instead")
-        result = store.apply_tenant(tenant.model_copy(update={"status": None}), dry_run=dry_run)
-        return (200 if dry_run else 201), _result(store, result, dry_run)
+    if once.key is None and not dry_run:
+        # The common case: queued for the writer thread, written with the creates arriving meanwhile.
+        try:
+            created = await context.creates.create(tenant.model_copy(update={"status": None}))
+        except AlreadyExists as error:
+            raise ApiError(409, "metadata.name", f"tenant {tenant.name} already exists; PATCH it instead") from error
+        return once.respond(201, _result(created, False))
 
-    return once.run(token.name, answer)
+    def answer() -> tuple[int, BaseModel]:
+        try:
+            result = context.store.create_tenant(tenant.model_copy(update={"status": None}), dry_run=dry_run)
+        except AlreadyExists as error:
+            raise ApiError(409, "metadata.name", f"tenant {tenant.name} already exists; PATCH it instead") from error
+        if not dry_run:
+            return 201, _result(result, dry_run)
+        assert result.desired is not None
+        placement = would_place(context, result.desired, tenant.metadata.labels)
+        return 200, _result(result, dry_run).model_copy(
+            update={"node": placement.node, "unschedulable": placement.unschedulable})
+
+    return await run_in_threadpool(once.run, token.name, answer)
 
 
 @router.get("/tenants", response_model=TenantList, summary="List tenants")
@@ -145,7 +164,7 @@ def patch_tenant(
             tenant = Tenant.model_validate(document)
         except ValidationError as error:
             raise validation_error(error) from error
-        return 200, _result(store, store.apply_tenant(tenant, dry_run=dry_run), dry_run)
+        return 200, _result(store.apply_tenant(tenant, dry_run=dry_run), dry_run)
 
     return once.run(token.name, answer)
 

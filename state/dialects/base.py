@@ -1,5 +1,6 @@
 """What a dialect provides to the store."""
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine
@@ -14,8 +15,17 @@ class Dialect(Protocol):
         """Generation, revision, soft delete, template existence, append-only events."""
         ...
 
+    def install_tombstone_triggers(self, conn: Connection) -> None:
+        """A revision stamp on every tenant tombstone (migration 4)."""
+        ...
+
     def write_options(self) -> dict[str, object]:
         """Execution options for a connection that will write."""
+        ...
+
+    def write_lock(self) -> AbstractContextManager[object]:
+        """Held around each write transaction of this process: writers queue on it instead of polling the
+        database's own lock (SQLite's busy handler sleeps up to 100 ms between tries)."""
         ...
 
     def lock_for_migration(self, conn: Connection) -> None:

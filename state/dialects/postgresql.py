@@ -17,6 +17,7 @@ What it must never do: write rows itself (the store does), or let a libpq error 
 
 import contextlib
 import re
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -150,6 +151,22 @@ TRIGGERS = [
 ]
 
 
+# Migration 4: a tombstone takes the next revision under the revision lock, like tenants and statuses.
+TOMBSTONE_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION fleet_tombstone_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      NEW.revision := nextval('fleet_revision_seq');
+      RETURN NEW;
+    END $$""",
+    "DROP TRIGGER IF EXISTS a_tombstones_revision_lock ON tenant_tombstones",
+    """CREATE TRIGGER a_tombstones_revision_lock BEFORE INSERT OR UPDATE ON tenant_tombstones
+         FOR EACH STATEMENT EXECUTE FUNCTION fleet_revision_lock()""",
+    "DROP TRIGGER IF EXISTS tombstones_stamp ON tenant_tombstones",
+    """CREATE TRIGGER tombstones_stamp BEFORE INSERT OR UPDATE ON tenant_tombstones
+         FOR EACH ROW EXECUTE FUNCTION fleet_tombstone_stamp()""",
+]
+
+
 def postgresql_checks() -> list[tuple[str, CheckConstraint]]:
     return [(table, CheckConstraint(sql, name=name).ddl_if(dialect="postgresql")) for table, name, sql in CHECKS]
 
@@ -205,8 +222,16 @@ class PostgreSQLDialect:
         for statement in TRIGGERS:
             conn.exec_driver_sql(statement)
 
+    def install_tombstone_triggers(self, conn: Connection) -> None:
+        for statement in TOMBSTONE_TRIGGERS:
+            conn.exec_driver_sql(statement)
+
     def write_options(self) -> dict[str, object]:
         return {}
+
+    def write_lock(self) -> AbstractContextManager[object]:
+        """Nothing to hold: PostgreSQL writers wait on row locks, and the revision lock orders commits."""
+        return contextlib.nullcontext()
 
     def lock_for_migration(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")

@@ -6,6 +6,7 @@ lost one, and a refusal of unknown templates and bad port lists.
 """
 
 import threading
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Connection, Engine, create_engine, event
@@ -102,12 +103,27 @@ TRIGGERS = [
 ]
 
 
+# Migration 4: a tombstone takes the next revision, like any write the watch feed follows.
+TOMBSTONE_TRIGGERS = [
+    """CREATE TRIGGER IF NOT EXISTS tombstones_stamp AFTER INSERT ON tenant_tombstones BEGIN
+         UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
+         UPDATE tenant_tombstones SET revision = (SELECT value FROM fleet_revision WHERE id = 1)
+          WHERE name = NEW.name;
+       END""",
+]
+
+
 def sqlite_checks() -> list[tuple[str, CheckConstraint]]:
     return [(table, CheckConstraint(sql, name=name).ddl_if(dialect="sqlite")) for table, name, sql in CHECKS]
 
 
 class SQLiteDialect:
     name = "sqlite"
+
+    def __init__(self) -> None:
+        # One writer at a time anyway (BEGIN IMMEDIATE); queueing in-process wakes the next writer at once
+        # instead of after a busy-handler sleep. Reentrant: a write may read through the store meanwhile.
+        self._writer = threading.RLock()
 
     def create_engine(self, url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8)
@@ -135,8 +151,15 @@ class SQLiteDialect:
         for statement in TRIGGERS:
             conn.exec_driver_sql(statement)
 
+    def install_tombstone_triggers(self, conn: Connection) -> None:
+        for statement in TOMBSTONE_TRIGGERS:
+            conn.exec_driver_sql(statement)
+
     def write_options(self) -> dict[str, object]:
         return {"sqlite_begin": "IMMEDIATE"}
+
+    def write_lock(self) -> AbstractContextManager[object]:
+        return self._writer
 
     def lock_for_migration(self, conn: Connection) -> None:
         """Nothing to do: a write transaction (BEGIN IMMEDIATE) already excludes other writers."""

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from state import Conflict, InvalidRecord, Store
+from state import AlreadyExists, Conflict, InvalidRecord, Store
 from state.migrations import MIGRATIONS
 from tests.helpers import tenant
 
@@ -236,3 +236,28 @@ def test_a_postgresql_store_is_migrated_once_by_processes_starting_together(post
     assert versions == sorted(m.version for m in MIGRATIONS)
     for s in stores:
         s.close()
+
+
+def test_a_finalized_tenant_leaves_a_tombstone_newer_than_its_last_write(store: Store) -> None:
+    store.apply_tenant(tenant("gone"))
+    store.request_delete("gone")
+    before = store.current_revision()
+    assert store.deletions_since(0) == []
+    store.finalize_delete("gone")
+    deletions = store.deletions_since(before)
+    assert [d.name for d in deletions] == ["gone"] and deletions[0].revision > before
+    assert store.current_revision() == deletions[0].revision
+    store.apply_tenant(tenant("gone"))  # the name comes back: its tombstone stays older than the new record
+    store.request_delete("gone")
+    store.finalize_delete("gone")
+    assert [d.name for d in store.deletions_since(0)] == ["gone"], "one tombstone per name, the newest"
+    assert store.deletions_since(0)[0].revision > deletions[0].revision
+
+
+def test_create_refuses_a_name_that_exists_and_writes_nothing(store: Store) -> None:
+    created = store.create_tenant(tenant("solo"))
+    assert created.tenant is not None and created.tenant.metadata.generation == 1
+    with pytest.raises(AlreadyExists, match=r"metadata\.name: tenant solo already exists"):
+        store.create_tenant(tenant("solo", paused=True))
+    existing = store.get_tenant("solo")
+    assert existing is not None and existing.spec.paused is False

@@ -135,13 +135,15 @@ def subscription_event(event_id: str, kind: str = "created", *, customer: str = 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
     store = Store(f"sqlite:///{tmp_path / 'fleet.db'}")
-    access = Access(store)
-    tokens = {role: access.create_token(name=f"t-{role.value}", role=role)[1] for role in Role}
     driver = LoopbackFake(node="n1")
     controller = Controller(store, driver, ControllerConfig(node="n1", resync_seconds=60, base_domain=BASE_DOMAIN,
                                                             poll_seconds=0.01))
     context = WebContext(store, WebConfig(base_domain=BASE_DOMAIN,
                                           webhook_secrets=(WEBHOOK_SECRET, OLD_WEBHOOK_SECRET)))
+    # The API's own Access, as in `fleet up`: a revocation through it takes effect at once (one from
+    # another process, within the token cache's second: see test_api).
+    access = context.access
+    tokens = {role: access.create_token(name=f"t-{role.value}", role=role)[1] for role in Role}
     controller.start()
     gateway = BackgroundServer(create_gateway(context), Listen("127.0.0.1", 0), name="gateway").start()
     context.config = replace(context.config, public_port=gateway.listen.port)

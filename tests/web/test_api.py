@@ -1,11 +1,13 @@
 """The HTTP API as a billing system or an operator uses it: real HTTP on loopback, a real SQLite store,
 the controller converging tenants on the fake driver."""
 
+import threading
 import uuid
 
 import pytest
 
-from state.access import Role
+from state import Store
+from state.access import Access, Role
 from tests.helpers import wait_for
 from tests.web.conftest import Web
 
@@ -140,3 +142,56 @@ def test_templates_plans_nodes_and_events_are_readable(web: Web) -> None:
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "template"
         assert operator.delete("/api/v1/plans/price_basic").status_code == 204
     assert web.access.list_plans() == []
+
+
+def test_a_token_revoked_by_another_process_is_refused_within_about_a_second(web: Web) -> None:
+    with web.client(Role.BILLING) as billing:
+        assert billing.get("/api/v1/tenants").status_code == 200  # remembered by the API from now on
+        other = Store(web.store.url)  # what `fleet token revoke` opens: another Access, another process
+        try:
+            Access(other).revoke_token("t-billing")
+        finally:
+            other.close()
+        wait_for(lambda: billing.get("/api/v1/tenants").status_code == 401, timeout=2.0,
+                 what="the revoked token to be refused")
+
+
+def test_concurrent_creates_of_one_name_make_one_tenant_and_the_others_get_409(web: Web) -> None:
+    start = threading.Barrier(6)
+    codes: list[int] = []
+
+    def create() -> None:
+        with web.client(Role.BILLING) as client:
+            start.wait()
+            codes.append(client.post("/api/v1/tenants", json=_doc("contested")).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(codes) == [201, 409, 409, 409, 409, 409]
+    assert [t.metadata.name for t in web.store.list_tenants().items] == ["contested"]
+
+
+def test_creates_written_together_fail_only_where_they_are_wrong(web: Web) -> None:
+    documents = [_doc(f"batch-{n}") for n in range(8)] + [_doc("batch-bad", template="nope"), _doc("batch-0")]
+    start = threading.Barrier(len(documents))
+    answers: dict[int, tuple[int, str]] = {}
+
+    def create(index: int) -> None:
+        with web.client(Role.BILLING) as client:
+            start.wait()
+            response = client.post("/api/v1/tenants", json=documents[index])
+            answers[index] = (response.status_code, response.text)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(documents))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = [answers[i][0] for i in range(len(documents))]
+    assert codes[8] == 422 and "unknown template 'nope'" in answers[8][1]
+    assert sorted([codes[0], codes[9]]) == [201, 409], "the same name twice: one is created"
+    assert codes[1:8] == [201] * 7
+    assert sorted(t.metadata.name for t in web.store.list_tenants().items) == [f"batch-{n}" for n in range(8)]

@@ -51,3 +51,21 @@ def test_watch_streams_changes_until_running_and_deletion_and_resumes_from_a_rev
     wait_for(lambda: any(e.get("name") == "next" for e in later), what="the resumed stream to see the new tenant")
     assert all(e.get("revision", resume_from + 1) > resume_from for e in later)
     assert web.client().get("/api/v1/watch", headers={"authorization": ""}).status_code == 401
+
+
+def test_a_watcher_resuming_after_a_deletion_it_missed_is_told_the_tenant_is_gone(web: Web) -> None:
+    with web.client() as client:
+        assert client.post("/api/v1/tenants", json={"kind": "Tenant", "metadata": {"name": "brief"},
+                                                    "spec": {"template": "base"}}).status_code == 201
+        web.wait_running("brief")
+        last_seen = client.get("/healthz").json()["revision"]  # where a disconnected watcher stopped
+        assert client.delete("/api/v1/tenants/brief").status_code == 202
+        wait_for(lambda: client.get("/api/v1/tenants/brief").status_code == 404, what="brief to be gone")
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow, args=(web, {"revision": last_seen}, seen, stop), daemon=True)
+    follower.start()
+    wait_for(lambda: {"event": "deleted", "name": "brief"} in seen, what="the missed deletion on the resumed stream")
+    stop.set()
+    deleted_at = seen.index({"event": "deleted", "name": "brief"})
+    assert all(e["name"] != "brief" for e in seen[deleted_at + 1:]), "nothing about brief after its deletion"
