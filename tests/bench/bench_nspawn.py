@@ -88,7 +88,8 @@ def main() -> None:
     ksm_before = {name: (KSM / name).read_text().strip() for name in ("run", "pages_to_scan")}
     (KSM / "pages_to_scan").write_text("2000")
     (KSM / "run").write_text("1")  # the launcher opts tenants in only while KSM runs
-    up = subprocess.Popen([FLEET, "up", "--driver", "nspawn", "--pool-size", "8Gi", "--address-range", "10.216.0.0/16",
+    # The default pool size: thin-provisioned (x20) it has room for 400 tenants of the default 1Gi disk.
+    up = subprocess.Popen([FLEET, "up", "--driver", "nspawn", "--pool-size", "20Gi", "--address-range", "10.216.0.0/16",
                            "--log-level", "WARNING"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         wait(lambda: (DATA / "fleet.db").exists(), 30, "the store")
@@ -130,7 +131,7 @@ def main() -> None:
         up.wait(60)
         for name, value in ksm_before.items():
             (KSM / name).write_text(value)
-    cleanup()
+        cleanup()
     n = args.density
     rows = [
         ("signups measured (sequential, INSERT to page answering)", str(args.signups)),
@@ -158,7 +159,7 @@ def cleanup() -> None:
     from drivers.nspawn_network import Firewall
     from tests.integration.conftest import teardown_loop_pool
 
-    driver = NspawnDriver(DATA, image_size=8 << 30, address_range="10.216.0.0/16")
+    driver = NspawnDriver(DATA, image_size=20 << 30, address_range="10.216.0.0/16")
     for name in driver.pool.list_tenants():
         for _ in range(50):
             try:
