@@ -6,6 +6,7 @@ MEMORY_BYTES_MIN = 16 << 20  # below this nothing useful boots
 MEMORY_BYTES_MAX = 1 << 40
 DISK_BYTES_MIN = 16 << 20
 DISK_BYTES_MAX = 16 << 40
+MEMORY_PAGE = 4096  # the kernel rounds memory limits down to pages: anything else would read back as drift
 PIDS_MIN = 8
 PIDS_MAX = 4_194_304  # the kernel's pid_max ceiling
 PORTS_MAX = 32

@@ -35,7 +35,10 @@ def _cpu(value: Any) -> int:
 
 
 def _memory(value: Any) -> int:
-    return _bounded(limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX, format_bytes)(parse_bytes(value))
+    size = _bounded(limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX, format_bytes)(parse_bytes(value))
+    if size % limits.MEMORY_PAGE:
+        raise ValueError("must be a whole number of 4Ki pages, e.g. 256Mi or 1536Mi")
+    return size
 
 
 def _disk(value: Any) -> int:

@@ -103,3 +103,12 @@ def migrate(engine: Engine, dialect: Dialect) -> int:
             conn.execute(migrations_table.insert().values(version=migration.version, description=migration.description))
             logger.info("Applied migration", version=migration.version, description=migration.description)
     return newest
+
+
+def _memory_pages(conn: Connection, dialect: Dialect) -> None:
+    """The kernel rounds memory limits down to pages: a limit that is not whole pages would read back
+    different from the spec on every pass and be "repaired" forever."""
+    dialect.install_page_rules(conn)
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(5, "memory limits in whole 4Ki pages", _memory_pages))

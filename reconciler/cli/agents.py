@@ -4,6 +4,7 @@ Why here: each is a thin door onto `reconciler.agent` and `reconciler.scheduler`
 retry while the store is not reachable yet). What it must never do: hold placement or reconcile logic.
 """
 
+import os
 import signal
 import socket
 import threading
@@ -123,7 +124,7 @@ def scheduler(
     configure(log_level)
     settings: Settings = ctx.obj
     store = _open_store(settings)
-    identity = f"{socket.gethostname()}/{__import__('os').getpid()}"
+    identity = f"{socket.gethostname()}/{os.getpid()}"
     runner = Scheduler(
         store,
         SchedulerConfig(

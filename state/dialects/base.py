@@ -19,6 +19,10 @@ class Dialect(Protocol):
         """A revision stamp on every tenant tombstone (migration 4)."""
         ...
 
+    def install_page_rules(self, conn: Connection) -> None:
+        """Memory limits must be whole 4Ki pages, for tenants and templates (migration 5)."""
+        ...
+
     def write_options(self) -> dict[str, object]:
         """Execution options for a connection that will write."""
         ...

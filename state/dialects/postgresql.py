@@ -226,6 +226,13 @@ class PostgreSQLDialect:
         for statement in TOMBSTONE_TRIGGERS:
             conn.exec_driver_sql(statement)
 
+    def install_page_rules(self, conn: Connection) -> None:
+        for table in ("tenants", "templates"):
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} ADD CONSTRAINT memory_bytes_must_be_whole_4Ki_pages"
+                f" CHECK (memory_bytes IS NULL OR mod(memory_bytes, {limits.MEMORY_PAGE}) = 0)"
+            )
+
     def write_options(self) -> dict[str, object]:
         return {}
 

@@ -155,6 +155,16 @@ class SQLiteDialect:
         for statement in TOMBSTONE_TRIGGERS:
             conn.exec_driver_sql(statement)
 
+    def install_page_rules(self, conn: Connection) -> None:
+        # SQLite cannot add a CHECK to an existing table; triggers give raw SQL the same refusal.
+        for table in ("tenants", "templates"):
+            for when, suffix in (("INSERT", "insert"), ("UPDATE OF memory_bytes", "update")):
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_memory_pages_{suffix} BEFORE {when} ON {table}"
+                    f" WHEN NEW.memory_bytes % {limits.MEMORY_PAGE} != 0 BEGIN"
+                    f" SELECT RAISE(ABORT, 'memory_bytes: must be a whole number of 4Ki pages'); END"
+                )
+
     def write_options(self) -> dict[str, object]:
         return {"sqlite_begin": "IMMEDIATE"}
 

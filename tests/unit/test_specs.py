@@ -65,3 +65,8 @@ def test_unset_resources_inherit_the_template_defaults() -> None:
 def test_cpu_survives_a_json_round_trip_as_millicores() -> None:
     resources = Resources.model_validate({"cpu": "250m"})
     assert Resources.model_validate_json(resources.model_dump_json()).cpu == 250
+
+
+def test_memory_must_be_whole_pages_or_it_would_drift_forever() -> None:
+    message = _error({"metadata": {"name": "acme"}, "spec": {"template": "base", "resources": {"memory": 100000000}}})
+    assert message == "spec.resources.memory: must be a whole number of 4Ki pages, e.g. 256Mi or 1536Mi"

@@ -90,7 +90,7 @@ def test_a_label_only_update_gets_a_new_revision_but_the_same_generation(store: 
         ("INSERT INTO tenants (name, template) VALUES ('Bad_Name', 'base')", "name_must_be_a_dns_label"),
         ("INSERT INTO tenants (name, template) VALUES ('acme', 'nope')", "template: unknown template"),
         (
-            "INSERT INTO tenants (name, template, memory_bytes) VALUES ('acme', 'base', 1024)",
+            "INSERT INTO tenants (name, template, memory_bytes) VALUES ('acme', 'base', 4096)",
             "memory_bytes_must_be_between_16Mi_and_1Ti",
         ),
         (
@@ -99,6 +99,10 @@ def test_a_label_only_update_gets_a_new_revision_but_the_same_generation(store: 
         ),
         ("INSERT INTO tenants (name, template, labels) VALUES ('acme', 'base', 'x')", "labels_must_be_a_json_object"),
         ("INSERT INTO tenants (name, template, pids) VALUES ('acme', 'base', 1)", "pids_must_be_between_8_and"),
+        (
+            "INSERT INTO tenants (name, template, memory_bytes) VALUES ('acme', 'base', 100000000)",
+            "memory_bytes",
+        ),
     ],
 )
 def test_an_invalid_raw_row_is_rejected_by_the_database(store: Store, sql: str, rule: str) -> None:
