@@ -238,11 +238,6 @@ class Scheduler:
             result = self.nodes.bind_many(placement.bindings[start : start + self.config.batch])
             bound += len(result.bound)
             retry_later.extend(b.name for b in result.no_room)
-            events = [
-                Event(tenant=b.name, node=b.node, reason="Scheduled", message=f"bound to {b.node} by the scheduler")
-                for b in result.bound
-            ]
-            self.nodes.write_statuses([], events)
         self.bound_total += bound
         self._report_unschedulable(placement.unschedulable)
         if bound:

@@ -385,6 +385,14 @@ class NodeStore:
                 won = {row.name for row in rows}
                 bound.extend(b for n, b in by_name.items() if n in won)
                 taken.extend(n for n in by_name if n not in won)
+            # The binding and its event commit together: whoever sees the binding sees why.
+            self.store._append_events(
+                conn,
+                [
+                    Event(tenant=b.name, node=b.node, reason="Scheduled", message=f"bound to {b.node} by the scheduler")
+                    for b in bound
+                ],
+            )
         return BindResult(bound, taken, no_room)
 
     def statuses_on(self, node: str) -> list[tuple[str, TenantStatus | None]]:
