@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from specs import DriverInfo, Event, NodeCapacity, NotFound, TenantStatus
 from state.nodes_schema import LEASES, NODES
 from state.schema import STATUS, TEMPLATES, TENANTS
-from state.store import _UPSERT_STATUS, Store, _status_from_row
+from state.store import _UPSERT_STATUS, Store, _status_from_row, status_parameters
 
 NODE_LEASE_PREFIX = "node/"
 SCHEDULER_LEASE = "scheduler"
@@ -425,24 +425,7 @@ class NodeStore:
             return
         with self.store._write() as conn:
             if statuses:
-                conn.execute(
-                    _UPSERT_STATUS,
-                    [
-                        {
-                            "name": name,
-                            "phase": status.phase.value,
-                            "observed_generation": status.observed_generation,
-                            "node": status.node,
-                            "url": status.url,
-                            "address": status.address,
-                            "template": status.template,
-                            "conditions": json.dumps([c.model_dump(mode="json") for c in status.conditions]),
-                            "last_error": status.last_error,
-                            "observed": None,
-                        }
-                        for name, status in statuses
-                    ],
-                )
+                conn.execute(_UPSERT_STATUS, [status_parameters(name, status, None) for name, status in statuses])
             self.store._append_events(conn, events)
 
     def bindings(self) -> dict[str, str]:

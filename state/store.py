@@ -54,6 +54,22 @@ _UPSERT_STATUS = text(
     """
 )
 
+def status_parameters(name: str, status: TenantStatus, observed: Observed | None) -> dict[str, Any]:
+    """The bound values of `_UPSERT_STATUS` for one tenant."""
+    return {
+        "name": name,
+        "phase": status.phase.value,
+        "observed_generation": status.observed_generation,
+        "node": status.node,
+        "url": status.url,
+        "address": status.address,
+        "template": status.template,
+        "conditions": json.dumps([c.model_dump(mode="json") for c in status.conditions]),
+        "last_error": status.last_error,
+        "observed": None if observed is None else observed.model_dump_json(),
+    }
+
+
 _SPEC_COLUMNS = ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
 
 
@@ -522,21 +538,7 @@ class Store:
         """One reconcile's outcome in one transaction. `status` None leaves the status as it was."""
         with self._write() as conn:
             if status is not None:
-                conn.execute(
-                    _UPSERT_STATUS,
-                    {
-                        "name": name,
-                        "phase": status.phase.value,
-                        "observed_generation": status.observed_generation,
-                        "node": status.node,
-                        "url": status.url,
-                        "address": status.address,
-                        "template": status.template,
-                        "conditions": json.dumps([c.model_dump(mode="json") for c in status.conditions]),
-                        "last_error": status.last_error,
-                        "observed": None if observed is None else observed.model_dump_json(),
-                    },
-                )
+                conn.execute(_UPSERT_STATUS, status_parameters(name, status, observed))
             self._append_events(conn, events)
 
     def last_observed(self, name: str) -> Observed | None:
