@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from specs import DriverInfo, Event, NodeCapacity, NotFound, TenantStatus
 from state.nodes_schema import LEASES, NODES
 from state.schema import STATUS, TEMPLATES, TENANTS
-from state.store import _UPSERT_STATUS, Store, _status_from_row, status_parameters
+from state.store import _UPSERT_STATUS, STATUS_COLUMNS, Store, _status_from_row, status_parameters
 
 NODE_LEASE_PREFIX = "node/"
 SCHEDULER_LEASE = "scheduler"
@@ -400,15 +400,7 @@ class NodeStore:
         query = (
             select(
                 TENANTS.c.name,
-                STATUS.c.phase.label("s_phase"),
-                STATUS.c.observed_generation.label("s_observed_generation"),
-                STATUS.c.node.label("s_node"),
-                STATUS.c.url.label("s_url"),
-                STATUS.c.address.label("s_address"),
-                STATUS.c.template.label("s_template"),
-                STATUS.c.conditions.label("s_conditions"),
-                STATUS.c.last_error.label("s_last_error"),
-                STATUS.c.updated_at.label("s_updated_at"),
+                *STATUS_COLUMNS,
             )
             .select_from(TENANTS)
             .outerjoin(STATUS, STATUS.c.name == TENANTS.c.name)

@@ -54,6 +54,20 @@ _UPSERT_STATUS = text(
     """
 )
 
+# A status as `_status_from_row` reads it, joined to any tenant query.
+STATUS_COLUMNS = (
+    STATUS.c.phase.label("s_phase"),
+    STATUS.c.observed_generation.label("s_observed_generation"),
+    STATUS.c.node.label("s_node"),
+    STATUS.c.url.label("s_url"),
+    STATUS.c.address.label("s_address"),
+    STATUS.c.template.label("s_template"),
+    STATUS.c.conditions.label("s_conditions"),
+    STATUS.c.last_error.label("s_last_error"),
+    STATUS.c.updated_at.label("s_updated_at"),
+)
+
+
 def status_parameters(name: str, status: TenantStatus, observed: Observed | None) -> dict[str, Any]:
     """The bound values of `_UPSERT_STATUS` for one tenant."""
     return {
@@ -385,15 +399,7 @@ class Store:
                 TEMPLATES.c.pids.label("tpl_pids"),
                 TEMPLATES.c.ingress_ports.label("tpl_ports"),
                 TEMPLATES.c.description.label("tpl_description"),
-                STATUS.c.phase.label("s_phase"),
-                STATUS.c.observed_generation.label("s_observed_generation"),
-                STATUS.c.node.label("s_node"),
-                STATUS.c.url.label("s_url"),
-                STATUS.c.address.label("s_address"),
-                STATUS.c.template.label("s_template"),
-                STATUS.c.conditions.label("s_conditions"),
-                STATUS.c.last_error.label("s_last_error"),
-                STATUS.c.updated_at.label("s_updated_at"),
+                *STATUS_COLUMNS,
                 STATUS.c.revision.label("s_revision"),
             )
             .select_from(TENANTS)
