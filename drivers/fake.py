@@ -31,7 +31,7 @@ from specs.errors import FleetError
 
 STEPS: dict[str, tuple[str, ...]] = {
     "clone": ("snapshot", "quota", "rename"),
-    "apply_resources": ("cpu", "memory", "pids", "disk"),
+    "apply_resources": ("cpu", "memory", "pids", "disk", "io"),
     "apply_network": ("veth", "address", "firewall"),
     "start": ("spawn",),
     "stop": ("signal",),

@@ -26,7 +26,7 @@ import psutil
 from loguru import logger
 from pyroute2 import NetlinkError
 
-from drivers import nspawn_cgroups, nspawn_network, nspawn_process
+from drivers import nspawn_cgroups, nspawn_netns, nspawn_network, nspawn_process, nspawn_seccomp
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import INIT_PATH, ensure_builtin
 from specs import (
@@ -136,7 +136,10 @@ class NspawnDriver:
         self.pool = Pool.open(self.data_dir, pool_path=pool_path, image_size=image_size)
         self.cgroups = nspawn_cgroups.detect()
         self.networks = nspawn_network.Networks(state_dir, address_range)
-        self.processes = nspawn_process.Processes(state_dir, init_path=INIT_PATH)
+        self.processes = nspawn_process.Processes(
+            state_dir, init_path=INIT_PATH, owner_of=self.cgroups.owner_of, seccomp=nspawn_seccomp.program()
+        )
+        self.io_devices = self.pool.block_devices()
         self._info: DriverInfo | None = None
         self._template_lock = threading.Lock()
 
@@ -149,7 +152,11 @@ class NspawnDriver:
                 "btrfs": _version(["btrfs", "--version"]),
                 "kernel": os.uname().release,
             }
-            capabilities = [f"cgroup-v{self.cgroups.version}", "netns", "nftables", "btrfs-snapshots"]
+            capabilities = [
+                f"cgroup-v{self.cgroups.version}", "netns", "nftables", "btrfs-snapshots", "userns", "seccomp"
+            ]
+            if self.pool.quota_mode == "squota":
+                capabilities.append("nested-subvolume-quota")
             if nspawn_process.ksm_enabled():
                 capabilities.append("ksm")
             self._info = DriverInfo(
@@ -170,13 +177,16 @@ class NspawnDriver:
 
     # -- observation ------------------------------------------------------------------------------------
     def _observe(
-        self, tenant: str, firewall: nspawn_network.FirewallState, running: dict[str, int] | None
+        self,
+        tenant: str,
+        firewall: nspawn_network.FirewallState,
+        running: dict[str, nspawn_process.Container] | None,
     ) -> Observed | None:
         if not self.pool.tenant_exists(tenant):
             return None
         problems: list[str] = []
         if self.cgroups.exists(tenant):
-            kernel = self.cgroups.read(tenant)
+            kernel = self.cgroups.read(tenant, self.io_devices)
             problems += self.cgroups.problems(tenant)
             oom_kills = self.cgroups.oom_kills(tenant)
             if oom_kills:
@@ -185,15 +195,19 @@ class NspawnDriver:
             kernel = Resources()
             problems.append("cgroups missing")
         resources = Resources.model_construct(
-            cpu=kernel.cpu, memory=kernel.memory, disk=self.pool.disk_limit(tenant), pids=kernel.pids
+            cpu=kernel.cpu, memory=kernel.memory, disk=self.pool.disk_limit(tenant), pids=kernel.pids, io=kernel.io
         )
         network = self.networks.observe(tenant, firewall)
         problems += network.problems
-        if running is None:
-            container = self.processes.find(tenant)
-            pid = container.pid if container else None
-        else:
-            pid = running.get(tenant)
+        container = self.processes.find(tenant) if running is None else running.get(tenant)
+        pid = container.pid if container else None
+        restart_reason = None
+        if container is not None and container.uid_base is None:
+            restart_reason = "runs without a user namespace (started by an older Fleet)"
+        elif container is not None and container.uid_base != self.pool.recorded_uid_base(tenant):
+            restart_reason = f"runs in user namespace {container.uid_base}, not the tenant's recorded range"
+        if restart_reason:
+            problems.append(restart_reason)
         return Observed(
             name=tenant,
             template=self.pool.template_of(tenant),
@@ -203,12 +217,13 @@ class NspawnDriver:
             address=network.address if network.ready else None,
             pid=pid,
             problems=tuple(problems),
+            restart_reason=restart_reason,
         )
 
     @_at_edge
     def list(self) -> builtins.list[Observed]:
         firewall = self.networks.firewall.read()
-        running = self.processes.running_tenants()
+        running = self.processes.running()
         found = (self._observe(name, firewall, running) for name in self.pool.list_tenants())
         return [observed for observed in found if observed is not None]
 
@@ -254,9 +269,8 @@ class NspawnDriver:
     def apply_resources(self, tenant: str, resources: Resources) -> None:
         """Change limits in place: the container keeps running (cgroup files and qgroup limits are live)."""
         self._require(tenant)
-        self.cgroups.apply(tenant, resources)
-        if resources.disk is not None:
-            self.pool.set_disk_limit(tenant, resources.disk)
+        self.cgroups.apply(tenant, resources, self.io_devices)
+        self.pool.set_disk_limit(tenant, resources.disk)
         logger.bind(tenant=tenant, node=self.node, **resources.display()).info("Applied resources")
 
     @_at_edge
@@ -269,8 +283,11 @@ class NspawnDriver:
         self._require(tenant)
         if self.processes.find(tenant) is not None:
             return
-        if not nspawn_network.netns_path(tenant).exists():
+        if not nspawn_netns.is_bound(nspawn_network.netns_path(tenant)):
             raise TransientError(f"tenant {tenant} has no network namespace yet; apply its network first")
+        # A tenant cloned by an older Fleet gets its range and its level-1 qgroup here, before it runs in them.
+        uid_base = self.pool.uid_base(tenant)
+        self.pool.ensure_group(tenant)
         self.cgroups.create(tenant)
         # Leftovers of a container that died (payload children) would be charged with the new one.
         self.cgroups.kill(tenant)
@@ -278,6 +295,7 @@ class NspawnDriver:
             tenant,
             root=self.pool.tenant_path(tenant),
             netns_path=nspawn_network.netns_path(tenant),
+            uid_base=uid_base,
             procs_files=self.cgroups.procs_files(tenant),
             tenant_pids=lambda: self.cgroups.pids(tenant),
         )

@@ -43,10 +43,12 @@ IOC_SUBVOL_CREATE = _ioc(_IOC_WRITE, 14, _VOL_ARGS_SIZE)
 IOC_SNAP_DESTROY = _ioc(_IOC_WRITE, 15, _VOL_ARGS_SIZE)
 IOC_INO_LOOKUP = _ioc(_IOC_READ | _IOC_WRITE, 18, 4096)
 IOC_SNAP_CREATE_V2 = _ioc(_IOC_WRITE, 23, _VOL_ARGS_SIZE)
+IOC_SUBVOL_CREATE_V2 = _ioc(_IOC_WRITE, 24, _VOL_ARGS_SIZE)
 IOC_SUBVOL_GETFLAGS = _ioc(_IOC_READ, 25, 8)
 IOC_SUBVOL_SETFLAGS = _ioc(_IOC_WRITE, 26, 8)
 IOC_FS_INFO = _ioc(_IOC_READ, 31, 1024)
 IOC_QUOTA_CTL = _ioc(_IOC_READ | _IOC_WRITE, 40, 16)
+IOC_QGROUP_ASSIGN = _ioc(_IOC_WRITE, 41, 24)
 IOC_QGROUP_CREATE = _ioc(_IOC_WRITE, 42, 16)
 IOC_QGROUP_LIMIT = _ioc(_IOC_READ, 43, 48)
 IOC_SNAP_DESTROY_V2 = _ioc(_IOC_WRITE, 63, _VOL_ARGS_SIZE)
@@ -58,6 +60,15 @@ QUOTA_CTL_ENABLE_SIMPLE_QUOTA = 4
 QGROUP_LIMIT_MAX_EXCL = 1 << 1
 _CLEAR_LIMIT = (1 << 64) - 1  # the kernel's CLEAR_VALUE: drop the limit
 FIRST_FREE_OBJECTID = 256  # the inode number of every subvolume's root directory
+QGROUP_LEVEL_SHIFT = 48  # a qgroup id is (level << 48) | id; "1/257" is level 1, id 257
+
+
+def qgroup_id(level: int, number: int) -> int:
+    return (level << QGROUP_LEVEL_SHIFT) | number
+
+
+def qgroup_name(qgroup: int) -> str:
+    return f"{qgroup >> QGROUP_LEVEL_SHIFT}/{qgroup & ((1 << QGROUP_LEVEL_SHIFT) - 1)}"
 
 
 @dataclass(frozen=True)
@@ -233,43 +244,67 @@ def enable_classic_quota(path: Path) -> None:
     run_cli(["btrfs", "quota", "enable", str(path)], f"enable quotas on {path}")
 
 
-def set_exclusive_limit(pool_root: Path, subvolume: int, limit_bytes: int | None) -> None:
-    """Limit qgroup 0/<subvolume>'s exclusive bytes (None clears the limit).
+def set_exclusive_limit(pool_root: Path, qgroup: int, limit_bytes: int | None) -> None:
+    """Limit a qgroup's exclusive bytes (None clears the limit); `qgroup` is a subvolume id (level 0) or a
+    full id from `qgroup_id` (a tenant's level-1 group, which carries its subvolumes nested inside too).
 
     Called on the pool root's fd, never the tenant's: the ioctl opens a transaction on the fd's subvolume,
     which fails with EDQUOT when that subvolume is already over its limit (HOST.md).
     """
     value = _CLEAR_LIMIT if limit_bytes is None else limit_bytes
-    args = bytearray(struct.pack("=QQQQQQ", subvolume, QGROUP_LIMIT_MAX_EXCL, 0, value, 0, 0))
+    args = bytearray(struct.pack("=QQQQQQ", qgroup, QGROUP_LIMIT_MAX_EXCL, 0, value, 0, 0))
     with open_dir(pool_root) as fd:
-        _ioctl(fd, IOC_QGROUP_LIMIT, args, f"set the disk limit of qgroup 0/{subvolume}")
+        _ioctl(fd, IOC_QGROUP_LIMIT, args, f"set the disk limit of qgroup {qgroup_name(qgroup)}")
 
 
-def destroy_qgroup(pool_root: Path, subvolume: int) -> None:
+def create_qgroup(pool_root: Path, qgroup: int) -> None:
+    """Create a qgroup (idempotent: an existing one is left as it is)."""
     with open_dir(pool_root) as fd:
-        args = bytearray(struct.pack("=QQ", 0, subvolume))
-        _ioctl(fd, IOC_QGROUP_CREATE, args, f"delete qgroup 0/{subvolume}")
+        try:
+            fcntl.ioctl(fd, IOC_QGROUP_CREATE, bytearray(struct.pack("=QQ", 1, qgroup)), True)
+        except OSError as error:
+            if error.errno != errno.EEXIST:
+                raise map_os_error(error, f"create qgroup {qgroup_name(qgroup)}") from error
 
 
-def qgroup_dir(fs_uuid: str, subvolume: int) -> Path:
-    return Path(f"/sys/fs/btrfs/{fs_uuid}/qgroups/0_{subvolume}")
+def assign_qgroup(pool_root: Path, member: int, group: int) -> None:
+    """Make qgroup `member` a child of `group` (idempotent). Under simple quotas the kernel adds the
+    member's usage to the group at once, and every subvolume later created inside the member's subvolume
+    joins the same groups by itself (fs/btrfs/qgroup.c, qgroup_auto_inherit)."""
+    with open_dir(pool_root) as fd:
+        try:
+            fcntl.ioctl(fd, IOC_QGROUP_ASSIGN, bytearray(struct.pack("=QQQ", 1, member, group)), True)
+        except OSError as error:
+            if error.errno != errno.EEXIST:
+                raise map_os_error(error, f"assign {qgroup_name(member)} to {qgroup_name(group)}") from error
 
 
-def qgroup_exists(fs_uuid: str, subvolume: int) -> bool:
-    return qgroup_dir(fs_uuid, subvolume).is_dir()
+def destroy_qgroup(pool_root: Path, qgroup: int) -> None:
+    with open_dir(pool_root) as fd:
+        args = bytearray(struct.pack("=QQ", 0, qgroup))
+        _ioctl(fd, IOC_QGROUP_CREATE, args, f"delete qgroup {qgroup_name(qgroup)}")
 
 
-def read_qgroup(fs_uuid: str, subvolume: int) -> QgroupInfo:
+def qgroup_dir(fs_uuid: str, qgroup: int) -> Path:
+    level, number = qgroup >> QGROUP_LEVEL_SHIFT, qgroup & ((1 << QGROUP_LEVEL_SHIFT) - 1)
+    return Path(f"/sys/fs/btrfs/{fs_uuid}/qgroups/{level}_{number}")
+
+
+def qgroup_exists(fs_uuid: str, qgroup: int) -> bool:
+    return qgroup_dir(fs_uuid, qgroup).is_dir()
+
+
+def read_qgroup(fs_uuid: str, qgroup: int) -> QgroupInfo:
     """Limit and usage straight from the kernel (sysfs): no fork, no cache, so drift is seen."""
-    directory = qgroup_dir(fs_uuid, subvolume)
+    directory = qgroup_dir(fs_uuid, qgroup)
     try:
         flags = int((directory / "limit_flags").read_text())
         max_exclusive = int((directory / "max_exclusive").read_text())
         exclusive = int((directory / "exclusive").read_text())
     except FileNotFoundError as error:
-        raise NotFound(f"qgroup 0/{subvolume} does not exist") from error
+        raise NotFound(f"qgroup {qgroup_name(qgroup)} does not exist") from error
     limited = bool(flags & QGROUP_LIMIT_MAX_EXCL)
-    return QgroupInfo(subvolume, max_exclusive if limited else None, exclusive)
+    return QgroupInfo(qgroup, max_exclusive if limited else None, exclusive)
 
 
 # -- the CLI, where an ioctl is impractical ------------------------------------------------------------

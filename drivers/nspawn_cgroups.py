@@ -3,10 +3,16 @@
 Without systemd as PID 1 nobody else makes a tenant's cgroups, so this module writes cgroupfs directly. Two
 layouts share one interface:
 
-- `CgroupsV1` (proven in CI): `fleet/tenant-<name>` in the cpu, cpuacct, memory, pids, `name=systemd` and
-  unified hierarchies; limits in `cpu.cfs_quota_us`, `memory.limit_in_bytes`, `pids.max`.
+- `CgroupsV1` (proven in CI): `fleet/tenant-<name>` in the cpu, cpuacct, memory, pids, blkio,
+  `name=systemd` and unified hierarchies; limits in `cpu.cfs_quota_us`, `memory.limit_in_bytes` with
+  `memory.memsw.limit_in_bytes` at the same value (memory and swap together stay under the limit),
+  `pids.max`, and `blkio.throttle.{read,write}_bps_device` on the pool's block devices.
 - `CgroupsV2` (written from Documentation/admin-guide/cgroup-v2.rst, not proven here: the CI host binds
-  cpu, memory and pids to v1): `fleet.slice/tenant-<name>` with `cpu.max`, `memory.max`, `pids.max`.
+  cpu, memory and pids to v1): `fleet.slice/tenant-<name>` with `cpu.max`, `memory.max`,
+  `memory.swap.max` 0 (v2 cannot bound memory and swap together, so a limited tenant gets no swap),
+  `pids.max` and `io.max`.
+
+The host decides which tenant a process belongs to from its cgroup (`owner_of`), never from its name.
 
 The `tenant-` prefix keeps a tenant called `tasks` from colliding with a cgroup control file.
 
@@ -21,7 +27,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -60,6 +66,25 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _throttles(text: str | None) -> dict[str, int]:
+    """`MAJ:MIN BYTES` lines of a v1 blkio throttle file, as {"MAJ:MIN": bytes}."""
+    found: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        device, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            found[device] = int(value)
+    return found
+
+
+def observed_io(read: dict[str, int], write: dict[str, int], devices: Sequence[str]) -> int | None:
+    """One bandwidth when every device has the same read and write limit; None when none has any; 0 (no
+    spec's value, so the planner re-applies) when they disagree."""
+    values = {table.get(device) for table in (read, write) for device in devices}
+    if values == {None} or not devices:
+        return None
+    return values.pop() if len(values) == 1 else 0
+
+
 def _walk_deepest_first(top: Path) -> list[Path]:
     """Every directory under `top` (inclusive), children before parents, so rmdir can go in this order."""
     if not top.is_dir():
@@ -93,9 +118,15 @@ class Cgroups(Protocol):
         """The cgroup.procs files a launcher writes its pid to, so all it starts is charged to the tenant."""
         ...
 
-    def apply(self, tenant: str, resources: Resources) -> None: ...
+    def apply(self, tenant: str, resources: Resources, io_devices: Sequence[str] = ()) -> None:
+        """Write every limit; `io_devices` ("MAJ:MIN") are the pool's block devices, which `io` throttles."""
+        ...
 
-    def read(self, tenant: str) -> Resources: ...
+    def read(self, tenant: str, io_devices: Sequence[str] = ()) -> Resources: ...
+
+    def owner_of(self, pid: int) -> str | None:
+        """The tenant whose cgroup holds host pid `pid`, or None (not a tenant's, or gone)."""
+        ...
 
     def pids(self, tenant: str) -> set[int]: ...
 
@@ -127,6 +158,25 @@ class _Base:
 
     def exists(self, tenant: str) -> bool:
         return any(path.is_dir() for path in self._tenant_dirs(tenant))
+
+    def _owner_line(self, line: str) -> str | None:
+        """The cgroup path in one /proc/PID/cgroup line of the hierarchy that decides ownership."""
+        raise NotImplementedError
+
+    def _owner_parent(self) -> str:
+        raise NotImplementedError
+
+    def owner_of(self, pid: int) -> str | None:
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return None
+        prefix = f"/{self._owner_parent()}/{TENANT_PREFIX}"
+        for line in text.splitlines():
+            path = self._owner_line(line)
+            if path is not None and path.startswith(prefix):
+                return path.removeprefix(prefix).partition("/")[0] or None
+        return None
 
     def problems(self, tenant: str) -> list[str]:
         missing = [str(path) for path in self._tenant_dirs(tenant) if not path.is_dir()]
@@ -195,7 +245,15 @@ class CgroupsV1(_Base):
 
     version = 1
     # name=systemd and unified: nspawn insists on owning a subtree in both even with --keep-unit.
-    HIERARCHIES = ("cpu", "cpuacct", "memory", "pids", "systemd", "unified")
+    HIERARCHIES = ("cpu", "cpuacct", "memory", "pids", "blkio", "systemd", "unified")
+
+    def _owner_line(self, line: str) -> str | None:
+        # "4:memory:/fleet/tenant-x": the memory hierarchy, which only the host can move a process in.
+        _number, controllers, path = line.split(":", 2)
+        return path if "memory" in controllers.split(",") else None
+
+    def _owner_parent(self) -> str:
+        return "fleet"
 
     def _parents(self) -> list[Path]:
         return [self.root / hierarchy / "fleet" for hierarchy in self.HIERARCHIES]
@@ -216,16 +274,36 @@ class CgroupsV1(_Base):
     def procs_files(self, tenant: str) -> list[Path]:
         return [path / "cgroup.procs" for path in self._tenant_dirs(tenant)]
 
-    def apply(self, tenant: str, resources: Resources) -> None:
+    def apply(self, tenant: str, resources: Resources, io_devices: Sequence[str] = ()) -> None:
         self.create(tenant)
         cpu = self._dir("cpu", tenant)
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         quota = -1 if resources.cpu is None else max(1000, CPU_PERIOD_US * resources.cpu // 1000)
         _write(cpu / "cpu.cfs_quota_us", str(quota))
-        _write(self._dir("memory", tenant) / "memory.limit_in_bytes", str(resources.memory or -1))
+        self._apply_memory(tenant, resources.memory)
         _write(self._dir("pids", tenant) / "pids.max", "max" if resources.pids is None else str(resources.pids))
+        blkio = self._dir("blkio", tenant)
+        for name in ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):
+            for device in io_devices:
+                # 0 removes the device's rule: the kernel's way to say "no limit".
+                _write(blkio / name, f"{device} {resources.io or 0}")
 
-    def read(self, tenant: str) -> Resources:
+    def _apply_memory(self, tenant: str, memory: int | None) -> None:
+        """memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes: raise memsw first, lower it last."""
+        group = self._dir("memory", tenant)
+        memsw = group / "memory.memsw.limit_in_bytes"
+        if not memsw.exists():  # a kernel without swap accounting: nothing to bound swap with
+            _write(group / "memory.limit_in_bytes", str(memory or -1))
+            return
+        current = int(_read(memsw) or 0)
+        if memory is None or memory > current:
+            _write(memsw, str(memory or -1))
+            _write(group / "memory.limit_in_bytes", str(memory or -1))
+        else:
+            _write(group / "memory.limit_in_bytes", str(memory))
+            _write(memsw, str(memory))
+
+    def read(self, tenant: str, io_devices: Sequence[str] = ()) -> Resources:
         cpu = None
         quota = _read(self._dir("cpu", tenant) / "cpu.cfs_quota_us")
         period = _read(self._dir("cpu", tenant) / "cpu.cfs_period_us")
@@ -233,14 +311,23 @@ class CgroupsV1(_Base):
             cpu = int(quota) * 1000 // int(period)
         memory = None
         limit = _read(self._dir("memory", tenant) / "memory.limit_in_bytes")
-        if limit is not None and int(limit) < _V1_MEMORY_UNLIMITED:
-            memory = int(limit)
+        # With swap accounting, what the tenant can hold is memory plus swap: the larger of the two limits.
+        with_swap = _read(self._dir("memory", tenant) / "memory.memsw.limit_in_bytes")
+        ceiling = max(int(limit), int(with_swap)) if limit is not None and with_swap is not None else limit
+        if ceiling is not None and int(ceiling) < _V1_MEMORY_UNLIMITED:
+            memory = int(ceiling)
         pids = None
         pids_max = _read(self._dir("pids", tenant) / "pids.max")
         if pids_max is not None and pids_max != "max":
             pids = int(pids_max)
+        blkio = self._dir("blkio", tenant)
+        io = observed_io(
+            _throttles(_read(blkio / "blkio.throttle.read_bps_device")),
+            _throttles(_read(blkio / "blkio.throttle.write_bps_device")),
+            io_devices,
+        )
         # model_construct: the kernel's value is the truth even if it is outside what a spec may ask for.
-        return Resources.model_construct(cpu=cpu, memory=memory, disk=None, pids=pids)
+        return Resources.model_construct(cpu=cpu, memory=memory, disk=None, pids=pids, io=io)
 
     def oom_kills(self, tenant: str) -> int:
         text = _read(self._dir("memory", tenant) / "memory.oom_control") or ""
@@ -259,10 +346,16 @@ class CgroupsV2(_Base):
 
     version = 2
     PARENT = "fleet.slice"
-    CONTROLLERS = ("cpu", "memory", "pids")
+    CONTROLLERS = ("cpu", "memory", "pids", "io")
 
     def _parents(self) -> list[Path]:
         return [self.root / self.PARENT]
+
+    def _owner_line(self, line: str) -> str | None:
+        return line.removeprefix("0::") if line.startswith("0::") else None
+
+    def _owner_parent(self) -> str:
+        return self.PARENT
 
     def _tenant_dirs(self, tenant: str) -> list[Path]:
         return [self.root / self.PARENT / cgroup_name(tenant)]
@@ -287,27 +380,45 @@ class CgroupsV2(_Base):
     def procs_files(self, tenant: str) -> list[Path]:
         return [self._tenant_dirs(tenant)[0] / "cgroup.procs"]
 
-    def apply(self, tenant: str, resources: Resources) -> None:
+    def apply(self, tenant: str, resources: Resources, io_devices: Sequence[str] = ()) -> None:
         self.create(tenant)
         group = self._tenant_dirs(tenant)[0]
         quota = "max" if resources.cpu is None else str(max(1000, CPU_PERIOD_US * resources.cpu // 1000))
         _write(group / "cpu.max", f"{quota} {CPU_PERIOD_US}")
         _write(group / "memory.max", "max" if resources.memory is None else str(resources.memory))
+        if (group / "memory.swap.max").exists():
+            _write(group / "memory.swap.max", "max" if resources.memory is None else "0")
         _write(group / "pids.max", "max" if resources.pids is None else str(resources.pids))
+        bandwidth = "max" if resources.io is None else str(resources.io)
+        for device in io_devices:
+            _write(group / "io.max", f"{device} rbps={bandwidth} wbps={bandwidth}")
 
-    def read(self, tenant: str) -> Resources:
+    def read(self, tenant: str, io_devices: Sequence[str] = ()) -> Resources:
         group = self._tenant_dirs(tenant)[0]
         cpu = None
         cpu_max = (_read(group / "cpu.max") or "max").split()
         if cpu_max and cpu_max[0] != "max":
             cpu = int(cpu_max[0]) * 1000 // int(cpu_max[1] if len(cpu_max) > 1 else CPU_PERIOD_US)
         memory_max = _read(group / "memory.max")
+        swap_max = _read(group / "memory.swap.max")
+        if swap_max not in (None, "0"):
+            memory_max = None  # swap on top of the limit: the tenant can hold more than memory.max
         pids_max = _read(group / "pids.max")
+        read: dict[str, int] = {}
+        write: dict[str, int] = {}
+        for line in (_read(group / "io.max") or "").splitlines():  # "8:16 rbps=2097152 wbps=max riops=max ..."
+            device, *settings = line.split()
+            values = dict(setting.partition("=")[::2] for setting in settings)
+            if values.get("rbps", "max").isdigit():
+                read[device] = int(values["rbps"])
+            if values.get("wbps", "max").isdigit():
+                write[device] = int(values["wbps"])
         return Resources.model_construct(
             cpu=cpu,
             memory=None if memory_max in (None, "max") else int(memory_max),
             disk=None,
             pids=None if pids_max in (None, "max") else int(pids_max),
+            io=observed_io(read, write, io_devices),
         )
 
     def _flat_keys(self, path: Path) -> Iterator[tuple[str, int]]:

@@ -6,12 +6,20 @@ ifalias `fleet:<t>` so ownership is explicit, and whose other end is `eth0` insi
 tenant leases a /30 from the node's range: the host end gets the first address, the tenant the second and
 a default route through the host end.
 
-Firewall: one table `inet fleet`, marked by its `tenant_links` set's comment, holds two sets whose
-elements carry the comment `fleet:<t>`: `tenant_links` (every tenant veth) and `tenant_ingress` (veth .
-port pairs). Base rules: the host (and the gateway running on it) reaches a tenant only on its ingress
-ports; traffic in from a tenant veth is dropped unless it answers a connection the host opened (so
-tenants never reach the host's own services, nor another tenant through the host); forwarding between
-tenant veths is dropped. ip_forward is left as found: tenants need no egress.
+Firewall: one table `inet fleet`, marked by its `tenant_links` set's comment, holds three sets whose
+elements carry the comment `fleet:<t>`: `tenant_links` (every tenant veth), `tenant_ingress` (veth . port
+pairs) and `tenant_sources` (veth . the tenant's leased address). Base rules: before connection tracking,
+a packet in from a tenant veth whose source is not that veth's leased address is dropped (no tenant can
+pass for another, nor inject into the host's connections to another), and so is all IPv6 from tenants;
+the host (and the gateway running on it) reaches a tenant only on its ingress ports; traffic in from a
+tenant veth is dropped unless it answers a connection the host opened (so tenants never reach the host's
+own services, nor another tenant through the host); forwarding between tenant veths is dropped.
+ip_forward is left as found: tenants need no egress.
+
+The namespace belongs to the host's user namespace, so a tenant's root holds no capability over it: it
+cannot change its address or routes, nor open raw sockets. Two per-namespace sysctls give back what a
+service needs without privilege: `ip_unprivileged_port_start=0` (bind port 80) and `ping_group_range`
+(ping through ICMP datagram sockets).
 
 This module must never touch an interface, namespace or nft table that does not carry Fleet's marker, and
 no value reaches nft text unchecked (names are DNS labels, interface names hex, ports ints).
@@ -35,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pyroute2 import IPRoute, NetlinkError, netns
+from pyroute2 import IPRoute, NetlinkError
 
+from drivers import nspawn_netns
 from specs import PermanentError, TransientError, validate_name
 
 NETNS_DIR = Path("/run/netns")
@@ -46,6 +55,10 @@ ALIAS_PREFIX = "fleet:"
 LOCK_DIR = Path("/run/lock")
 _VETH = re.compile(r"^fl[0-9a-f]{12}$")
 _NFT_TIMEOUT_S = 10.0
+NETNS_SYSCTLS = {
+    "net/ipv4/ip_unprivileged_port_start": "0",
+    "net/ipv4/ping_group_range": "0\t2147483647",
+}
 
 
 def netns_name(tenant: str) -> str:
@@ -138,14 +151,16 @@ class Leases:
             return {name: Lease(index, self._subnet(index)) for name, index in self._load().items()}
 
     def acquire(self, tenant: str, in_use_on_host: dict[int, str]) -> Lease:
-        """The tenant's lease, or the lowest /30 neither leased nor on a host interface of another tenant."""
+        """The tenant's lease, or the lowest /30 neither leased nor on a host interface of another tenant.
+
+        `in_use_on_host` maps /30 indexes to the Fleet veth carrying them."""
         with self._locked():
             leases = self._load()
             if tenant in leases:
                 return Lease(leases[tenant], self._subnet(leases[tenant]))
             # A veth still carrying an address of this tenant (lease file lost): take that one back.
             for index, owner in in_use_on_host.items():
-                if owner == tenant and index not in leases.values():
+                if owner == veth_name(tenant) and index not in leases.values():
                     leases[tenant] = index
                     self._save(leases)
                     return Lease(index, self._subnet(index))
@@ -178,8 +193,18 @@ def _check_veth(name: str) -> str:
     return name
 
 
-def _base_ruleset(table: str, links: dict[str, str], ingress: dict[tuple[str, int], str]) -> str:
-    """The whole table as nft text, keeping the given set elements (veth -> tenant, (veth, port) -> tenant)."""
+def _check_address(address: str) -> str:
+    return str(ipaddress.IPv4Address(address))
+
+
+def _base_ruleset(
+    table: str,
+    links: dict[str, str],
+    ingress: dict[tuple[str, int], str],
+    sources: dict[tuple[str, str], str],
+) -> str:
+    """The whole table as nft text, keeping the given set elements (veth -> tenant, (veth, port) -> tenant,
+    (veth, address) -> tenant)."""
     link_elements = ", ".join(
         f'"{_check_veth(veth)}" comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
         for veth, tenant in sorted(links.items())
@@ -187,6 +212,10 @@ def _base_ruleset(table: str, links: dict[str, str], ingress: dict[tuple[str, in
     ingress_elements = ", ".join(
         f'"{_check_veth(veth)}" . {_check_port(port)} comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
         for (veth, port), tenant in sorted(ingress.items())
+    )
+    source_elements = ", ".join(
+        f'"{_check_veth(veth)}" . {_check_address(address)} comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
+        for (veth, address), tenant in sorted(sources.items())
     )
     # nft 1.0.6: every rule ends with a newline before '}' (a rule directly followed by '}' fails to parse).
     return f"""table inet {table} {{
@@ -199,6 +228,16 @@ def _base_ruleset(table: str, links: dict[str, str], ingress: dict[tuple[str, in
     type ifname . inet_service
     comment "{TABLE_MARKER}"
     {f"elements = {{ {ingress_elements} }}" if ingress_elements else ""}
+  }}
+  set tenant_sources {{
+    type ifname . ipv4_addr
+    comment "{TABLE_MARKER}"
+    {f"elements = {{ {source_elements} }}" if source_elements else ""}
+  }}
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname @tenant_links meta nfproto ipv6 counter drop comment "fleet:base:no-ipv6"
+    iifname @tenant_links iifname . ip saddr != @tenant_sources counter drop comment "fleet:base:antispoof"
   }}
   chain input {{
     type filter hook input priority filter; policy accept;
@@ -222,6 +261,8 @@ def _base_ruleset(table: str, links: dict[str, str], ingress: dict[tuple[str, in
 
 BASE_RULES = frozenset(
     {
+        "fleet:base:no-ipv6",
+        "fleet:base:antispoof",
         "fleet:base:input-replies",
         "fleet:base:input-drop",
         "fleet:base:forward-from-tenant",
@@ -240,6 +281,7 @@ class FirewallState:
     base_rules: frozenset[str] = frozenset()
     links: dict[str, str] = field(default_factory=dict)  # veth -> tenant
     ingress: dict[tuple[str, int], str] = field(default_factory=dict)  # (veth, port) -> tenant
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (veth, address) -> tenant
 
     @property
     def complete(self) -> bool:
@@ -309,6 +351,7 @@ class Firewall:
         rules: set[str] = set()
         links: dict[str, str] = {}
         ingress: dict[tuple[str, int], str] = {}
+        sources: dict[tuple[str, str], str] = {}
         for item in json.loads(done.stdout).get("nftables", []):
             if "set" in item:
                 nft_set = item["set"]
@@ -324,12 +367,20 @@ class Firewall:
                     elif nft_set.get("name") == "tenant_ingress" and isinstance(value, dict):
                         veth, port = value["concat"]
                         ingress[(str(veth), int(port))] = tenant
+                    elif nft_set.get("name") == "tenant_sources" and isinstance(value, dict):
+                        veth, address = value["concat"]
+                        sources[(str(veth), str(address))] = tenant
             elif "rule" in item and str(item["rule"].get("comment", "")).startswith("fleet:base:"):
                 rules.add(item["rule"]["comment"])
-        return FirewallState(exists=True, owned=owned, base_rules=frozenset(rules), links=links, ingress=ingress)
+        return FirewallState(
+            exists=True, owned=owned, base_rules=frozenset(rules), links=links, ingress=ingress, sources=sources
+        )
 
-    def ensure_table(self) -> FirewallState:
-        """Create the table, or rebuild it in one transaction (keeping every element) if a base rule is gone."""
+    def ensure_table(self, known_sources: dict[tuple[str, str], str] | None = None) -> FirewallState:
+        """Create the table, or rebuild it in one transaction (keeping every element) if a base rule is gone.
+
+        `known_sources` (from the address leases) fills `tenant_sources` when the table being rebuilt had
+        none (written by an older Fleet): every running tenant keeps answering through the rebuild."""
         with self._locked():
             state = self.read()
             if state.exists and not state.owned:
@@ -340,13 +391,24 @@ class Firewall:
             script = ""
             if state.exists:
                 script = f"delete table inet {self.table}\n"
-            self._run(["-f", "-"], script + _base_ruleset(self.table, state.links, state.ingress))
+            sources = dict(state.sources)
+            for (veth, address), tenant in (known_sources or {}).items():
+                if veth in state.links and not any(key[0] == veth for key in sources):
+                    sources[(veth, address)] = tenant
+            self._run(["-f", "-"], script + _base_ruleset(self.table, state.links, state.ingress, sources))
             logger.bind(table=self.table, rebuilt=state.exists).info("Wrote firewall table")
             return self.read()
 
-    def ensure_tenant(self, tenant: str, veth: str, ports: tuple[int, ...]) -> None:
+    def ensure_tenant(
+        self,
+        tenant: str,
+        veth: str,
+        ports: tuple[int, ...],
+        address: str,
+        known_sources: dict[tuple[str, str], str] | None = None,
+    ) -> None:
         with self._locked():
-            state = self.ensure_table()
+            state = self.ensure_table(known_sources)
             comment = f'comment "{ALIAS_PREFIX}{validate_name(tenant)}"'
             wanted = {(_check_veth(veth), _check_port(port)) for port in ports}
             have = {key for key, owner in state.ingress.items() if key[0] == veth}
@@ -359,6 +421,13 @@ class Firewall:
             if missing:
                 items = ", ".join(f'"{v}" . {p} {comment}' for v, p in missing)
                 lines.append(f"add element inet {self.table} tenant_ingress {{ {items} }}")
+            wrong_sources = sorted(key for key in state.sources if key[0] == veth and key[1] != address)
+            if wrong_sources:
+                items = ", ".join(f'"{v}" . {a}' for v, a in wrong_sources)
+                lines.append(f"delete element inet {self.table} tenant_sources {{ {items} }}")
+            if (veth, _check_address(address)) not in state.sources:
+                # Before the link joins tenant_links: its packets are never let in without their source pinned.
+                lines.append(f'add element inet {self.table} tenant_sources {{ "{veth}" . {address} {comment} }}')
             if veth not in state.links:
                 lines.append(f'add element inet {self.table} tenant_links {{ "{veth}" {comment} }}')
             if lines:
@@ -379,20 +448,40 @@ class Firewall:
             if veth in state.links:
                 lines.append(f'delete element inet {self.table} tenant_links {{ "{veth}" }}')
                 removed.append(f"firewall isolation of {veth}")
+            sources = sorted(key for key in state.sources if key[0] == veth)
+            if sources:
+                items = ", ".join(f'"{v}" . {a}' for v, a in sources)
+                lines.append(f"delete element inet {self.table} tenant_sources {{ {items} }}")
+                removed.extend(f"firewall source pin {v} {a}" for v, a in sources)
             if lines:
                 self._run(["-f", "-"], "\n".join(lines) + "\n")
             after = self.read()
-            if veth in after.links or any(key[0] == veth for key in after.ingress):
+            if veth in after.links or any(key[0] == veth for key in [*after.ingress, *after.sources]):
                 raise TransientError(f"firewall elements of {veth} are still present after removal")
             return removed
 
     def remove_table_if_unused(self) -> bool:
         with self._locked():
             state = self.read()
-            if state.exists and state.owned and not state.links and not state.ingress:
+            if state.exists and state.owned and not state.links and not state.ingress and not state.sources:
                 self._run(["delete", "table", "inet", self.table])
                 return True
             return False
+
+
+def _eth0_address() -> str | None:
+    """Runs inside a tenant's namespace: the first IPv4 address of eth0."""
+    with IPRoute() as nsr:
+        eth0 = nsr.link_lookup(ifname="eth0")
+        addresses = _ipv4_addresses(nsr, eth0[0]) if eth0 else []
+        return str(addresses[0][0]) if addresses else None
+
+
+def _write_namespace_sysctls() -> None:
+    """NETNS_SYSCTLS, written from a thread inside the namespace (/proc/sys/net shows the opener's)."""
+    for name, value in NETNS_SYSCTLS.items():
+        with open(f"/proc/sys/{name}", "w") as handle:
+            handle.write(value)
 
 
 @dataclass(frozen=True)
@@ -434,22 +523,21 @@ class Networks:
         return found
 
     def _host_indexes(self, ipr: IPRoute) -> dict[int, str]:
-        """/30 indexes carried by Fleet veths on the host, and their tenants."""
+        """/30 indexes carried by Fleet veths on the host, and the veth carrying each."""
         used: dict[int, str] = {}
-        tenants = {index: tenant for tenant, (index, _name) in self._fleet_veths(ipr).items()}
-        # One dump of every IPv4 address, not one request per veth: with hundreds of tenants the
-        # per-veth round trips dominated every network setup.
+        # One dump of every IPv4 address (its label is the interface's name), not a link dump plus one
+        # request per veth: with hundreds of tenants those round trips dominated every network setup.
         for message in ipr.get_addr(family=2):
-            tenant = tenants.get(message["index"])
-            if tenant is None:
+            label = message.get("IFA_LABEL") or ""
+            if not _VETH.fullmatch(label):
                 continue
             lease_index = self.leases.index_of(message.get("IFA_ADDRESS"))
             if lease_index is not None:
-                used[lease_index] = tenant
+                used[lease_index] = label
         return used
 
     def list_tenants(self) -> list[str]:
-        names = {path.name.removeprefix("fleet-") for path in NETNS_DIR.glob("fleet-*")}
+        names = {name.removeprefix("fleet-") for name in nspawn_netns.names() if name.startswith("fleet-")}
         with IPRoute() as ipr:
             names |= set(self._fleet_veths(ipr))
         names |= set(self.leases.all())
@@ -462,12 +550,12 @@ class Networks:
         veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
         try:
             with IPRoute() as ipr:
-                lease = self.leases.acquire(tenant, self._host_indexes(ipr))
-                if ns not in netns.listnetns():
-                    netns.create(ns)
+                # The host is searched for addresses in use only when a lease is to be made.
+                lease = self.leases.get(tenant) or self.leases.acquire(tenant, self._host_indexes(ipr))
+                nspawn_netns.create(netns_path(tenant))
                 self._ensure_host_end(ipr, tenant, veth, peer, ns, lease)
-            self._ensure_namespace_end(ns, peer, lease)
-            self.firewall.ensure_tenant(tenant, veth, ports)
+            self._ensure_namespace_end(tenant, peer, lease)
+            self.firewall.ensure_tenant(tenant, veth, ports, lease.tenant_address, self._known_sources())
         except NetlinkError as error:
             raise TransientError(f"netlink refused a change for tenant {tenant}: {error}") from error
         except OSError as error:
@@ -475,6 +563,9 @@ class Networks:
         ms = round((time.perf_counter() - started) * 1000, 1)
         logger.bind(tenant=tenant, address=lease.tenant_address, ports=list(ports), ms=ms).info("Applied network")
         return lease.tenant_address
+
+    def _known_sources(self) -> dict[tuple[str, str], str]:
+        return {(veth_name(name), lease.tenant_address): name for name, lease in self.leases.all().items()}
 
     def _ensure_host_end(self, ipr: IPRoute, tenant: str, veth: str, peer: str, ns: str, lease: Lease) -> None:
         indexes = ipr.link_lookup(ifname=veth)
@@ -504,14 +595,22 @@ class Networks:
         ipr.link("set", index=index, state="up")
 
     def _namespace_end(self, ns: str, peer: str) -> bool:
-        try:
-            with IPRoute(netns=ns, flags=0) as nsr:
+        def found() -> bool:
+            with IPRoute() as nsr:
                 return bool(nsr.link_lookup(ifname="eth0") or nsr.link_lookup(ifname=peer))
+
+        try:
+            return nspawn_netns.inside(NETNS_DIR / ns, found)
         except FileNotFoundError:
             return False
 
-    def _ensure_namespace_end(self, ns: str, peer: str, lease: Lease) -> None:
-        with IPRoute(netns=ns, flags=0) as nsr:
+    def _ensure_namespace_end(self, tenant: str, peer: str, lease: Lease) -> None:
+        nspawn_netns.inside(netns_path(tenant), lambda: self._configure_namespace_end(netns_name(tenant), peer, lease))
+
+    def _configure_namespace_end(self, ns: str, peer: str, lease: Lease) -> None:
+        """Runs inside the tenant's namespace: eth0, its address, lo, the default route, the sysctls."""
+        _write_namespace_sysctls()
+        with IPRoute() as nsr:
             indexes = nsr.link_lookup(ifname="eth0")
             if not indexes:
                 indexes = nsr.link_lookup(ifname=peer)
@@ -535,7 +634,7 @@ class Networks:
     def observe(self, tenant: str, firewall: FirewallState | None = None) -> NetworkState:
         veth, ns = veth_name(tenant), netns_name(tenant)
         problems: list[str] = []
-        has_netns = netns_path(tenant).exists()
+        has_netns = nspawn_netns.is_bound(netns_path(tenant))
         veth_present = veth_up = False
         with IPRoute() as ipr:
             indexes = ipr.link_lookup(ifname=veth)
@@ -546,17 +645,14 @@ class Networks:
         address = None
         if has_netns:
             try:
-                with IPRoute(netns=ns, flags=0) as nsr:
-                    eth0 = nsr.link_lookup(ifname="eth0")
-                    if eth0:
-                        addresses = _ipv4_addresses(nsr, eth0[0])
-                        address = addresses[0][0] if addresses else None
+                address = nspawn_netns.inside(netns_path(tenant), _eth0_address)
             except FileNotFoundError:
                 has_netns = False
         lease = self.leases.get(tenant)
         firewall = firewall or self.firewall.read()
         ports: tuple[int, ...] | None = None
-        if firewall.complete and veth in firewall.links:
+        pinned = lease is not None and (veth, lease.tenant_address) in firewall.sources
+        if firewall.complete and veth in firewall.links and pinned:
             ports = tuple(sorted(port for (name, port) in firewall.ingress if name == veth))
         if lease is not None:
             if not has_netns:
@@ -571,6 +667,8 @@ class Networks:
                 problems.append("firewall table incomplete")
             elif veth not in firewall.links:
                 problems.append(f"firewall does not isolate {veth}")
+            elif not pinned:
+                problems.append(f"firewall does not pin {veth} to source {lease.tenant_address}")
         if lease is None or (address is not None and address != lease.tenant_address):
             address = None
         return NetworkState(
@@ -591,10 +689,10 @@ class Networks:
                     if alias == ALIAS_PREFIX + tenant:
                         ipr.link("del", index=indexes[0])
                         removed.append(f"veth {veth}")
-                if ns in netns.listnetns():
-                    netns.remove(ns)
+                if ns in nspawn_netns.names():
+                    nspawn_netns.remove(netns_path(tenant))
                     removed.append(f"network namespace {ns}")
-                if tenant in self._fleet_veths(ipr) or ns in netns.listnetns():
+                if tenant in self._fleet_veths(ipr) or ns in nspawn_netns.names():
                     raise TransientError(f"network of tenant {tenant} still present after removal")
         except NetlinkError as error:
             raise TransientError(f"netlink refused to remove network of tenant {tenant}: {error}") from error

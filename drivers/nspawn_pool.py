@@ -9,10 +9,19 @@ Layout (all under `Pool.root`, a btrfs filesystem or a directory on one):
     tenants/<tenant>             writable snapshot of a template, owned by Fleet through an xattr marker
     tenants/.tmp-<tenant>        a clone being made; never a tenant, deleted on sight
 
-A clone is snapshot -> exclusive-bytes limit -> marker -> rename, so a crash at any point leaves either a
-`.tmp-` leftover (deleted by the next clone or `cleanup_half_made`) or a complete tenant. Quotas are btrfs
-simple quotas (squota) where the kernel has them: classic qgroups make every snapshot ~10x slower
-(docs/nspawn-storage.md has the numbers).
+A clone is snapshot -> the tenant's level-1 qgroup with the limit -> marker -> rename, so a crash at any
+point leaves either a `.tmp-` leftover (deleted by the next clone or `cleanup_half_made`) or a complete
+tenant. The marker (a trusted.* xattr, which a tenant's root cannot write) names the tenant, its template
+and its user namespace range (`nspawn_userns`), allocated under the pool lock so no two tenants share one.
+
+Disk quota: the limit sits on a level-1 qgroup `1/<subvolume id>` that the tenant's subvolume belongs to.
+Under simple quotas every subvolume made inside the tenant joins that group by itself, so nested
+subvolumes are counted and limited with the tenant (the tenant seccomp filter refuses the only ioctls
+that could opt out). Quotas are btrfs simple quotas (squota) where the kernel has them: classic qgroups
+make every snapshot ~10x slower and do not enrol nested subvolumes (docs/nspawn-storage.md).
+
+The pool is mounted nosuid,nodev: tenants write files as root of their own namespace, and nothing they
+write may become a set-uid program or a device node on the host.
 
 This module must never delete or change anything that does not carry Fleet's marker (an unmarked
 directory under tenants/ is refused, not removed), never build a path outside the pool from a name, and
@@ -23,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,9 +44,12 @@ from pathlib import Path
 from loguru import logger
 
 from drivers import nspawn_btrfs as btrfs
+from drivers import nspawn_userns
 from specs import NotFound, PermanentError, TransientError, validate_name
 
 OWNED_MARKER = ".fleet-owned"
+LOCK_FILE = ".fleet-lock"  # flock'd while a clone allocates a user namespace range
+MOUNT_FLAGS = ("nosuid", "nodev")
 TENANT_XATTR = "trusted.fleet.tenant"  # trusted.*: a tenant's root in a user namespace cannot forge or drop it
 TEMP_PREFIX = ".tmp-"
 _REF = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?@[a-z0-9][a-z0-9._-]{0,31}$")
@@ -74,6 +88,14 @@ class Pool:
         self.image = image  # set when the pool is a loop-backed image this class manages
         self.mountpoint = mountpoint
         self.qgroup_release_seconds = QGROUP_RELEASE_SECONDS
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive within the process and across processes sharing the pool (an agent and a CLI)."""
+        with self._lock, open(self.root / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     # -- opening and closing ---------------------------------------------------------------------
     @classmethod
@@ -89,6 +111,7 @@ class Pool:
         if pool_path is not None:
             root = pool_path.resolve()
             root.mkdir(parents=True, exist_ok=True)
+            _secure_mount(root)
         else:
             btrfs.require_tools("mkfs.btrfs", "losetup", "mount", "umount", "btrfs")
             if not Path("/dev/loop-control").exists():
@@ -202,19 +225,73 @@ class Pool:
         if os.path.lexists(temporary):
             self._remove_subvolume(temporary)
         btrfs.snapshot(self.template_path(template_ref), self.tenants_dir, temporary.name)
-        if disk_limit is not None:
-            btrfs.set_exclusive_limit(self.root, btrfs.subvolume_id(temporary), disk_limit)
-        marker = json.dumps({"tenant": tenant, "template": template_ref, "created": time.time()})
-        try:
-            os.setxattr(temporary, TENANT_XATTR, marker.encode(), follow_symlinks=False)
-            os.rename(temporary, final)
-        except OSError as error:
-            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise TransientError(f"{final} appeared while it was being cloned", reason="Conflict") from error
-            raise btrfs.map_os_error(error, f"finish clone of {tenant}") from error
-        logger.bind(tenant=tenant, template=template_ref, disk_limit=disk_limit, ms=_ms_since(start)).info(
-            "Cloned tenant"
-        )
+        self._ensure_group(temporary, disk_limit)
+        with self._locked():  # from reading the ranges in use until the marker names this one
+            uid_base = nspawn_userns.allocate(self._uid_bases())
+            marker = {"tenant": tenant, "template": template_ref, "created": time.time(), "uid_base": uid_base}
+            try:
+                os.setxattr(temporary, TENANT_XATTR, json.dumps(marker).encode(), follow_symlinks=False)
+                os.rename(temporary, final)
+            except OSError as error:
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise TransientError(f"{final} appeared while it was being cloned", reason="Conflict") from error
+                raise btrfs.map_os_error(error, f"finish clone of {tenant}") from error
+        logger.bind(
+            tenant=tenant, template=template_ref, disk_limit=disk_limit, uid_base=uid_base, ms=_ms_since(start)
+        ).info("Cloned tenant")
+
+    # -- user namespaces and the tenant's qgroup ----------------------------------------------------
+    def _uid_bases(self) -> set[int]:
+        """Ranges named by any marker under tenants/ (complete tenants and clones being made)."""
+        bases = set()
+        for entry in os.scandir(self.tenants_dir):
+            if entry.is_dir(follow_symlinks=False):
+                base = self._marker(Path(entry.path)).get("uid_base")
+                if isinstance(base, int):
+                    bases.add(base)
+        return bases
+
+    def uid_base(self, tenant: str) -> int:
+        """The tenant's user namespace range; a tenant cloned by an older Fleet gets one now (once)."""
+        path = self.tenant_path(tenant)
+        if not self.tenant_exists(tenant):
+            raise NotFound(f"tenant {tenant} has no subvolume in the pool")
+        base = self._marker(path).get("uid_base")
+        if base is not None:
+            return nspawn_userns.check_base(base)  # type: ignore[arg-type]
+        with self._locked():
+            marker = self._marker(path)
+            if marker.get("uid_base") is None:
+                marker["uid_base"] = nspawn_userns.allocate(self._uid_bases())
+                try:
+                    os.setxattr(path, TENANT_XATTR, json.dumps(marker).encode(), follow_symlinks=False)
+                except OSError as error:
+                    raise btrfs.map_os_error(error, f"record the user namespace of {tenant}") from error
+                logger.bind(tenant=tenant, uid_base=marker["uid_base"]).info("Assigned user namespace range")
+            return nspawn_userns.check_base(marker["uid_base"])  # type: ignore[arg-type]
+
+    def recorded_uid_base(self, tenant: str) -> int | None:
+        """The range the marker names, without assigning one."""
+        base = self._marker(self.tenant_path(tenant)).get("uid_base")
+        return base if isinstance(base, int) else None
+
+    def ensure_group(self, tenant: str) -> None:
+        """Give a tenant cloned by an older Fleet its level-1 qgroup, moving its limit there (once)."""
+        subvolume = self._tenant_subvolume(tenant)
+        if not btrfs.qgroup_exists(self.fs_uuid, btrfs.qgroup_id(1, subvolume)):
+            self._ensure_group(self.tenant_path(tenant), btrfs.read_qgroup(self.fs_uuid, subvolume).max_exclusive)
+
+    def _ensure_group(self, path: Path, limit_bytes: int | None) -> int:
+        """The subvolume's level-1 qgroup `1/<id>`, its member, carrying the limit; idempotent. A tenant
+        cloned by an older Fleet had its limit on `0/<id>`: that one is cleared, the group carries it."""
+        subvolume = btrfs.subvolume_id(path)
+        group = btrfs.qgroup_id(1, subvolume)
+        btrfs.create_qgroup(self.root, group)
+        btrfs.assign_qgroup(self.root, subvolume, group)
+        btrfs.set_exclusive_limit(self.root, group, limit_bytes)
+        if btrfs.read_qgroup(self.fs_uuid, subvolume).max_exclusive is not None:
+            btrfs.set_exclusive_limit(self.root, subvolume, None)
+        return group
 
     def template_of(self, tenant: str) -> str | None:
         path = self.tenant_path(tenant)
@@ -223,20 +300,37 @@ class Pool:
         template = self._marker(path).get("template")
         return template if isinstance(template, str) else None
 
-    def set_disk_limit(self, tenant: str, limit_bytes: int) -> None:
-        """Limit the tenant's exclusive bytes. Set through the pool root, so it works when already over."""
-        subvolume = self._tenant_subvolume(tenant)
-        btrfs.set_exclusive_limit(self.root, subvolume, limit_bytes)
-        logger.bind(tenant=tenant, limit=limit_bytes, qgroup=f"0/{subvolume}").info("Set disk limit")
+    def set_disk_limit(self, tenant: str, limit_bytes: int | None) -> None:
+        """Limit the exclusive bytes of the tenant and every subvolume inside it (its level-1 qgroup).
+        Set through the pool root, so it works when already over."""
+        self._tenant_subvolume(tenant)
+        group = self._ensure_group(self.tenant_path(tenant), limit_bytes)
+        logger.bind(tenant=tenant, limit=limit_bytes, qgroup=btrfs.qgroup_name(group)).info("Set disk limit")
 
     def clear_disk_limit(self, tenant: str) -> None:
-        btrfs.set_exclusive_limit(self.root, self._tenant_subvolume(tenant), None)
+        self.set_disk_limit(tenant, None)
+
+    def _group_info(self, tenant: str) -> btrfs.QgroupInfo:
+        subvolume = self._tenant_subvolume(tenant)
+        try:
+            return btrfs.read_qgroup(self.fs_uuid, btrfs.qgroup_id(1, subvolume))
+        except NotFound:  # cloned by an older Fleet and not yet converted: its own qgroup is all there is
+            return btrfs.read_qgroup(self.fs_uuid, subvolume)
 
     def disk_limit(self, tenant: str) -> int | None:
-        return btrfs.read_qgroup(self.fs_uuid, self._tenant_subvolume(tenant)).max_exclusive
+        return self._group_info(tenant).max_exclusive
 
     def disk_usage(self, tenant: str) -> int:
-        return btrfs.read_qgroup(self.fs_uuid, self._tenant_subvolume(tenant)).exclusive
+        """Exclusive bytes of the tenant and of every subvolume it made inside its own."""
+        return self._group_info(tenant).exclusive
+
+    def block_devices(self) -> list[str]:
+        """"MAJ:MIN" of every block device under the pool (what an I/O bandwidth limit throttles)."""
+        devices = []
+        for entry in sorted(Path(f"/sys/fs/btrfs/{self.fs_uuid}/devices").glob("*")):
+            with contextlib.suppress(OSError):
+                devices.append((entry / "dev").read_text().strip())
+        return devices
 
     def delete_tenant(self, tenant: str) -> list[str]:
         """Delete tenants/<tenant> (and a .tmp- leftover) with their qgroups; verify; say what went.
@@ -308,8 +402,17 @@ class Pool:
             )
         # The tombstone remembers the qgroup ids: once the subvolume is gone nothing else names them.
         tombstone = self._tombstone(path)
-        qgroups = [btrfs.subvolume_id(path)]
+        subvolume = btrfs.subvolume_id(path)
+        # Level-0 groups first, the tenant's level-1 group (templates have none) last: it can go once its
+        # members have.
+        group = btrfs.qgroup_id(1, subvolume)
+        qgroups = [subvolume, group] if btrfs.qgroup_exists(self.fs_uuid, group) else [subvolume]
         _write_atomic(tombstone, json.dumps({"path": self._relative(path), "qgroups": qgroups}) + "\n")
+        # Deleting a subvolume is a transaction charged to its groups: one at its limit refuses its own
+        # deletion with EDQUOT. It is going, so its limits go first.
+        for qgroup in qgroups:
+            if btrfs.qgroup_exists(self.fs_uuid, qgroup):
+                btrfs.set_exclusive_limit(self.root, qgroup, None)
         try:
             btrfs.destroy_subvolume(path.parent, path.name)
             return [f"subvolume {self._relative(path)}"]
@@ -322,9 +425,9 @@ class Pool:
         qgroups = [btrfs.subvolume_id(p) for p in nested] + qgroups
         _write_atomic(tombstone, json.dumps({"path": self._relative(path), "qgroups": qgroups}) + "\n")
         removed = []
-        for subvolume in [*nested, path]:  # deepest first
-            btrfs.destroy_subvolume(subvolume.parent, subvolume.name)
-            removed.append(f"subvolume {self._relative(subvolume)}")
+        for doomed in [*nested, path]:  # deepest first
+            btrfs.destroy_subvolume(doomed.parent, doomed.name)
+            removed.append(f"subvolume {self._relative(doomed)}")
         return removed
 
     def _finish_tombstone(self, path: Path) -> list[str]:
@@ -350,7 +453,7 @@ class Pool:
             if pending:
                 time.sleep(0.02)  # polling the kernel's cleaner: there is no event to wait on
         tombstone.unlink()
-        return [f"qgroup 0/{q}" for q in qgroups]
+        return [f"qgroup {btrfs.qgroup_name(q)}" for q in qgroups]
 
     def _release_qgroup(self, qgroup: int) -> bool:
         """True when qgroup 0/<id> is gone (the kernel drops it itself once the subvolume is cleaned)."""
@@ -437,6 +540,33 @@ def _mounts() -> Iterator[tuple[str, str, str]]:
             yield mount_point, fields[separator + 1], fields[separator + 2]
 
 
+def _mount_options(path: Path) -> tuple[str, set[str]] | None:
+    """(mount point, per-mount options) of the mount `path` is on: the longest mount point above it."""
+    best: tuple[str, set[str]] | None = None
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and (
+                best is None or len(point) >= len(best[0])
+            ):
+                best = (point, set(fields[5].split(",")))
+    return best
+
+
+def _secure_mount(root: Path) -> None:
+    """Make the mount under the pool nosuid,nodev: remount it if it is the pool's own, else bind the pool
+    onto itself first so other users of that filesystem keep their options."""
+    found = _mount_options(root)
+    if found is None or set(MOUNT_FLAGS) <= found[1]:
+        return
+    if found[0] != str(root):
+        btrfs.run_cli(["mount", "--bind", str(root), str(root)], f"bind {root} for nosuid,nodev")
+    options = ",".join(("remount", "bind", *MOUNT_FLAGS))
+    btrfs.run_cli(["mount", "-o", options, str(root)], f"remount {root} nosuid,nodev")
+    logger.bind(pool=str(root)).info("Remounted pool nosuid,nodev")
+
+
 def _is_mountpoint(path: Path) -> bool:
     return any(point == str(path) for point, _type, _source in _mounts())
 
@@ -454,6 +584,7 @@ def _loops_backing(image: Path) -> list[str]:
 def _attach_image(image: Path, mountpoint: Path, image_size: int) -> None:
     """Create the image once, attach it to a loop device unless one already backs it, mount it."""
     if any(point == str(mountpoint) and kind == "btrfs" for point, kind, _source in _mounts()):
+        _secure_mount(mountpoint)  # mounted by an older Fleet, perhaps without nosuid,nodev
         return
     if not image.exists():
         building = image.with_name(f"{TEMP_PREFIX}{image.name}")
@@ -469,4 +600,5 @@ def _attach_image(image: Path, mountpoint: Path, image_size: int) -> None:
         device = btrfs.run_cli(["losetup", "--find", "--show", str(image)], f"attach {image}").strip()
     mountpoint.mkdir(exist_ok=True)
     # noatime: reading a template file from a clone would otherwise copy-on-write metadata per read.
-    btrfs.run_cli(["mount", "-t", "btrfs", "-o", "noatime", device, str(mountpoint)], f"mount {image}")
+    options = ",".join(("noatime", *MOUNT_FLAGS))
+    btrfs.run_cli(["mount", "-t", "btrfs", "-o", options, device, str(mountpoint)], f"mount {image}")

@@ -2,18 +2,25 @@
 
 A small launcher (Python run with -I -S, so it starts in milliseconds and imports nothing of ours) forks
 once so the container is re-parented away from the operator, then in the child: `setsid`, writes its pid
-into each of the tenant's cgroup.procs (everything nspawn starts is charged to the tenant), opts into KSM
-with `prctl(PR_SET_MEMORY_MERGE)` when asked, writes a pid file, and execs
+into each of the tenant's cgroup.procs (everything nspawn starts is charged to the tenant), joins the
+tenant's network namespace (made by the host, so it belongs to the host's user namespace and the tenant
+holds no capability over it), installs the tenant seccomp filter (`nspawn_seccomp`), opts into KSM with
+`prctl(PR_SET_MEMORY_MERGE)` when asked, writes a pid file, and execs
 
-    systemd-nspawn --register=no --keep-unit -q -D ROOT --network-namespace-path=/run/netns/fleet-T
-                   --machine=T --setenv=FLEET_TENANT=T --as-pid2 /fleet/init
+    systemd-nspawn --register=no --keep-unit -q -D ROOT --machine=T --setenv=FLEET_TENANT=T
+                   --private-users=BASE:65536 --private-users-ownership=map --no-new-privileges=yes
+                   --drop-capability=... --as-pid2 /fleet/init
 
-(`--register=no --keep-unit`: no machined and no systemd bus on hosts where systemd is not PID 1). Output
-goes to a per-tenant log file. A running container is found by reading /proc (cmdline carries the
-`--setenv=FLEET_TENANT=T` marker and `--machine=T`), never from memory, so an operator restart never
-restarts a tenant; the pid file only makes the lookup fast.
+(`--register=no --keep-unit`: no machined and no systemd bus on hosts where systemd is not PID 1; the user
+namespace options come from `nspawn_userns`). Output goes to a per-tenant log file.
 
-This module must never signal a process that does not carry Fleet's marker for that tenant.
+A running container is found by reading /proc, never from memory, so an operator restart never restarts a
+tenant; the pid file only makes the lookup fast. Identity comes from the host, not from a name: a process
+is tenant T's container only if it is in the host's pid namespace and in T's cgroup (and runs nspawn with
+T's marker). A tenant's own processes are in its pid namespace and cgroup, so whatever it names them it
+cannot pass for another tenant's container.
+
+This module must never signal a process that is not, by that test, the container of that tenant.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from drivers import nspawn_userns
 from specs import TransientError, validate_name
 
 MARKER = "--setenv=FLEET_TENANT="
@@ -49,6 +57,20 @@ try:
     for procs in spec["procs"]:
         with open(procs, "w") as handle:
             handle.write(str(os.getpid()))
+    if spec.get("seccomp"):
+        code = bytes.fromhex(spec["seccomp"])
+        program = ctypes.create_string_buffer(code, len(code))
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        prog = Prog(len(code) // 8, ctypes.cast(program, ctypes.c_void_p))
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+    if spec.get("netns"):
+        fd = os.open(spec["netns"], os.O_RDONLY | os.O_CLOEXEC)
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET) failed")
+        os.close(fd)
     if spec["ksm"]:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(67, 1, 0, 0, 0) != 0:
@@ -93,6 +115,7 @@ def _alive(pid: int) -> bool:
 
 
 def _is_container(cmdline: list[str], tenant: str) -> bool:
+    """The command line a container of `tenant` has; necessary, never sufficient (a tenant names its own)."""
     return (
         bool(cmdline)
         and os.path.basename(cmdline[0]) == "systemd-nspawn"
@@ -101,10 +124,19 @@ def _is_container(cmdline: list[str], tenant: str) -> bool:
     )
 
 
+def _pid_namespace(pid: int | str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 @dataclass(frozen=True)
 class Container:
     tenant: str
     pid: int
+    uid_base: int | None = None  # the user namespace it runs in; None: none (started by an older Fleet)
 
 
 class Processes:
@@ -116,12 +148,33 @@ class Processes:
         *,
         nspawn: str | None = None,
         init_path: str = "/fleet/init",
+        owner_of: Callable[[int], str | None] | None = None,
+        seccomp: bytes = b"",
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`owner_of(pid)` names the tenant whose cgroup holds a host pid (`Cgroups.owner_of`)."""
         self.state_dir = state_dir
         self.nspawn = nspawn or shutil.which("systemd-nspawn") or "/usr/bin/systemd-nspawn"
         self.init_path = init_path
+        if owner_of is None:
+            from drivers.nspawn_cgroups import detect
+
+            owner_of = detect().owner_of
+        self._owner_of = owner_of
+        self._seccomp = seccomp
+        self._host_pid_namespace = _pid_namespace("self")
         self._sleep = sleep
+
+    def _container(self, pid: int, tenant: str, cmdline: list[str] | None = None) -> Container | None:
+        """`pid` as tenant's container, if the host says it is one: see the module docstring."""
+        cmdline = _cmdline(pid) if cmdline is None else cmdline
+        if not _is_container(cmdline, tenant):
+            return None
+        if _pid_namespace(pid) != self._host_pid_namespace or self._owner_of(pid) != tenant:
+            return None
+        if not _alive(pid):
+            return None
+        return Container(tenant, pid, nspawn_userns.base_from_arguments(cmdline))
 
     def pid_file(self, tenant: str) -> Path:
         return self.state_dir / "run" / f"{validate_name(tenant)}.pid"
@@ -133,28 +186,34 @@ class Processes:
         """The tenant's running nspawn process: the pid file's pid if it checks out, else a /proc scan."""
         validate_name(tenant)
         with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pid_file(tenant).read_text().strip())
-            if _alive(pid) and _is_container(_cmdline(pid), tenant):
-                return Container(tenant, pid)
+            container = self._container(int(self.pid_file(tenant).read_text().strip()), tenant)
+            if container is not None:
+                return container
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
-                pid = int(entry.name)
-                if _is_container(_cmdline(pid), tenant) and _alive(pid):
-                    return Container(tenant, pid)
+                container = self._container(int(entry.name), tenant)
+                if container is not None:
+                    return container
         return None
 
-    def running_tenants(self) -> dict[str, int]:
-        found: dict[str, int] = {}
+    def running(self) -> dict[str, Container]:
+        """Every tenant's container on this host, from one scan of /proc."""
+        found: dict[str, Container] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             cmdline = _cmdline(int(entry.name))
             markers = [part.removeprefix(MARKER) for part in cmdline if part.startswith(MARKER)]
-            if markers and _is_container(cmdline, markers[0]) and _alive(int(entry.name)):
-                found[markers[0]] = int(entry.name)
+            if markers:
+                container = self._container(int(entry.name), markers[0], cmdline)
+                if container is not None:
+                    found[container.tenant] = container
         return found
 
-    def command(self, tenant: str, root: Path, netns_path: Path) -> list[str]:
+    def running_tenants(self) -> dict[str, int]:
+        return {tenant: container.pid for tenant, container in self.running().items()}
+
+    def command(self, tenant: str, root: Path, uid_base: int) -> list[str]:
         return [
             self.nspawn,
             "--register=no",
@@ -162,9 +221,9 @@ class Processes:
             "-q",
             "-D",
             str(root),
-            f"--network-namespace-path={netns_path}",
             f"--machine={validate_name(tenant)}",
             f"{MARKER}{tenant}",
+            *nspawn_userns.nspawn_arguments(uid_base),
             "--as-pid2",
             self.init_path,
         ]
@@ -175,6 +234,7 @@ class Processes:
         *,
         root: Path,
         netns_path: Path,
+        uid_base: int,
         procs_files: list[Path],
         tenant_pids: Callable[[], set[int]],
         ksm: bool | None = None,
@@ -193,7 +253,9 @@ class Processes:
             "ksm": ksm_enabled() if ksm is None else ksm,
             "pid_file": str(self.pid_file(tenant)),
             "log": str(self.log_file(tenant)),
-            "argv": self.command(tenant, root, netns_path),
+            "argv": self.command(tenant, root, uid_base),
+            "netns": str(netns_path),
+            "seccomp": self._seccomp.hex(),
         }
         try:
             # The launcher's first process exits at once after forking; the container is its grandchild.
@@ -247,7 +309,7 @@ class Processes:
                 os.kill(container.pid, sig)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
-                if not (_alive(container.pid) and _is_container(_cmdline(container.pid), tenant)):
+                if self._container(container.pid, tenant) is None:
                     self.pid_file(tenant).unlink(missing_ok=True)
                     ms = round((time.perf_counter() - started) * 1000, 1)
                     logger.bind(tenant=tenant, pid=container.pid, signal=sig.name, ms=ms).info("Stopped container")

@@ -18,8 +18,8 @@ class ApplyResources:
     resources: Resources
 
     def describe(self) -> str:
-        shown = self.resources.display()
-        return "apply resources " + " ".join(f"{k}={v}" for k, v in shown.items())
+        shown = self.resources.display()  # every default filled in: only io may be None (no limit)
+        return "apply resources " + " ".join(f"{k}={'unlimited' if v is None else v}" for k, v in shown.items())
 
 
 @dataclass(frozen=True)

@@ -140,9 +140,10 @@ def describe_drift(spec: ResolvedSpec, observed: Observed | None) -> str:
         return "the container is gone from the host"
     found = []
     if observed.resources != spec.resources:
+        have, want = observed.resources.display(), spec.resources.display()
         diffs = [
-            f"{k} {observed.resources.display()[k]} (want {spec.resources.display()[k]})"
-            for k in ("cpu", "memory", "disk", "pids")
+            f"{k} {have[k] or 'unlimited'} (want {want[k] or 'unlimited'})"
+            for k in ("cpu", "memory", "disk", "pids", "io")
             if getattr(observed.resources, k) != getattr(spec.resources, k)
         ]
         found.append("limits changed: " + ", ".join(diffs))

@@ -28,6 +28,8 @@ def plan(desired: ResolvedSpec, observed: Observed | None) -> list[Action]:
         actions.append(ApplyResources(desired.resources))
     if observed.network != desired.network or observed.address is None:
         actions.append(ApplyNetwork(desired.network))
-    if not observed.running:
+    if observed.running and observed.restart_reason:
+        actions += [Stop(), Start()]
+    elif not observed.running:
         actions.append(Start())
     return actions

@@ -12,3 +12,5 @@ PIDS_MAX = 4_194_304  # the kernel's pid_max ceiling
 PORTS_MAX = 32
 LABELS_MAX = 64
 LABEL_VALUE_MAX = 63
+IO_BYTES_PER_SECOND_MIN = 1 << 20  # disk read and write bandwidth, each; below 1Mi/s a tenant cannot boot
+IO_BYTES_PER_SECOND_MAX = 1 << 40

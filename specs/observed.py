@@ -18,6 +18,9 @@ class Observed(BaseModel):
     address: str | None = None
     pid: int | None = None
     problems: tuple[str, ...] = ()  # half-made parts the driver noticed, e.g. "veth missing"
+    # Set when the running container must be restarted to get what the driver now enforces (e.g. it was
+    # started by an older version without a user namespace); the planner then stops and starts it.
+    restart_reason: str | None = None
 
 
 class DriverInfo(BaseModel):

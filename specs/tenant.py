@@ -45,6 +45,10 @@ def _disk(value: Any) -> int:
     return _bounded(limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX, format_bytes)(parse_bytes(value))
 
 
+def _io(value: Any) -> int:
+    return _bounded(limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX, format_bytes)(parse_bytes(value))
+
+
 def _pids(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("must be a whole number of processes")
@@ -56,6 +60,7 @@ Millicores = Annotated[int, BeforeValidator(_cpu), PlainSerializer(format_cpu, r
 MemoryBytes = Annotated[int, BeforeValidator(_memory)]
 DiskBytes = Annotated[int, BeforeValidator(_disk)]
 Pids = Annotated[int, BeforeValidator(_pids)]
+IoBytesPerSecond = Annotated[int, BeforeValidator(_io)]
 Name = Annotated[str, BeforeValidator(validate_name)]
 
 
@@ -65,12 +70,16 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    """Quota of one tenant, in base units (millicores, bytes, processes)."""
+    """Quota of one tenant, in base units (millicores, bytes, processes, bytes per second).
+
+    `io` is the disk bandwidth the tenant may use for reads and, separately, for writes (e.g. "50Mi" is
+    50 MiB/s each way); `memory` bounds memory and swap together."""
 
     cpu: Millicores | None = None
     memory: MemoryBytes | None = None
     disk: DiskBytes | None = None
     pids: Pids | None = None
+    io: IoBytesPerSecond | None = None
 
     def filled_from(self, defaults: "Resources") -> "Resources":
         return Resources.model_construct(
@@ -78,6 +87,7 @@ class Resources(_Strict):
             memory=self.memory if self.memory is not None else defaults.memory,
             disk=self.disk if self.disk is not None else defaults.disk,
             pids=self.pids if self.pids is not None else defaults.pids,
+            io=self.io if self.io is not None else defaults.io,
         )
 
     def display(self) -> dict[str, str | int | None]:
@@ -86,6 +96,7 @@ class Resources(_Strict):
             "memory": format_bytes(self.memory) if self.memory is not None else None,
             "disk": format_bytes(self.disk) if self.disk is not None else None,
             "pids": self.pids,
+            "io": format_bytes(self.io) if self.io is not None else None,  # per second; round-trips through apply
         }
 
 

@@ -122,7 +122,8 @@ def _plan_from_row(row: Any) -> Plan:
         id=row.id,
         template=row.template,
         resources=Resources.model_construct(
-            cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids
+            cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids,
+            io=row.io_bytes_per_second,
         ),
         network=Network.model_construct(ingress=ports),
         description=row.description,
@@ -319,6 +320,7 @@ class Access:
                     "memory_bytes": plan.resources.memory,
                     "disk_bytes": plan.resources.disk,
                     "pids": plan.resources.pids,
+                    "io_bytes_per_second": plan.resources.io,
                     "ingress_ports": None if plan.network.ingress is None else json.dumps(list(plan.network.ingress)),
                     "description": plan.description,
                 }

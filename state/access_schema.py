@@ -80,6 +80,7 @@ class PlanRow(SQLModel, table=True):
         _range("memory_bytes", limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX),
         _range("disk_bytes", limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX),
         _range("pids", limits.PIDS_MIN, limits.PIDS_MAX),
+        _range("io_bytes_per_second", limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
     )
 
     id: str = Field(sa_column=Column(Text, primary_key=True))
@@ -88,6 +89,7 @@ class PlanRow(SQLModel, table=True):
     memory_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
     disk_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
     pids: int | None = Field(default=None, sa_column=Column(BigInteger))
+    io_bytes_per_second: int | None = Field(default=None, sa_column=Column(BigInteger))
     ingress_ports: str | None = Field(default=None, sa_column=Column(Text))
     description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     created_at: datetime | None = _created()

@@ -14,6 +14,7 @@ _COLUMN_TO_FIELD = {
     "memory_bytes": "spec.resources.memory",
     "disk_bytes": "spec.resources.disk",
     "pids": "spec.resources.pids",
+    "io_bytes_per_second": "spec.resources.io",
     "ingress_ports": "spec.network.ingress",
     "paused": "spec.paused",
     "deletion_requested_at": "metadata.deletion_requested_at",

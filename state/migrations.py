@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import CheckConstraint, Connection, Engine, and_, inspect, select
 from sqlmodel import SQLModel
 
 from specs import Network, PermanentError, Resources, Template
@@ -21,7 +21,7 @@ BUILTIN_TEMPLATE = Template(
     name="base",
     version="1",
     description="Built-in: a small Linux userland whose container serves HTTP on port 80",
-    resources=Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256}),
+    resources=Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256, "io": "100Mi"}),
     network=Network(ingress=(80,)),
 )
 
@@ -49,6 +49,7 @@ def _initial(conn: Connection, dialect: Dialect) -> None:
             memory_bytes=resources.memory,
             disk_bytes=resources.disk,
             pids=resources.pids,
+            io_bytes_per_second=resources.io,
             ingress_ports="[80]",
             description=BUILTIN_TEMPLATE.description,
         )
@@ -112,3 +113,38 @@ def _memory_pages(conn: Connection, dialect: Dialect) -> None:
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(5, "memory limits in whole 4Ki pages", _memory_pages))
+
+
+def _io_limits(conn: Connection, dialect: Dialect) -> None:
+    """Disk bandwidth (`resources.io`): a column on tenants, templates and plans with the range CHECK a raw
+    write gets on every engine, a generation bump when it changes, and 100Mi/s for the built-in template."""
+    column = "io_bytes_per_second"
+    for name in ("tenants", "templates", "plans"):
+        if column in {c["name"] for c in inspect(conn).get_columns(name)}:
+            continue  # a store created since: migrations 1 and 2 made the table with it
+        table = SQLModel.metadata.tables[name]
+        check = next(
+            c for c in table.constraints if isinstance(c, CheckConstraint) and str(c.name).startswith(f"{column}_")
+        )
+        # Portable SQL (nullable, so SQLite can add it with a CHECK), from the table's own definition; the
+        # name quoted as CREATE TABLE quotes it ("1Mi": PostgreSQL would fold an unquoted name to "1mi").
+        sql_type = table.c[column].type.compile(dialect=conn.dialect)
+        rule = conn.dialect.identifier_preparer.quote(str(check.name))
+        conn.exec_driver_sql(
+            f"ALTER TABLE {name} ADD COLUMN {column} {sql_type} CONSTRAINT {rule} CHECK ({check.sqltext})"
+        )
+    dialect.reinstall_triggers(conn)  # their list of spec columns now has io
+    conn.execute(
+        TEMPLATES.update()
+        .where(
+            and_(
+                TEMPLATES.c.name == BUILTIN_TEMPLATE.name,
+                TEMPLATES.c.version == BUILTIN_TEMPLATE.version,
+                TEMPLATES.c.io_bytes_per_second.is_(None),
+            )
+        )
+        .values(io_bytes_per_second=BUILTIN_TEMPLATE.resources.io)
+    )
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(6, "disk bandwidth limits (resources.io)", _io_limits))

@@ -3,7 +3,8 @@
 CHECK constraints that SQL can state portably live here; the ones that need a dialect's own functions
 (GLOB and json_* in SQLite, regular expressions in PostgreSQL) are attached with `ddl_if` from
 `state/dialects/`. Triggers (generation, revision, soft delete, template existence) are per dialect too.
-Resource columns are in base units; NULL means "the template's default".
+Resource columns are in base units; NULL means "the template's default" (on a template, a NULL
+`io_bytes_per_second` means no bandwidth limit).
 """
 
 from datetime import datetime
@@ -34,6 +35,7 @@ class TenantRow(SQLModel, table=True):
         _range("memory_bytes", limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX),
         _range("disk_bytes", limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX),
         _range("pids", limits.PIDS_MIN, limits.PIDS_MAX),
+        _range("io_bytes_per_second", limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
     )
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
@@ -44,6 +46,7 @@ class TenantRow(SQLModel, table=True):
     memory_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
     disk_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
     pids: int | None = Field(default=None, sa_column=Column(BigInteger))
+    io_bytes_per_second: int | None = Field(default=None, sa_column=Column(BigInteger))  # each way (migration 6)
     ingress_ports: str | None = Field(default=None, sa_column=Column(Text))  # JSON array, e.g. '[80, 443]'
     paused: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
     node: str | None = Field(default=None, sa_column=Column(Text))
@@ -86,6 +89,7 @@ class TemplateRow(SQLModel, table=True):
         _range("memory_bytes", limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX),
         _range("disk_bytes", limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX),
         _range("pids", limits.PIDS_MIN, limits.PIDS_MAX),
+        _range("io_bytes_per_second", limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
     )
 
     name: str = Field(sa_column=Column(Text, primary_key=True))
@@ -94,6 +98,7 @@ class TemplateRow(SQLModel, table=True):
     memory_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
     disk_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
     pids: int = Field(sa_column=Column(BigInteger, nullable=False))
+    io_bytes_per_second: int | None = Field(default=None, sa_column=Column(BigInteger))  # NULL: unlimited
     ingress_ports: str = Field(default="[80]", sa_column=Column(Text, nullable=False, server_default="[80]"))
     description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     created_at: datetime | None = Field(

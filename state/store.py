@@ -84,7 +84,9 @@ def status_parameters(name: str, status: TenantStatus, observed: Observed | None
     }
 
 
-_SPEC_COLUMNS = ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
+_SPEC_COLUMNS = (
+    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports", "paused"
+)
 
 
 def _utc(value: Any) -> datetime | None:
@@ -106,6 +108,7 @@ def _spec_values(tenant: Tenant) -> dict[str, Any]:
         "memory_bytes": spec.resources.memory,
         "disk_bytes": spec.resources.disk,
         "pids": spec.resources.pids,
+        "io_bytes_per_second": spec.resources.io,
         "ingress_ports": None if spec.network.ingress is None else json.dumps(list(spec.network.ingress)),
         "paused": spec.paused,
     }
@@ -116,7 +119,8 @@ def _template_from_row(row: Any) -> Template:
         name=row.name,
         version=row.version,
         resources=Resources.model_construct(
-            cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids
+            cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids,
+            io=row.io_bytes_per_second,
         ),
         network=Network.model_construct(ingress=_ports(row.ingress_ports)),
         description=row.description,
@@ -397,6 +401,7 @@ class Store:
                 TEMPLATES.c.memory_bytes.label("tpl_memory"),
                 TEMPLATES.c.disk_bytes.label("tpl_disk"),
                 TEMPLATES.c.pids.label("tpl_pids"),
+                TEMPLATES.c.io_bytes_per_second.label("tpl_io"),
                 TEMPLATES.c.ingress_ports.label("tpl_ports"),
                 TEMPLATES.c.description.label("tpl_description"),
                 *STATUS_COLUMNS,
@@ -412,7 +417,8 @@ class Store:
         spec = TenantSpec.model_construct(
             template=row.template,
             resources=Resources.model_construct(
-                cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids
+                cpu=row.cpu_millicores, memory=row.memory_bytes, disk=row.disk_bytes, pids=row.pids,
+                io=row.io_bytes_per_second,
             ),
             network=Network.model_construct(ingress=_ports(row.ingress_ports)),
             paused=bool(row.paused),
@@ -445,14 +451,14 @@ class Store:
                 name=row.template,
                 version=row.tpl_version,
                 resources=Resources.model_construct(
-                    cpu=row.tpl_cpu, memory=row.tpl_memory, disk=row.tpl_disk, pids=row.tpl_pids
+                    cpu=row.tpl_cpu, memory=row.tpl_memory, disk=row.tpl_disk, pids=row.tpl_pids, io=row.tpl_io
                 ),
                 network=Network.model_construct(ingress=_ports(row.tpl_ports)),
                 description=row.tpl_description,
             )
             if templates is not None:
                 templates[key] = template
-        own = (row.cpu_millicores, row.memory_bytes, row.disk_bytes, row.pids)
+        own = (row.cpu_millicores, row.memory_bytes, row.disk_bytes, row.pids, row.io_bytes_per_second)
         resources = template.resources
         if any(value is not None for value in own):
             resources = Resources.model_construct(
@@ -460,6 +466,7 @@ class Store:
                 memory=row.memory_bytes if row.memory_bytes is not None else row.tpl_memory,
                 disk=row.disk_bytes if row.disk_bytes is not None else row.tpl_disk,
                 pids=row.pids if row.pids is not None else row.tpl_pids,
+                io=row.io_bytes_per_second if row.io_bytes_per_second is not None else row.tpl_io,
             )
         network = template.network
         if row.ingress_ports is not None:
@@ -609,9 +616,11 @@ class Store:
             "memory_bytes": template.resources.memory,
             "disk_bytes": template.resources.disk,
             "pids": template.resources.pids,
+            "io_bytes_per_second": template.resources.io,  # None: no bandwidth limit
             "ingress_ports": json.dumps(list(template.network.ingress or ())),
             "description": template.description,
         }
+        # io is optional: a template without it leaves its tenants' bandwidth unlimited.
         missing = [k for k in ("cpu", "memory", "disk", "pids") if getattr(template.resources, k) is None]
         if missing:
             raise InvalidRecord(f"resources.{missing[0]}", "a template must set every resource default")

@@ -51,8 +51,8 @@ def list_plans(ctx: typer.Context) -> None:
         r = plan.resources
         rows.append([plan.id, plan.template, format_cpu(r.cpu) if r.cpu else "-",
                      format_bytes(r.memory) if r.memory else "-", format_bytes(r.disk) if r.disk else "-",
-                     str(r.pids or "-"), plan.description])
-    typer.echo(table(["ID", "TEMPLATE", "CPU", "MEMORY", "DISK", "PIDS", "DESCRIPTION"], rows))
+                     str(r.pids or "-"), format_bytes(r.io) if r.io else "-", plan.description])
+    typer.echo(table(["ID", "TEMPLATE", "CPU", "MEMORY", "DISK", "PIDS", "IO", "DESCRIPTION"], rows))
 
 
 @app.command("delete")

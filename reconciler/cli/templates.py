@@ -19,7 +19,9 @@ app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=Tru
 _POOL = typer.Option(None, "--pool", help="The btrfs pool (default: DATA_DIR/pool.img, as fleet up uses).")
 
 
-def _template(ref: str, cpu: str, memory: str, disk: str, pids: int, ports: list[int], description: str) -> Template:
+def _template(
+    ref: str, cpu: str, memory: str, disk: str, pids: int, io: str | None, ports: list[int], description: str
+) -> Template:
     name, _, version = ref.partition("@")
     if not version:
         raise BadInput(f"NAME@VERSION: {ref!r} has no version; write it like web@1")
@@ -27,7 +29,7 @@ def _template(ref: str, cpu: str, memory: str, disk: str, pids: int, ports: list
         "name": name,
         "version": version,
         "description": description,
-        "resources": {"cpu": cpu, "memory": memory, "disk": disk, "pids": pids},
+        "resources": {"cpu": cpu, "memory": memory, "disk": disk, "pids": pids, "io": io},
         "network": {"ingress": ports},
     }
     try:
@@ -58,12 +60,13 @@ def list_templates(ctx: typer.Context) -> None:
             format_bytes(t.resources.memory or 0),
             format_bytes(t.resources.disk or 0),
             t.resources.pids,
+            format_bytes(t.resources.io) if t.resources.io is not None else "unlimited",
             ",".join(str(p) for p in t.network.ingress or ()),
             t.description,
         ]
         for t in store.list_templates()
     ]
-    typer.echo(table(["NAME", "VERSION", "CPU", "MEMORY", "DISK", "PIDS", "PORTS", "DESCRIPTION"], rows))
+    typer.echo(table(["NAME", "VERSION", "CPU", "MEMORY", "DISK", "PIDS", "IO", "PORTS", "DESCRIPTION"], rows))
 
 
 def _defaults() -> dict[str, Any]:
@@ -72,6 +75,9 @@ def _defaults() -> dict[str, Any]:
         "memory": typer.Option("256Mi", "--memory"),
         "disk": typer.Option("1Gi", "--disk"),
         "pids": typer.Option(256, "--pids"),
+        "io": typer.Option(
+            None, "--io", help="Default disk bandwidth, bytes per second each way (e.g. 100Mi); unset: unlimited."
+        ),
         "ports": typer.Option([80], "--port", help="Default ingress port (repeat for several)."),
         "description": typer.Option("", "--description"),
     }
@@ -90,6 +96,7 @@ def import_template(
     memory: str = _D["memory"],
     disk: str = _D["disk"],
     pids: int = _D["pids"],
+    io: str | None = _D["io"],
     ports: list[int] = _D["ports"],
     description: str = _D["description"],
     pool: Path | None = _POOL,
@@ -99,7 +106,7 @@ def import_template(
     The tree must have /usr and an executable /fleet/init (the container's entry point)."""
     if (rootfs is None) == (tarball is None):
         raise BadInput("--rootfs or --tarball: give exactly one")
-    template = _template(ref, cpu, memory, disk, pids, ports, description)
+    template = _template(ref, cpu, memory, disk, pids, io, ports, description)
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
     driver = _node_driver(settings, pool)
@@ -121,6 +128,7 @@ def build_template(
     memory: str = _D["memory"],
     disk: str = _D["disk"],
     pids: int = _D["pids"],
+    io: str | None = _D["io"],
     ports: list[int] = _D["ports"],
     description: str = _D["description"],
     pool: Path | None = _POOL,
@@ -128,7 +136,7 @@ def build_template(
     """Build a template on this node (with progress) and record it in the store."""
     if busybox == (debootstrap is not None):
         raise BadInput("--busybox or --debootstrap SUITE: give exactly one")
-    template = _template(ref, cpu, memory, disk, pids, ports, description)
+    template = _template(ref, cpu, memory, disk, pids, io, ports, description)
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
     driver = _node_driver(settings, pool)

@@ -60,6 +60,7 @@ def _row(tenant: Tenant, store_spec: dict[str, str], wide: bool) -> list[object]
         store_spec["cpu"],
         store_spec["memory"],
         store_spec["disk"],
+        store_spec["io"],
         age(tenant.metadata.created_at),
     ]
     if wide:
@@ -72,7 +73,7 @@ def _row(tenant: Tenant, store_spec: dict[str, str], wide: bool) -> list[object]
     return row
 
 
-_HEADERS = ["NAME", "PHASE", "READY", "NODE", "ADDRESS", "CPU", "MEMORY", "DISK", "AGE"]
+_HEADERS = ["NAME", "PHASE", "READY", "NODE", "ADDRESS", "CPU", "MEMORY", "DISK", "IO", "AGE"]
 _WIDE = ["TEMPLATE", "GEN", "OBSERVED", "URL"]
 
 
@@ -83,6 +84,8 @@ def _effective(store: Store, tenant: Tenant) -> dict[str, str]:
         "cpu": format_cpu(resources.cpu) if resources.cpu is not None else "-",
         "memory": format_bytes(resources.memory) if resources.memory is not None else "-",
         "disk": format_bytes(resources.disk) if resources.disk is not None else "-",
+        # Bytes per second each way; none from the spec or its template: unlimited.
+        "io": format_bytes(resources.io) if resources.io is not None else ("unlimited" if template else "-"),
     }
 
 
@@ -155,6 +158,9 @@ def describe(
     desired = store.desired(name)
     status = tenant.status
     resources = desired.spec.resources.display() if desired and desired.spec else tenant.spec.resources.display()
+    # Resolved, a None is an io without a limit; unresolved (template unknown), the default is unknown too.
+    unset = "unlimited" if desired and desired.spec else "-"
+    shown = " ".join(f"{k}={unset if v is None else v}" for k, v in resources.items())
     ports = desired.spec.network.ingress if desired and desired.spec else tenant.spec.network.ingress
     lines = [
         f"Name:          {name}",
@@ -164,7 +170,7 @@ def describe(
         else "Created:       -",
         f"Template:      {tenant.spec.template}"
         + (f" (cloned {status.template})" if status and status.template else ""),
-        f"Resources:     {' '.join(f'{k}={v}' for k, v in resources.items())}",
+        f"Resources:     {shown}",
         f"Ingress ports: {', '.join(str(p) for p in ports or ()) or 'none'}",
         f"Paused:        {'yes (observe only)' if tenant.spec.paused else 'no'}",
         f"Generation:    {tenant.metadata.generation} (observed {status.observed_generation if status else 0})",

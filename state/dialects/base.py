@@ -15,6 +15,10 @@ class Dialect(Protocol):
         """Generation, revision, soft delete, template existence, append-only events."""
         ...
 
+    def reinstall_triggers(self, conn: Connection) -> None:
+        """Replace the triggers of `install_triggers`, e.g. after a spec column was added (migration 6)."""
+        ...
+
     def install_tombstone_triggers(self, conn: Connection) -> None:
         """A revision stamp on every tenant tombstone (migration 4)."""
         ...

@@ -61,7 +61,10 @@ EXCEPTION WHEN others THEN
 END $$;
 """
 
-_SPEC_COLUMNS = ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
+# A change to any of these is a spec change: a new generation (and refused while deleting).
+_SPEC_COLUMNS = (
+    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports", "paused"
+)
 _SPEC_CHANGED = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in _SPEC_COLUMNS)
 
 TRIGGERS = [
@@ -225,6 +228,10 @@ class PostgreSQLDialect:
     def install_tombstone_triggers(self, conn: Connection) -> None:
         for statement in TOMBSTONE_TRIGGERS:
             conn.exec_driver_sql(statement)
+
+    def reinstall_triggers(self, conn: Connection) -> None:
+        """Every function is CREATE OR REPLACE and every trigger dropped first: installing again replaces."""
+        self.install_triggers(conn)
 
     def install_page_rules(self, conn: Connection) -> None:
         for table in ("tenants", "templates"):

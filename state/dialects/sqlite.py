@@ -5,13 +5,16 @@ one global counter on every write, a generation bump when the spec changes, a so
 lost one, and a refusal of unknown templates and bad port lists.
 """
 
+import re
 import threading
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Connection, Engine, create_engine, event
+from sqlalchemy import CheckConstraint, Connection, Engine, create_engine, event, make_url
 
 from specs import limits
+from state.dialects.sqlite_listener import InotifyListener
 
 NAME_CHECK = "{col} NOT GLOB '*[^a-z0-9-]*' AND {col} NOT GLOB '-*' AND {col} NOT GLOB '*-'"
 
@@ -30,10 +33,11 @@ CHECKS: list[tuple[str, str, str]] = [
     ("templates", "template_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
 ]
 
-_SPEC_CHANGED = " OR ".join(
-    f"OLD.{c} IS NOT NEW.{c}"
-    for c in ("template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "ingress_ports", "paused")
+# A change to any of these is a spec change: a new generation (and refused while deleting).
+_SPEC_COLUMNS = (
+    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports", "paused"
 )
+_SPEC_CHANGED = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _SPEC_COLUMNS)
 
 _BAD_PORTS = (
     "NEW.ingress_ports IS NOT NULL AND json_valid(NEW.ingress_ports) AND EXISTS (SELECT 1 FROM"
@@ -155,6 +159,14 @@ class SQLiteDialect:
         for statement in TOMBSTONE_TRIGGERS:
             conn.exec_driver_sql(statement)
 
+    def reinstall_triggers(self, conn: Connection) -> None:
+        # CREATE TRIGGER IF NOT EXISTS would keep a trigger comparing the old spec columns: drop them first.
+        for statement in TRIGGERS:
+            name = re.search(r"CREATE TRIGGER IF NOT EXISTS (\w+)", statement)
+            assert name is not None
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name.group(1)}")
+        self.install_triggers(conn)
+
     def install_page_rules(self, conn: Connection) -> None:
         # SQLite cannot add a CHECK to an existing table; triggers give raw SQL the same refusal.
         for table in ("tenants", "templates"):
@@ -180,12 +192,16 @@ class SQLiteDialect:
     def epoch_now_sql(self) -> str:
         return "((julianday('now') - 2440587.5) * 86400.0)"
 
-    def change_listener(self, url: str) -> "SleepListener":
-        return SleepListener()
+    def change_listener(self, url: str) -> "SleepListener | InotifyListener":
+        """inotify on the database file's directory: a commit from any process wakes the waiter at once."""
+        database = make_url(url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return SleepListener()
+        return InotifyListener(Path(database).resolve())
 
 
 class SleepListener:
-    """SQLite has no notifications: waiting is sleeping, and the revision feed is polled."""
+    """For an in-memory database (nothing to watch): waiting is sleeping, and the revision feed is polled."""
 
     def __init__(self) -> None:
         self._event = threading.Event()

@@ -64,6 +64,16 @@ def fleet(tmp_path: Path) -> Fleet:
     return Fleet(data_dir=tmp_path / "data")
 
 
+@pytest.fixture
+def initialised(fleet: Fleet) -> Fleet:
+    """A data directory with a store, as `fleet up` leaves it, and no operator running."""
+    fleet.data_dir.mkdir(parents=True)
+    from state import Store
+
+    Store(f"sqlite:///{fleet.db}").close()
+    return fleet
+
+
 def start_operator(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
     """`fleet up ARGS` in the background; returns once it says it is up."""
     process = subprocess.Popen(

@@ -7,15 +7,6 @@ from tests.e2e.conftest import Fleet
 GOOD = "kind: Tenant\nmetadata: {name: good}\nspec: {template: base}\n"
 
 
-@pytest.fixture
-def initialised(fleet: Fleet) -> Fleet:
-    fleet.data_dir.mkdir(parents=True)
-    from state import Store
-
-    Store(f"sqlite:///{fleet.db}").close()  # what `fleet up` creates
-    return fleet
-
-
 @pytest.mark.parametrize(
     ("document", "message"),
     [
@@ -24,6 +15,10 @@ def initialised(fleet: Fleet) -> Fleet:
         (
             "kind: Tenant\nmetadata: {name: acme}\nspec: {template: base, resources: {memory: 256MB}}\n",
             "spec.resources.memory: must be a size like 256Mi",
+        ),
+        (
+            "kind: Tenant\nmetadata: {name: acme}\nspec: {template: base, resources: {io: 10Ki}}\n",
+            "spec.resources.io: must be between 1Mi and 1Ti",
         ),
         ("kind: Tenant\nmetadata: {name: acme}\nspec: {template: nope}\n", "spec.template: unknown template 'nope'"),
         ("kind: Tenant\nmetadata: {name: acme}\n", "spec: is required"),

@@ -85,6 +85,26 @@ def test_a_raw_sql_insert_from_another_process_is_converged(fleet: Fleet, operat
     wait_for(lambda: fleet.tenant("billing-1") is None, timeout=10, what="the raw delete to be finished")
 
 
+def test_a_disk_bandwidth_round_trips_through_get_yaml_and_apply(initialised: Fleet) -> None:
+    fleet = initialised
+    spec = TENANT.replace("MEMORY", "256Mi").replace("pids: 128", "pids: 128, io: 50Mi")
+    created = fleet.run("apply", "-f", "-", stdin=spec)
+    assert created.stdout.strip() == "tenant/acme created, generation 1"
+    document = fleet.run("get", "tenant", "acme", "-o", "yaml").stdout
+    assert "io: 50Mi" in document
+    again = fleet.run("apply", "-f", "-", stdin=document)
+    assert again.stdout.strip() == "tenant/acme unchanged, generation 1"
+    header, row = fleet.run("get", "tenants").stdout.splitlines()
+    assert header.split()[8] == "IO" and row.split()[8] == "50Mi"
+    assert "io=50Mi" in fleet.run("describe", "tenant", "acme").stdout
+    fleet.run("apply", "-f", "-", stdin=document.replace("io: 50Mi", "io: 200Mi"))
+    assert fleet.tenant("acme")["metadata"]["generation"] == 2  # type: ignore[index]
+    unset = fleet.run("apply", "-f", "-", stdin="".join(
+        line for line in document.splitlines(keepends=True) if line.strip() != "io: 50Mi"))
+    assert unset.stdout.strip() == "tenant/acme configured, generation 3"
+    assert "io=100Mi" in fleet.run("describe", "tenant", "acme").stdout, "the built-in template's default"
+
+
 def test_get_watch_prints_changes_as_they_happen(fleet: Fleet, operator: subprocess.Popen[str]) -> None:
     watcher = subprocess.Popen([*_fleet_cmd(), "get", "tenants", "--watch"], env=fleet.env,
                                stdout=subprocess.PIPE, text=True)

@@ -180,3 +180,44 @@ def can_connect_from_netns(tenant: str, address: str, port: int, timeout_s: int 
         timeout=timeout_s + 5,
     )
     return done.returncode == 0
+
+
+# -- probes that run as the tenant's payload -------------------------------------------------------------
+PROBE_SOURCE = Path(__file__).parent / "probes" / "tenant_probe.c"
+
+
+@pytest.fixture(scope="session")
+def tenant_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/integration/probes/tenant_probe.c built static, to be copied into a tenant's own tree."""
+    compiler = shutil.which("gcc")
+    if compiler is None or (not Path("/usr/lib/x86_64-linux-gnu/libc.a").exists() and not list(
+        Path("/usr/lib").glob("*/libc.a")
+    )):
+        pytest.skip("needs gcc and a static libc to build the tenant probe: apt-get install -y gcc libc6-dev")
+    binary = tmp_path_factory.mktemp("probe") / "tenant_probe"
+    subprocess.run([compiler, "-static", "-O1", "-Wall", "-o", str(binary), str(PROBE_SOURCE)], check=True)
+    return binary
+
+
+def as_payload(driver: object, tenant: str, script: str, *, timeout: float = 60.0, probe: Path | None = None) -> str:
+    """Run a shell script *as the tenant's payload*: a CGI that the tenant's own busybox httpd executes.
+
+    It runs with exactly what nspawn gave the payload (user namespace, capabilities, seccomp filter, cgroups,
+    mounts), unlike anything entered from the host. The script lands in the tenant's own tree, as a tenant
+    would put it there; `probe` is copied to /usr/bin/tenant_probe beside it."""
+    from drivers.nspawn import NspawnDriver
+
+    assert isinstance(driver, NspawnDriver)
+    root = driver.pool.tenant_path(tenant)
+    cgi = root / "srv/www/cgi-bin"
+    cgi.mkdir(parents=True, exist_ok=True)
+    if probe is not None and not (root / "usr/bin/tenant_probe").exists():
+        shutil.copy(probe, root / "usr/bin/tenant_probe")
+    name = f"probe-{os.getpid()}-{abs(hash(script)) % 10**8}"
+    (cgi / name).write_text(f"#!/bin/sh\necho 'Content-Type: text/plain'\necho\nexec 2>&1\n{script}\n")
+    (cgi / name).chmod(0o755)
+    observed = driver.inspect(tenant)
+    assert observed is not None and observed.address is not None, f"tenant {tenant} has no address"
+    wait_http(observed.address)
+    with urllib.request.urlopen(f"http://{observed.address}/cgi-bin/{name}", timeout=timeout) as response:
+        return str(response.read().decode(errors="replace"))

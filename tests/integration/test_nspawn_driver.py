@@ -47,13 +47,16 @@ def _join(files: list[Path]) -> None:
 
 
 def in_tenant(driver: NspawnDriver, tenant: str, script: str) -> subprocess.Popen[str]:
-    """Run a busybox shell script inside the tenant: its cgroups (so its quotas) and its namespaces."""
+    """Run a busybox shell script inside the tenant: its cgroups (so its quotas) and its namespaces, as root
+    of its user namespace. For quota tests only: it keeps the host's seccomp state, so isolation probes use
+    `as_payload` instead (test_nspawn_isolation.py)."""
     container = driver.processes.find(tenant)
     assert container is not None
     payload = min(driver.cgroups.pids(tenant) - {container.pid})  # the container's PID 1
     files = driver.cgroups.procs_files(tenant)
     return subprocess.Popen(
-        ["nsenter", "-t", str(payload), "-m", "-u", "-i", "-n", "-p", "--", "/usr/bin/busybox", "sh", "-c", script],
+        ["nsenter", "-t", str(payload), "-U", "-m", "-u", "-i", "-n", "-p", "--", "/usr/bin/busybox", "sh", "-c",
+         script],
         preexec_fn=lambda: _join(files),  # the test process is single-threaded
         start_new_session=True,
         stdout=subprocess.PIPE,

@@ -163,7 +163,7 @@ def test_refuses_to_adopt_what_fleet_does_not_own(networks: Networks) -> None:
     _nft("add", "table", "inet", "fleettest")
     try:
         with pytest.raises(PermanentError, match="lacks Fleet's marker"):
-            foreign.ensure_tenant(B, veth_name(B), (80,))
+            foreign.ensure_tenant(B, veth_name(B), (80,), "10.213.9.2")
         assert foreign.remove_tenant(veth_name(B)) == []
         assert not foreign.remove_table_if_unused()
         assert foreign.read().exists  # left alone

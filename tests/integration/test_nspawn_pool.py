@@ -4,6 +4,7 @@ import errno
 import os
 import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -152,8 +153,9 @@ def test_set_disk_limit_on_tenant_already_over_it(btrfs_pool: Pool, base_templat
 def test_disk_limit_is_read_from_the_kernel(btrfs_pool: Pool, base_template: Template) -> None:
     btrfs_pool.clone("acme", base_template.ref)
     assert btrfs_pool.disk_limit("acme") is None
-    # Drift made by hand on the host is seen: nothing is cached.
-    btrfs.set_exclusive_limit(btrfs_pool.root, btrfs.subvolume_id(btrfs_pool.tenant_path("acme")), 20 * MiB)
+    # Drift made by hand on the host (on the tenant's level-1 group, which carries its limit) is seen.
+    group = btrfs.qgroup_id(1, btrfs.subvolume_id(btrfs_pool.tenant_path("acme")))
+    btrfs.set_exclusive_limit(btrfs_pool.root, group, 20 * MiB)
     assert btrfs_pool.disk_limit("acme") == 20 * MiB
     with pytest.raises(NotFound):
         btrfs_pool.disk_limit("ghost")
@@ -167,9 +169,10 @@ def test_delete_removes_subvolume_and_qgroup(btrfs_pool: Pool, base_template: Te
 
     removed = btrfs_pool.delete_tenant("acme")
 
-    assert removed == ["subvolume tenants/acme", f"qgroup 0/{qgroup}"]
+    assert removed == ["subvolume tenants/acme", f"qgroup 0/{qgroup}", f"qgroup 1/{qgroup}"]
     assert not btrfs_pool.tenant_path("acme").exists()
     assert not btrfs.qgroup_exists(btrfs_pool.fs_uuid, qgroup)
+    assert not btrfs.qgroup_exists(btrfs_pool.fs_uuid, btrfs.qgroup_id(1, qgroup))
     assert btrfs_pool.list_tenants() == ["other"]
     assert btrfs_pool.delete_tenant("acme") == []
     assert list(btrfs_pool.deleting_dir.iterdir()) == []
@@ -263,6 +266,27 @@ def test_delete_removes_subvolumes_a_tenant_made_inside_its_own(btrfs_pool: Pool
         "subvolume tenants/nester/srv/inner",
         "subvolume tenants/nester",
         *(f"qgroup 0/{i}" for i in ids),
+        f"qgroup 1/{ids[-1]}",
     ]
     assert not btrfs_pool.tenant_path("nester").exists()
     assert not any(btrfs.qgroup_exists(btrfs_pool.fs_uuid, i) for i in ids)
+
+
+def _mount_options(path: Path) -> set[str]:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if line.split()[4] == str(path):
+            return set(line.split()[5].split(","))
+    raise AssertionError(f"{path} is not a mount point")
+
+
+def test_the_pool_is_mounted_nosuid_nodev_and_an_older_mount_is_fixed_on_open(
+    btrfs_pool_factory: Callable[[Path], Pool], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "fleet-data"
+    pool = btrfs_pool_factory(data_dir)
+    assert {"nosuid", "nodev"} <= _mount_options(pool.root)
+    # As an older Fleet mounted it: set-uid programs and device nodes a tenant wrote would work on the host.
+    subprocess.run(["mount", "-o", "remount,suid,dev", str(pool.root)], check=True)
+    assert not {"nosuid", "nodev"} & _mount_options(pool.root)
+    reopened = btrfs_pool_factory(data_dir)
+    assert {"nosuid", "nodev"} <= _mount_options(reopened.root)

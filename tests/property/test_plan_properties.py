@@ -13,6 +13,7 @@ resources = st.builds(
     memory=st.sampled_from([64 << 20, 256 << 20, 1 << 30]),
     disk=st.sampled_from([256 << 20, 1 << 30]),
     pids=st.sampled_from([64, 256]),
+    io=st.sampled_from([None, 50 << 20]),
 )
 networks = st.builds(
     Network.model_construct, ingress=st.one_of(st.none(), st.sampled_from([(80,), (80, 443), (8080,)]))
@@ -40,6 +41,7 @@ observed_ = st.one_of(
         address=st.one_of(st.none(), st.just("10.0.0.2")),
         pid=st.none(),
         problems=st.just(()),
+        restart_reason=st.sampled_from([None, "runs without a user namespace"]),
     ),
 )
 
@@ -58,7 +60,9 @@ def apply(actions: list[Action], observed: Observed | None) -> Observed | None:
                 observed = observed.model_copy(update={"network": n, "address": "10.0.0.2"})
             case Start():
                 assert observed is not None, "started nothing"
-                observed = observed.model_copy(update={"running": True})
+                assert not observed.running, "started a running container"
+                # A (re)started container runs the way the driver starts containers now.
+                observed = observed.model_copy(update={"running": True, "restart_reason": None})
             case Stop():
                 observed = observed.model_copy(update={"running": False}) if observed else None
             case Delete():

@@ -265,5 +265,5 @@ def test_resources_equal_the_spec_after_convergence(store: Store, controller: Co
     controller.poll_changes()
     drain(controller, clock=clock)
     assert fake.containers["acme"].resources == Resources.model_construct(
-        cpu=250, memory=256 << 20, disk=1 << 30, pids=64
+        cpu=250, memory=256 << 20, disk=1 << 30, pids=64, io=100 << 20
     )

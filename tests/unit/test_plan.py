@@ -52,3 +52,11 @@ def test_deleting_a_tenant_with_nothing_left_needs_nothing() -> None:
 def test_a_paused_tenant_is_only_observed() -> None:
     assert plan(spec(paused=True), running(running=False, resources=Resources())) == []
     assert plan(spec(paused=True), None) == []
+
+
+def test_a_container_the_driver_must_restart_is_stopped_then_started_once() -> None:
+    # e.g. started by an older Fleet without a user namespace: the next pass moves it into its own.
+    outdated = running(restart_reason="runs without a user namespace")
+    assert plan(spec(), outdated) == [Stop(), Start()]
+    assert plan(spec(), outdated.model_copy(update={"running": False})) == [Start()]
+    assert plan(spec(paused=True), outdated) == []  # paused: observed, never restarted

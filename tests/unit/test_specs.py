@@ -57,9 +57,30 @@ def test_ports_out_of_range_are_refused() -> None:
 
 def test_unset_resources_inherit_the_template_defaults() -> None:
     own = Resources.model_validate({"memory": "1Gi"})
-    defaults = Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256})
+    defaults = Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256, "io": "100Mi"})
     filled = own.filled_from(defaults)
-    assert (filled.cpu, filled.memory, filled.disk, filled.pids) == (500, 1 << 30, 1 << 30, 256)
+    assert (filled.cpu, filled.memory, filled.disk, filled.pids, filled.io) == (500, 1 << 30, 1 << 30, 256, 100 << 20)
+
+
+def test_disk_bandwidth_is_a_size_per_second_and_shows_as_written() -> None:
+    resources = Resources.model_validate({"io": "50Mi"})
+    assert resources.io == 50 << 20 and resources.display()["io"] == "50Mi"
+    assert Resources.model_validate({"io": 1 << 20}).io == 1 << 20
+    assert Resources().io is None, "unset: the template's default"
+
+
+@pytest.mark.parametrize(
+    ("io", "rule"),
+    [
+        ("10Ki", "must be between 1Mi and 1Ti"),
+        ("2Ti", "must be between 1Mi and 1Ti"),
+        ("50MB", "must be a size like 256Mi"),
+        (True, "must be a size like 256Mi"),
+    ],
+)
+def test_disk_bandwidth_out_of_bounds_or_malformed_names_the_field(io: object, rule: str) -> None:
+    message = _error({"metadata": {"name": "acme"}, "spec": {"template": "base", "resources": {"io": io}}})
+    assert message.startswith(f"spec.resources.io: {rule}")
 
 
 def test_cpu_survives_a_json_round_trip_as_millicores() -> None:

@@ -11,9 +11,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from specs import Resources
 from state import AlreadyExists, Conflict, InvalidRecord, Store
 from state.migrations import MIGRATIONS
 from tests.helpers import tenant
+
+DATA = Path(__file__).parent / "data"
 
 pytestmark = pytest.mark.both_stores
 
@@ -73,6 +76,53 @@ def test_a_raw_update_of_the_spec_bumps_generation_and_revision(store: Store) ->
 
 
 @needs_shell
+def test_a_raw_update_of_the_disk_bandwidth_bumps_generation(store: Store) -> None:
+    store.apply_tenant(tenant("acme"))
+    before = _row(store, "acme")
+    assert before is not None and before["io_bytes_per_second"] is None
+    result = _sqlite3_shell(store, "UPDATE tenants SET io_bytes_per_second = 52428800 WHERE name = 'acme';")
+    assert result.returncode == 0, result.stderr
+    after = _row(store, "acme")
+    assert after is not None
+    assert after["generation"] == before["generation"] + 1
+    desired = store.desired("acme")
+    assert desired is not None and desired.spec is not None and desired.spec.resources.io == 50 << 20
+
+
+def test_disk_bandwidth_is_stored_defaulted_from_the_template_and_a_change_is_a_new_generation(store: Store) -> None:
+    created = store.apply_tenant(tenant("acme", resources={"io": "50Mi"}))
+    assert created.tenant is not None and created.tenant.spec.resources.io == 50 << 20
+    assert store.apply_tenant(tenant("acme", resources={"io": "50Mi"})).outcome == "unchanged"
+    changed = store.apply_tenant(tenant("acme", resources={"io": "200Mi"}))
+    assert (changed.outcome, changed.generation) == ("configured", 2)
+    reset = store.apply_tenant(tenant("acme"))
+    assert reset.generation == 3
+    assert reset.desired is not None and reset.desired.spec is not None
+    assert reset.desired.spec.resources.io == 100 << 20, "unset: the built-in template's 100Mi"
+
+
+def test_a_bandwidth_the_database_refuses_names_the_spec_field(store: Store) -> None:
+    bad = tenant("acme")
+    bad = bad.model_copy(update={"spec": bad.spec.model_copy(update={"resources": Resources.model_construct(io=1)})})
+    with pytest.raises(InvalidRecord) as info:
+        store.apply_tenant(bad)
+    assert (info.value.field, info.value.rule) == ("spec.resources.io", "must be between 1Mi and 1Ti")
+    assert store.get_tenant("acme") is None
+
+
+def test_a_template_without_a_bandwidth_is_accepted_and_leaves_its_tenants_unlimited(store: Store) -> None:
+    from specs import Template
+
+    store.upsert_template(Template.model_validate(
+        {"name": "old", "resources": {"cpu": "1", "memory": "512Mi", "disk": "2Gi", "pids": 512}}))
+    template = store.get_template("old")
+    assert template is not None and template.resources.io is None
+    store.apply_tenant(tenant("acme", template="old"))
+    desired = store.desired("acme")
+    assert desired is not None and desired.spec is not None and desired.spec.resources.io is None
+
+
+@needs_shell
 def test_a_label_only_update_gets_a_new_revision_but_the_same_generation(store: Store) -> None:
     store.apply_tenant(tenant("acme"))
     before = _row(store, "acme")
@@ -103,6 +153,15 @@ def test_a_label_only_update_gets_a_new_revision_but_the_same_generation(store: 
             "INSERT INTO tenants (name, template, memory_bytes) VALUES ('acme', 'base', 100000000)",
             "memory_bytes",
         ),
+        (
+            "INSERT INTO tenants (name, template, io_bytes_per_second) VALUES ('acme', 'base', 10240)",
+            "io_bytes_per_second_must_be_between_1Mi_and_1Ti",
+        ),
+        (
+            "INSERT INTO plans (id, template, io_bytes_per_second) VALUES ('price_x', 'base', 2199023255552)",
+            "io_bytes_per_second_must_be_between_1Mi_and_1Ti",
+        ),
+        ("UPDATE templates SET io_bytes_per_second = 0", "io_bytes_per_second_must_be_between_1Mi_and_1Ti"),
     ],
 )
 def test_an_invalid_raw_row_is_rejected_by_the_database(store: Store, sql: str, rule: str) -> None:
@@ -188,6 +247,52 @@ def test_the_schema_is_migrated_once_and_reopening_keeps_data(tmp_path: Path) ->
         assert versions == [m.version for m in MIGRATIONS], "each migration applied exactly once"
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     second.close()
+
+
+@needs_shell
+def test_a_store_made_before_disk_bandwidth_is_migrated_once_and_gets_it(
+    store_engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A version-5 store dumped by the previous Fleet: migration 6 adds the io columns with their CHECKs,
+    makes an io change bump generation, and gives the built-in template 100Mi/s; nothing else changes."""
+    if store_engine == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        load = [shutil.which("psql") or "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url,
+                "-f", str(DATA / "store_v5.postgresql.sql")]
+    else:
+        url = f"sqlite:///{tmp_path / 'fleet.db'}"
+        load = ["sqlite3", str(tmp_path / "fleet.db"), f".read {DATA / 'store_v5.sqlite.sql'}"]
+    loaded = subprocess.run(load, capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    store = Store(url)
+    try:
+        base = store.get_template("base")
+        assert base is not None and base.resources.io == 100 << 20
+        acme = store.get_tenant("acme")
+        assert acme is not None and acme.metadata.generation == 1
+        assert (acme.spec.resources.pids, acme.spec.resources.io) == (64, None)
+        desired = store.desired("acme")
+        assert desired is not None and desired.spec is not None and desired.spec.resources.io == 100 << 20
+        from state.access import Access
+
+        plan = Access(store).get_plan("price_basic")
+        assert plan is not None and (plan.resources.memory, plan.resources.io) == (128 << 20, None)
+        refused = _sqlite3_shell(store, "UPDATE tenants SET io_bytes_per_second = 1024 WHERE name = 'acme';")
+        assert refused.returncode != 0 and "io_bytes_per_second_must_be_between_1Mi_and_1Ti" in refused.stderr
+        for table in ("templates", "plans"):
+            refused = _sqlite3_shell(store, f"UPDATE {table} SET io_bytes_per_second = 1;")
+            assert refused.returncode != 0 and "io_bytes_per_second_must_be_between" in refused.stderr, table
+        changed = _sqlite3_shell(store, "UPDATE tenants SET io_bytes_per_second = 52428800 WHERE name = 'acme';")
+        assert changed.returncode == 0, changed.stderr
+        assert _row(store, "acme")["generation"] == 2
+    finally:
+        store.close()
+    again = Store(url)  # reopening migrates nothing more
+    try:
+        versions = again.engine.connect().exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version")
+        assert [row[0] for row in versions] == [m.version for m in MIGRATIONS] == [1, 2, 3, 4, 5, 6]
+    finally:
+        again.close()
 
 
 def test_the_change_feed_misses_no_write_from_concurrent_writers(store: Store) -> None:

@@ -75,6 +75,7 @@ def test_a_tenant_is_created_read_listed_patched_and_deleted_through_the_api(web
     ("document", "field", "rule"),
     [
         (_doc("big", resources={"memory": "9Ti"}), "spec.resources.memory", "must be between"),
+        (_doc("slow", resources={"io": "10Ki"}), "spec.resources.io", "must be between 1Mi and 1Ti"),
         (_doc("Bad_Name"), "metadata.name", "must be a DNS label"),
         (_doc("typo", resourcez={}), "spec.resourcez", "unknown field"),
         (_doc("notemplate") | {"spec": {"template": "nope"}}, "spec.template", "unknown template"),
@@ -91,6 +92,23 @@ def test_an_invalid_spec_gets_422_naming_the_field_and_nothing_is_written(
     error = response.json()["error"]
     assert error["field"] == field and rule in error["rule"], error
     assert web.store.list_tenants().items == []
+
+
+def test_disk_bandwidth_is_set_patched_and_reset_to_the_template_default(web: Web) -> None:
+    with web.client(Role.BILLING) as client:
+        created = client.post("/api/v1/tenants", json=_doc("io", resources={"io": "50Mi"}))
+        assert created.status_code == 201, created.text
+        assert client.get("/api/v1/tenants/io").json()["spec"]["resources"]["io"] == 50 << 20
+        faster = client.patch("/api/v1/tenants/io", json={"spec": {"resources": {"io": "200Mi"}}})
+        assert faster.status_code == 200 and faster.json()["generation"] == 2, faster.text
+        assert any("io=200Mi" in step for step in faster.json()["plan"]), faster.json()["plan"]
+        bad = client.patch("/api/v1/tenants/io", json={"spec": {"resources": {"io": "1Ki"}}})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "spec.resources.io", bad.text
+        reset = client.patch("/api/v1/tenants/io", json={"spec": {"resources": {"io": None}}})
+        assert reset.status_code == 200 and reset.json()["generation"] == 3, reset.text
+        assert reset.json()["tenant"]["spec"]["resources"]["io"] is None
+    desired = web.store.desired("io")
+    assert desired is not None and desired.spec is not None and desired.spec.resources.io == 100 << 20
 
 
 def test_a_malformed_body_or_patch_gets_422_and_the_tenant_is_unchanged(web: Web) -> None:
@@ -110,7 +128,7 @@ def test_dry_run_returns_the_plan_and_writes_nothing(web: Web) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["dry_run"] is True
         assert response.json()["plan"] == ["clone from template base@1", "apply resources cpu=500m memory=256Mi "
-                                           "disk=1Gi pids=256", "apply network (ingress ports 80)",
+                                           "disk=1Gi pids=256 io=100Mi", "apply network (ingress ports 80)",
                                            "start the container"]
         assert client.get("/api/v1/tenants/dry").status_code == 404
     assert web.store.current_revision() == 0

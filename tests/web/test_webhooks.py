@@ -26,6 +26,18 @@ def test_a_signed_signup_creates_one_running_tenant_and_a_replay_changes_nothing
     assert tenant.metadata.labels["billing/subscription"] == "sub_1"
 
 
+def test_a_plan_with_a_disk_bandwidth_gives_it_to_the_tenant_it_creates(web: Web) -> None:
+    web.plan("price_io", io="20Mi")
+    response = web.webhook(subscription_event("evt_io", price="price_io", metadata={"fleet_tenant": "streamer"}))
+    assert response.status_code == 200, response.text
+    tenant = web.store.get_tenant("streamer")
+    assert tenant is not None and tenant.spec.resources.io == 20 << 20
+    with web.client() as operator:
+        bad = operator.put("/api/v1/plans/price_slow", json={"id": "price_slow", "template": "base",
+                                                             "resources": {"io": "1Ki"}})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "resources.io", bad.text
+
+
 def test_a_tenant_name_is_derived_from_the_customer_when_metadata_has_none(web: Web) -> None:
     web.plan("price_basic")
     response = web.webhook(subscription_event("evt_2", customer="cus_NffrFeUfNV2Hib"))
