@@ -137,7 +137,11 @@ class NspawnDriver:
         self.cgroups = nspawn_cgroups.detect()
         self.networks = nspawn_network.Networks(state_dir, address_range)
         self.processes = nspawn_process.Processes(
-            state_dir, init_path=INIT_PATH, owner_of=self.cgroups.owner_of, seccomp=nspawn_seccomp.program()
+            state_dir,
+            init_path=INIT_PATH,
+            owner_of=self.cgroups.owner_of,
+            members=self.cgroups.pids,
+            seccomp=nspawn_seccomp.program(),
         )
         self.io_devices = self.pool.block_devices()
         self._info: DriverInfo | None = None
