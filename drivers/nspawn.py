@@ -12,6 +12,7 @@ This module must never touch anything without Fleet's marker, and lets only `spe
 from __future__ import annotations
 
 import builtins
+import errno
 import functools
 import os
 import shutil
@@ -205,6 +206,7 @@ class NspawnDriver:
         problems += network.problems
         container = self.processes.find(tenant) if running is None else running.get(tenant)
         pid = container.pid if container else None
+        self._trim_log(tenant)
         restart_reason = None
         if container is not None and container.uid_base is None:
             restart_reason = "runs without a user namespace (started by an older Fleet)"
@@ -223,6 +225,15 @@ class NspawnDriver:
             problems=tuple(problems),
             restart_reason=restart_reason,
         )
+
+    def _trim_log(self, tenant: str) -> None:
+        try:
+            self.processes.trim_log(tenant, self.pool.tenant_path(tenant))
+        except OSError as error:
+            if error.errno != errno.EDQUOT:
+                raise
+            with self.pool.limit_lifted(tenant):  # the flood filled the tenant's quota: trimming needs room
+                self.processes.trim_log(tenant, self.pool.tenant_path(tenant))
 
     @_at_edge
     def list(self) -> builtins.list[Observed]:
@@ -364,4 +375,6 @@ class NspawnDriver:
 
     # -- for tests and operators --------------------------------------------------------------------------
     def log_tail(self, tenant: str) -> str:
-        return self.processes.log_tail(validate_name(tenant))
+        validate_name(tenant)
+        root = self.pool.tenant_path(tenant) if self.pool.tenant_exists(tenant) else None
+        return self.processes.log_tail(tenant, root)

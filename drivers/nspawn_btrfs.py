@@ -41,6 +41,7 @@ _NAME_MAX = 255
 
 IOC_SUBVOL_CREATE = _ioc(_IOC_WRITE, 14, _VOL_ARGS_SIZE)
 IOC_SNAP_DESTROY = _ioc(_IOC_WRITE, 15, _VOL_ARGS_SIZE)
+IOC_TREE_SEARCH = _ioc(_IOC_READ | _IOC_WRITE, 17, 4096)
 IOC_INO_LOOKUP = _ioc(_IOC_READ | _IOC_WRITE, 18, 4096)
 IOC_SNAP_CREATE_V2 = _ioc(_IOC_WRITE, 23, _VOL_ARGS_SIZE)
 IOC_SUBVOL_CREATE_V2 = _ioc(_IOC_WRITE, 24, _VOL_ARGS_SIZE)
@@ -54,6 +55,10 @@ IOC_QGROUP_LIMIT = _ioc(_IOC_READ, 43, 48)
 IOC_SNAP_DESTROY_V2 = _ioc(_IOC_WRITE, 63, _VOL_ARGS_SIZE)
 IOC_SYNC = _ioc(0, 8, 0)
 
+FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long) on 64-bit
+FS_IOC_SETFLAGS = 0x40086602  # _IOW('f', 2, long)
+FS_IMMUTABLE_FL = 0x10
+FS_APPEND_FL = 0x20
 SUBVOL_RDONLY = 1 << 1
 QUOTA_CTL_ENABLE = 1
 QUOTA_CTL_ENABLE_SIMPLE_QUOTA = 4
@@ -114,14 +119,14 @@ def open_dir(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _name_bytes(name: str) -> bytes:
-    encoded = name.encode()
+def _name_bytes(name: str | bytes) -> bytes:
+    encoded = name if isinstance(name, bytes) else name.encode()
     if not encoded or len(encoded) > _NAME_MAX or b"/" in encoded or encoded in (b".", b".."):
         raise PermanentError(f"invalid subvolume name {name!r}", reason="InvalidName")
     return encoded
 
 
-def _vol_args_v2(*, source_fd: int = 0, flags: int = 0, name: str) -> bytearray:
+def _vol_args_v2(*, source_fd: int = 0, flags: int = 0, name: str | bytes) -> bytearray:
     args = bytearray(_VOL_ARGS_SIZE)
     struct.pack_into("=qQQ", args, 0, source_fd, 0, flags)
     encoded = _name_bytes(name)
@@ -129,7 +134,7 @@ def _vol_args_v2(*, source_fd: int = 0, flags: int = 0, name: str) -> bytearray:
     return args
 
 
-def _vol_args(name: str) -> bytearray:
+def _vol_args(name: str | bytes) -> bytearray:
     args = bytearray(_VOL_ARGS_SIZE)
     encoded = _name_bytes(name)
     args[8 : 8 + len(encoded)] = encoded
@@ -158,12 +163,17 @@ def snapshot(source: Path, parent: Path, name: str, *, read_only: bool = False) 
 def destroy_subvolume(parent: Path, name: str) -> None:
     """Delete the subvolume `parent/name` (its blocks are reclaimed later by the cleaner thread)."""
     with open_dir(parent) as fd:
-        try:
-            fcntl.ioctl(fd, IOC_SNAP_DESTROY_V2, _vol_args_v2(name=name), True)
-        except OSError as error:
-            if error.errno not in (errno.ENOTTY, errno.EOPNOTSUPP):
-                raise map_os_error(error, f"delete subvolume {parent / name}") from error
-            _ioctl(fd, IOC_SNAP_DESTROY, _vol_args(name), f"delete subvolume {parent / name}")
+        destroy_subvolume_at(fd, name, f"delete subvolume {parent / name}")
+
+
+def destroy_subvolume_at(directory_fd: int, name: str | bytes, doing: str) -> None:
+    """Delete the subvolume `name` in the directory open as `directory_fd`."""
+    try:
+        fcntl.ioctl(directory_fd, IOC_SNAP_DESTROY_V2, _vol_args_v2(name=name), True)
+    except OSError as error:
+        if error.errno not in (errno.ENOTTY, errno.EOPNOTSUPP):
+            raise map_os_error(error, doing) from error
+        _ioctl(directory_fd, IOC_SNAP_DESTROY, _vol_args(name), doing)
 
 
 def is_subvolume(path: Path) -> bool:
@@ -182,6 +192,18 @@ def subvolume_id(path: Path) -> int:
         _ioctl(fd, IOC_INO_LOOKUP, args, f"look up subvolume id of {path}")
         tree_id: int = struct.unpack_from("=Q", args, 0)[0]
         return tree_id
+
+
+def clear_immutable(path: Path) -> None:
+    """Drop the immutable and append-only flags of a directory (a subvolume's root refuses deletion with
+    EPERM while they are set); a no-op when neither is set."""
+    with open_dir(path) as fd:
+        args = bytearray(8)
+        _ioctl(fd, FS_IOC_GETFLAGS, args, f"read inode flags of {path}")
+        flags = struct.unpack("=q", args)[0]
+        if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+            cleared = bytearray(struct.pack("=q", flags & ~(FS_IMMUTABLE_FL | FS_APPEND_FL)))
+            _ioctl(fd, FS_IOC_SETFLAGS, cleared, f"clear the immutable flag of {path}")
 
 
 def is_read_only(path: Path) -> bool:

@@ -85,23 +85,67 @@ def observed_io(read: dict[str, int], write: dict[str, int], devices: Sequence[s
     return values.pop() if len(values) == 1 else 0
 
 
-def _walk_deepest_first(top: Path) -> list[Path]:
-    """Every directory under `top` (inclusive), children before parents, so rmdir can go in this order."""
-    if not top.is_dir():
-        return []
-    found: list[Path] = []
-    for current, dirs, _files in os.walk(top, topdown=False):
-        found.extend(Path(current) / d for d in dirs)
-    found.append(top)
-    # os.walk(topdown=False) already yields children first; sorting by depth makes it explicit.
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _subdirectories(fd: int) -> list[str]:
+    with os.scandir(fd) as entries:
+        return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+
+
+def _walk(top: Path, visit: Callable[[int], None], leave: Callable[[int, str], None] | None = None) -> None:
+    """Depth first over `top` and every directory below it, holding one descriptor at a time.
+
+    A tenant owns a delegated subtree and can nest it deeper than PATH_MAX, which os.walk (paths) and
+    os.fwalk (one descriptor a level, recursion) cannot follow; this goes down by name and back up by
+    "..", so neither depth nor breadth can make it fail. `visit(fd)` sees each directory; `leave(fd, name)`
+    is called on the parent after a child's subtree is done (where rmdir goes)."""
+    try:
+        fd = os.open(top, _DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        names: list[str] = []  # the path from top, as names: no descriptor is held per level
+        visit(fd)
+        pending = [_subdirectories(fd)]
+        while pending:
+            if pending[-1]:
+                name = pending[-1].pop()
+                try:
+                    child = os.open(name, _DIRECTORY, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                os.close(fd)
+                fd = child
+                names.append(name)
+                visit(fd)
+                pending.append(_subdirectories(fd))
+                continue
+            pending.pop()
+            if not names:
+                break
+            parent = os.open("..", _DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            name = names.pop()
+            if leave is not None:
+                leave(fd, name)
+    finally:
+        os.close(fd)
 
 
 def _procs_under(top: Path) -> set[int]:
     pids: set[int] = set()
-    for directory in _walk_deepest_first(top):
-        text = _read(directory / "cgroup.procs") or ""
-        pids.update(int(line) for line in text.split() if line.isdigit())
+
+    def visit(fd: int) -> None:
+        try:
+            procs = os.open("cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return
+        with open(procs) as handle, contextlib.suppress(OSError):  # removed while being read: nothing in it
+            pids.update(int(line) for line in handle.read().split() if line.isdigit())
+
+    _walk(top, visit)
     return pids
 
 
@@ -209,24 +253,39 @@ class _Base:
         self.kill(tenant)
         removed: list[str] = []
         for top in self._tenant_dirs(tenant):
-            for directory in _walk_deepest_first(top):
-                deadline = time.monotonic() + _KILL_DEADLINE_S
-                while True:
-                    try:
-                        directory.rmdir()
-                        removed.append(f"cgroup {directory}")
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError as error:
-                        # EBUSY right after a kill: the exiting tasks are not yet detached.
-                        if error.errno != errno.EBUSY or time.monotonic() > deadline:
-                            raise TransientError(f"could not remove cgroup {directory}: {error}") from error
-                        self._sleep(0.01)
+            nested = self._remove_below(top)
+            if self._rmdir(str(top), None, str(top)):
+                removed.append(f"cgroup {top}" + (f" and {nested} below it" if nested else ""))
         left = [str(path) for path in self._tenant_dirs(tenant) if path.exists()]
         if left:
             raise TransientError(f"cgroups of tenant {tenant} still exist: {left}")
         return removed
+
+    def _remove_below(self, top: Path) -> int:
+        """rmdir every cgroup under `top`, children first, at any depth; how many went."""
+        gone = 0
+
+        def leave(fd: int, name: str) -> None:
+            nonlocal gone
+            gone += self._rmdir(name, fd, f"{top}/.../{name}")
+
+        _walk(top, lambda _fd: None, leave)
+        return gone
+
+    def _rmdir(self, name: str, dir_fd: int | None, shown: str) -> bool:
+        """rmdir one cgroup; True if it went, False if it was already gone."""
+        deadline = time.monotonic() + _KILL_DEADLINE_S
+        while True:
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+                return True
+            except FileNotFoundError:
+                return False
+            except OSError as error:
+                # EBUSY right after a kill: the exiting tasks are not yet detached.
+                if error.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise TransientError(f"could not remove cgroup {shown}: {error}") from error
+                self._sleep(0.01)
 
     def list_tenants(self) -> list[str]:
         names: set[str] = set()

@@ -44,6 +44,7 @@ from pathlib import Path
 from loguru import logger
 
 from drivers import nspawn_btrfs as btrfs
+from drivers import nspawn_subvolumes as subvolumes
 from drivers import nspawn_userns
 from specs import NotFound, PermanentError, TransientError, validate_name
 
@@ -307,6 +308,17 @@ class Pool:
         group = self._ensure_group(self.tenant_path(tenant), limit_bytes)
         logger.bind(tenant=tenant, limit=limit_bytes, qgroup=btrfs.qgroup_name(group)).info("Set disk limit")
 
+    @contextlib.contextmanager
+    def limit_lifted(self, tenant: str) -> Iterator[None]:
+        """Without the tenant's disk limit for a moment: btrfs refuses even a truncate (a transaction charged
+        to the group) once the group is at its limit, and Fleet must be able to trim what it keeps there."""
+        limit = self.disk_limit(tenant)
+        self.set_disk_limit(tenant, None)
+        try:
+            yield
+        finally:
+            self.set_disk_limit(tenant, limit)
+
     def clear_disk_limit(self, tenant: str) -> None:
         self.set_disk_limit(tenant, None)
 
@@ -407,28 +419,33 @@ class Pool:
         # members have.
         group = btrfs.qgroup_id(1, subvolume)
         qgroups = [subvolume, group] if btrfs.qgroup_exists(self.fs_uuid, group) else [subvolume]
+        # A delete interrupted half way named nested groups that are gone from the tree by now: keep them.
+        qgroups = [q for q in self._tombstone_qgroups(tombstone) if q not in qgroups] + qgroups
         _write_atomic(tombstone, json.dumps({"path": self._relative(path), "qgroups": qgroups}) + "\n")
         # Deleting a subvolume is a transaction charged to its groups: one at its limit refuses its own
         # deletion with EDQUOT. It is going, so its limits go first.
         for qgroup in qgroups:
             if btrfs.qgroup_exists(self.fs_uuid, qgroup):
                 btrfs.set_exclusive_limit(self.root, qgroup, None)
+        btrfs.clear_immutable(path)  # set by a tenant of an older Fleet, which ran it with CAP_LINUX_IMMUTABLE
         try:
             btrfs.destroy_subvolume(path.parent, path.name)
             return [f"subvolume {self._relative(path)}"]
         except PermanentError as error:
             if error.reason != "NestedSubvolumes":
                 raise
-        # A tenant made subvolumes inside its own; btrfs deletes children first. Walked only here: a
-        # walk of every tenant's tree on every delete would cost more than the delete.
-        nested = _nested_subvolumes(path, self.fs_uuid)
-        qgroups = [btrfs.subvolume_id(p) for p in nested] + qgroups
-        _write_atomic(tombstone, json.dumps({"path": self._relative(path), "qgroups": qgroups}) + "\n")
-        removed = []
-        for doomed in [*nested, path]:  # deepest first
-            btrfs.destroy_subvolume(doomed.parent, doomed.name)
-            removed.append(f"subvolume {self._relative(doomed)}")
-        return removed
+        # A tenant made subvolumes inside its own; btrfs deletes children first. Found by id in the root
+        # tree and deleted through file handles, never by path: a tenant shapes its tree, and one nested
+        # deeper than PATH_MAX would otherwise make its delete fail forever (nspawn_subvolumes).
+        with btrfs.open_dir(self.root) as pool_fd:
+            nested = subvolumes.descendants(pool_fd, subvolume)
+            qgroups = [c.subvolume for c in reversed(nested) if c.subvolume not in qgroups] + qgroups
+            _write_atomic(tombstone, json.dumps({"path": self._relative(path), "qgroups": qgroups}) + "\n")
+            for child in reversed(nested):  # deepest first
+                subvolumes.destroy(pool_fd, child)
+        btrfs.destroy_subvolume(path.parent, path.name)
+        gone = [f"nested subvolume {c.name.decode(errors='replace')!r} (id {c.subvolume})" for c in reversed(nested)]
+        return [*gone, f"subvolume {self._relative(path)}"]
 
     def _finish_tombstone(self, path: Path) -> list[str]:
         tombstone = self._tombstone(path)
@@ -466,6 +483,12 @@ class Pool:
         except (TransientError, PermanentError):
             return False  # EBUSY (still in use) or EINVAL (usage not yet zero): the cleaner is not done
         return not btrfs.qgroup_exists(self.fs_uuid, qgroup)
+
+    def _tombstone_qgroups(self, tombstone: Path) -> list[int]:
+        try:
+            return list(json.loads(tombstone.read_text())["qgroups"])
+        except (OSError, ValueError, KeyError):
+            return []
 
     def _tombstone(self, path: Path) -> Path:
         return self.deleting_dir / (self._relative(path).replace("/", "--") + ".json")
@@ -512,22 +535,6 @@ def _wait_for(check: Callable[[], object], seconds: float, what: str) -> str:
         if time.monotonic() > deadline:
             raise TransientError(f"timed out after {seconds:.0f} s waiting for {what}", reason="Timeout")
         time.sleep(0.01)
-
-
-def _nested_subvolumes(path: Path, fs_uuid: str) -> list[Path]:
-    """Subvolumes a tenant made inside its own (btrfs refuses to delete a parent first), deepest first."""
-    found: list[Path] = []
-    top = os.lstat(path).st_dev
-    for directory, subdirectories, _files in os.walk(path):
-        for name in list(subdirectories):
-            child = Path(directory) / name
-            status = os.lstat(child)
-            if status.st_ino == btrfs.FIRST_FREE_OBJECTID and status.st_dev != top:
-                if btrfs.filesystem_uuid(child) == fs_uuid:
-                    found.append(child)
-                else:
-                    subdirectories.remove(name)  # a mount of something else: never walk into it
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
 def _mounts() -> Iterator[tuple[str, str, str]]:

@@ -42,6 +42,13 @@ from drivers import nspawn_userns
 from specs import TransientError, validate_name
 
 MARKER = "--setenv=FLEET_TENANT="
+# The console log lives in the tenant's own subvolume, hidden from the tenant by an inaccessible overmount
+# (a locked mount in its user namespace): its bytes count against the tenant's disk quota, so a tenant
+# that floods its console fills its own quota and never the host's disk. `trim_log` keeps it short.
+CONSOLE_LOG = ".fleet-console.log"
+LOG_KEEP_BYTES = 64 << 10  # the tail kept when the log is trimmed
+LOG_MAX_BYTES = 1 << 20  # trimmed past this
+INACCESSIBLE_NODE = Path("/run/systemd/inaccessible/reg")
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 PR_SET_MEMORY_MERGE = 67
 
@@ -76,7 +83,11 @@ try:
         os.close(fd)
     if ksm == "1" and libc.prctl(67, 1, 0, 0, 0) != 0:
         sys.stderr.write("fleet-launcher: prctl(PR_SET_MEMORY_MERGE) failed: errno %d\n" % ctypes.get_errno())
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # In the tenant's own tree (see CONSOLE_LOG): never follow a link or open a FIFO the tenant left there.
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    if (os.fstat(log).st_mode & 0o170000) != 0o100000:
+        raise OSError("console log %s is not a regular file" % log_path)
+    os.set_blocking(log, True)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0); os.dup2(log, 1); os.dup2(log, 2)
     os.close(null); os.close(log)
@@ -89,6 +100,16 @@ except BaseException as error:
     sys.stderr.write("fleet-launcher: %r\n" % (error,))
     os._exit(127)
 """
+
+
+def _ensure_inaccessible_node() -> None:
+    """`--inaccessible=` overmounts with /run/systemd/inaccessible/reg, which systemd makes at boot as PID 1;
+    on a host where it is not PID 1 (this kind of machine) nobody made it, so make it the same way."""
+    if INACCESSIBLE_NODE.exists():
+        return
+    INACCESSIBLE_NODE.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(INACCESSIBLE_NODE, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o000))
 
 
 def ksm_enabled() -> bool:
@@ -185,7 +206,28 @@ class Processes:
         return self.state_dir / "run" / f"{validate_name(tenant)}.pid"
 
     def log_file(self, tenant: str) -> Path:
+        """The tail kept when the console log was last trimmed (and where an older Fleet wrote the log)."""
         return self.state_dir / "logs" / f"{validate_name(tenant)}.log"
+
+    def trim_log(self, tenant: str, root: Path, max_bytes: int = LOG_MAX_BYTES) -> bool:
+        """Past `max_bytes`, keep the console log's last LOG_KEEP_BYTES in `log_file` and empty it (nspawn
+        appends, so it goes on writing at the new end). True when it trimmed."""
+        try:
+            fd = os.open(root / CONSOLE_LOG, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            status = os.fstat(fd)
+            if (status.st_mode & 0o170000) != 0o100000 or status.st_size <= max_bytes:
+                return False
+            tail = os.pread(fd, LOG_KEEP_BYTES, status.st_size - LOG_KEEP_BYTES)
+            self.log_file(tenant).parent.mkdir(parents=True, exist_ok=True)
+            self.log_file(tenant).write_bytes(tail)
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+        logger.bind(tenant=tenant, bytes=status.st_size).info("Trimmed console log")
+        return True
 
     def find(self, tenant: str) -> Container | None:
         """The tenant's running nspawn process: the pid file's pid if it checks out, else the one among the
@@ -229,6 +271,7 @@ class Processes:
             f"--machine={validate_name(tenant)}",
             f"{MARKER}{tenant}",
             *nspawn_userns.nspawn_arguments(uid_base),
+            f"--inaccessible=/{CONSOLE_LOG}",
             "--as-pid2",
             self.init_path,
         ]
@@ -250,13 +293,13 @@ class Processes:
         if existing is not None:
             return existing
         started = time.perf_counter()
-        for directory in (self.pid_file(tenant).parent, self.log_file(tenant).parent):
-            directory.mkdir(parents=True, exist_ok=True)
+        self.pid_file(tenant).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_inaccessible_node()
         self.pid_file(tenant).unlink(missing_ok=True)
         procs = [str(path) for path in procs_files]
         launcher_arguments = [
             str(self.pid_file(tenant)),
-            str(self.log_file(tenant)),
+            str(root / CONSOLE_LOG),
             str(netns_path),
             self._seccomp.hex(),
             "1" if (ksm_enabled() if ksm is None else ksm) else "0",
@@ -285,7 +328,8 @@ class Processes:
             if container is None and self._launched_and_gone(tenant):
                 break
             self._sleep(0.005)
-        raise TransientError(f"container of tenant {tenant} did not start; log tail: {self.log_tail(tenant)!r}")
+        tail = self.log_tail(tenant, root)
+        raise TransientError(f"container of tenant {tenant} did not start; log tail: {tail!r}")
 
     def _launched_and_gone(self, tenant: str) -> bool:
         """The launcher wrote its pid file (it was about to exec nspawn) and that process has exited."""
@@ -295,14 +339,21 @@ class Processes:
             return False
         return not _alive(pid)
 
-    def log_tail(self, tenant: str, size: int = 800) -> str:
-        try:
-            with open(self.log_file(tenant), "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - size))
-                return handle.read().decode(errors="replace")
-        except OSError:
-            return ""
+    def log_tail(self, tenant: str, root: Path | None, size: int = 800) -> str:
+        """The last `size` bytes the container wrote: the console log, after the tail kept by a trim."""
+        text = b""
+        for path, flags in ((self.log_file(tenant), 0), *(((root / CONSOLE_LOG, os.O_NOFOLLOW),) if root else ())):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | flags)
+            except OSError:
+                continue
+            try:
+                if (os.fstat(fd).st_mode & 0o170000) == 0o100000:
+                    length = os.fstat(fd).st_size
+                    text += os.pread(fd, size, max(0, length - size))
+            finally:
+                os.close(fd)
+        return text[-size:].decode(errors="replace")
 
     def stop(self, tenant: str, *, deadline_s: float = 10.0) -> int | None:
         """SIGTERM nspawn, wait, SIGKILL; returns the pid stopped, None if it was not running."""

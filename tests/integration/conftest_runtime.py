@@ -159,9 +159,9 @@ def make_tenant(nspawn_driver: object) -> Iterator[Callable[..., Observed]]:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def http_get(address: str, port: int = 80, timeout: float = 1.0) -> bytes | None:
+def http_get(address: str, port: int = 80, timeout: float = 1.0, path: str = "/") -> bytes | None:
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=timeout) as response:
+        with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=timeout) as response:
             body: bytes = response.read()
             return body
     except OSError:

@@ -76,11 +76,36 @@ def test_remove_kills_tasks_and_removes_nested_groups_deepest_first(cgroups: nsp
     assert TENANT in cgroups.list_tenants()
     removed = cgroups.remove(TENANT)
     assert child.wait(timeout=5) == -9
-    assert str(nested) in " ".join(removed)
-    assert removed.index(f"cgroup {nested}") < removed.index(f"cgroup {nested.parent}")
+    # rmdir refuses a cgroup with children, so "gone" also proves the order: deepest first
+    assert f"cgroup {nested.parent.parent} and 2 below it" in removed, removed
+    assert not nested.exists()
     assert not cgroups.exists(TENANT)
     assert cgroups.remove(TENANT) == []  # twice is fine
     assert TENANT not in cgroups.list_tenants()
+
+
+@pytest.mark.root
+def test_remove_and_pids_follow_a_tree_deeper_than_path_max(cgroups: nspawn_cgroups.Cgroups) -> None:
+    """A tenant may mkdir in its delegated subtree as deep as it likes; no path could name the bottom."""
+    cgroups.apply(TENANT, Resources(pids=20))
+    top = Path("/sys/fs/cgroup/systemd/fleet/tenant-" + TENANT)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(30):  # 30 x 201 bytes: past PATH_MAX (4096)
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        with open(os.open("cgroup.procs", os.O_WRONLY, dir_fd=fd), "w") as procs:
+            child_process = _spawn_in(cgroups, "import time; time.sleep(60)")
+            procs.write(str(child_process.pid))  # moved to the bottom of the tree
+    finally:
+        os.close(fd)
+    assert child_process.pid in cgroups.pids(TENANT)
+    removed = cgroups.remove(TENANT)
+    assert child_process.wait(timeout=5) == -9
+    assert f"cgroup {top} and 30 below it" in removed, removed
+    assert not cgroups.exists(TENANT)
 
 
 @pytest.mark.root

@@ -246,8 +246,10 @@ def test_delete_removes_everything_and_says_so(driver: NspawnDriver) -> None:
     logger.bind(ms=round((time.perf_counter() - started) * 1000, 1)).info("Measured tenant delete")
     text = " | ".join(receipt.removed)
     for part in (f"process {observed.pid}", "cgroup /sys/fs/cgroup/memory", f"veth {veth_name(name)}",
-                 f"network namespace fleet-{name}", f"address {observed.address}", "subvolume", "log "):
+                 f"network namespace fleet-{name}", f"address {observed.address}", f"subvolume tenants/{name}"):
         assert part in text, f"{part!r} not in receipt: {text}"
+    # The console log lived in the subvolume; no copy of it is left on the host.
+    assert not driver.processes.log_file(name).exists()
     assert driver.inspect(name) is None
     assert not netns_path(name).exists()
     assert not _cgroup_file("memory", name, "").exists()

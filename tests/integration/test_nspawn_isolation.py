@@ -12,13 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from drivers import nspawn_btrfs as btrfs
+from drivers import nspawn_subvolumes as subvolumes
 from drivers import nspawn_userns
 from drivers.nspawn import NspawnDriver
 from drivers.nspawn_network import netns_path
@@ -154,7 +154,7 @@ def test_writes_into_a_subvolume_the_tenant_made_stop_at_its_quota(
     group = btrfs.qgroup_id(1, btrfs.subvolume_id(driver.pool.tenant_path(tenant.name)))
     receipt = driver.delete(tenant.name)
     removed = " | ".join(receipt.removed)
-    assert f"subvolume tenants/{tenant.name}/root/inner/deeper" in removed, removed
+    assert "nested subvolume 'deeper'" in removed and "nested subvolume 'inner'" in removed, removed
     assert f"qgroup {btrfs.qgroup_name(group)}" in removed, removed
     assert not btrfs.qgroup_exists(driver.pool.fs_uuid, group)
 
@@ -368,17 +368,9 @@ def test_a_tenant_from_an_older_fleet_moves_into_its_own_user_namespace_on_resta
     assert btrfs.read_qgroup(pool.fs_uuid, subvolume).max_exclusive is None
     assert upgraded.resources.disk == 48 << 20
     assert tenant.address is not None
-    body = wait_for(lambda: _get(tenant.address, "/kept.txt"), what="the kept file to be served")
+    address = tenant.address
+    body = wait_for(lambda: http_get(address, path="/kept.txt"), what="the kept file to be served")
     assert body == b"data from before the upgrade\n"
-
-
-def _get(address: str | None, path: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"http://{address}{path}", timeout=1) as response:
-            data: bytes = response.read()
-            return data
-    except OSError:
-        return None
 
 
 def test_the_pool_is_mounted_nosuid_and_nodev(driver: NspawnDriver) -> None:
@@ -388,3 +380,71 @@ def test_the_pool_is_mounted_nosuid_and_nodev(driver: NspawnDriver) -> None:
         if line.split()[4] == str(driver.pool.root)
     )
     assert {"nosuid", "nodev"} <= options, options
+
+
+def test_a_tenant_cannot_make_its_own_delete_fail(
+    driver: NspawnDriver, make_tenant: MakeTenant, tenant_probe: Path
+) -> None:
+    """Paths past PATH_MAX (in its tree, above nested subvolumes, and in the cgroups it may write), the
+    immutable flag on its root, and a forged ownership marker: the delete still removes every part."""
+    tenant = make_tenant("undying", Resources(cpu="1", memory="128Mi", pids=128, disk="64Mi"))
+    output = as_payload(
+        driver,
+        tenant.name,
+        "tenant_probe deep /root 30 nested; tenant_probe chattr /; "
+        "tenant_probe setxattr / trusted.fleet.tenant '{\"tenant\": \"someone-else\"}'; "
+        "for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do "
+        "  [ -w $h ] && tenant_probe deep $h 25 && echo deep-cgroup $h; done; echo probe-done",
+        probe=tenant_probe,
+    )
+    assert "probe-done" in output and "deep ok" in output, output
+    assert "chattr failed: Operation not permitted" in output, output
+    assert "setxattr failed: Operation not permitted" in output, output
+    pool = driver.pool
+    top = btrfs.subvolume_id(pool.tenant_path(tenant.name))
+    with btrfs.open_dir(pool.root) as pool_fd:
+        nested = subvolumes.descendants(pool_fd, top)
+    assert len(nested) == 2, nested  # one at the bottom of the deep chain, one deeper inside it
+    assert driver.cgroups.exists(tenant.name)
+    receipt = driver.delete(tenant.name)
+    removed = " | ".join(receipt.removed)
+    assert f"nested subvolume 'nested' (id {nested[-1].subvolume})" in removed, removed
+    assert not os.path.lexists(pool.tenant_path(tenant.name))
+    assert not driver.cgroups.exists(tenant.name)  # the top goes only once every group below it has
+    for child in nested:
+        assert not btrfs.qgroup_exists(pool.fs_uuid, child.subvolume)
+    assert not btrfs.qgroup_exists(pool.fs_uuid, btrfs.qgroup_id(1, top))
+    assert driver.delete(tenant.name).removed == ()
+
+
+def test_a_console_flood_fills_only_the_tenants_own_quota(
+    driver: NspawnDriver, make_tenant: MakeTenant
+) -> None:
+    """The console log lives in the tenant's subvolume, hidden from it: a flood hits the tenant's own disk
+    quota (nspawn then ends that container, which the next pass restarts) and never the host's disk."""
+    tenant = make_tenant("chatty", Resources(cpu="1", memory="128Mi", pids=128, disk="32Mi"))
+    state_dir = driver.processes.state_dir
+    before = sum(f.stat().st_size for f in state_dir.rglob("*") if f.is_file())
+    output = as_payload(
+        driver,
+        tenant.name,
+        "cat /.fleet-console.log >/dev/null && echo READ-LOG; rm -f /.fleet-console.log && echo REMOVED-LOG; "
+        "umount /.fleet-console.log && echo UNMOUNTED-LOG; "
+        "(head -c 48000000 /dev/zero | tr '\\0' x > /dev/console) </dev/null >/dev/null 2>&1 & echo flood-started",
+    )
+    assert "flood-started" in output, output
+    assert "READ-LOG" not in output and "REMOVED-LOG" not in output and "UNMOUNTED-LOG" not in output, output
+    log = driver.pool.tenant_path(tenant.name) / ".fleet-console.log"
+    wait_for(lambda: log.stat().st_size > 30 << 20, timeout=60, what="the flood to reach the tenant's quota")
+    # Held by the tenant's own quota; the host's state dir did not grow.
+    assert driver.pool.disk_usage(tenant.name) <= 33 << 20
+    after = sum(f.stat().st_size for f in state_dir.rglob("*") if f.is_file())
+    assert after - before < 1 << 20, (before, after)
+    observed = driver.inspect(tenant.name)  # an observation trims the log to its tail, quota or not
+    assert observed is not None and log.stat().st_size < 1 << 20
+    assert driver.pool.disk_limit(tenant.name) == 32 << 20, "the limit is back after the trim"
+    assert "xxxx" in driver.log_tail(tenant.name)
+    if not observed.running:
+        driver.start(tenant.name)
+    assert tenant.address is not None
+    wait_http(tenant.address)

@@ -262,8 +262,8 @@ def test_delete_removes_subvolumes_a_tenant_made_inside_its_own(btrfs_pool: Pool
     removed = btrfs_pool.delete_tenant("nester")
 
     assert removed == [
-        "subvolume tenants/nester/srv/inner/deeper",
-        "subvolume tenants/nester/srv/inner",
+        f"nested subvolume 'deeper' (id {ids[0]})",
+        f"nested subvolume 'inner' (id {ids[1]})",
         "subvolume tenants/nester",
         *(f"qgroup 0/{i}" for i in ids),
         f"qgroup 1/{ids[-1]}",

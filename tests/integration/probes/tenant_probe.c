@@ -5,6 +5,10 @@
  *   tenant_probe snapshot SRC DIR NAME     BTRFS_IOC_SNAP_CREATE_V2 of a subvolume the tenant can read
  *   tenant_probe spoof SRC DST PORT        a raw IPv4/UDP packet with a forged source address
  *   tenant_probe blockdev MAJOR MINOR      mknod a block device and open it for reading
+ *   tenant_probe deep DIR LEVELS [SUBVOL]  a chain of LEVELS directories (200-byte names) under DIR, far past
+ *                                          PATH_MAX, with a nested subvolume SUBVOL at its bottom
+ *   tenant_probe chattr PATH               set the immutable flag (FS_IOC_SETFLAGS) on PATH
+ *   tenant_probe setxattr PATH NAME VALUE  set an extended attribute (e.g. Fleet's trusted.* marker)
  *   tenant_probe pose TENANT               leave a process behind whose command line is exactly that of
  *                                          TENANT's systemd-nspawn (prints its pid inside), then exit
  *
@@ -24,6 +28,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <linux/fs.h>
 #include <unistd.h>
 
 #define BTRFS_IOCTL_MAGIC 0x94
@@ -144,6 +150,34 @@ static int pose(const char *tenant) {
     return 0;
 }
 
+static int deep(const char *dir, int levels, const char *subvolume) {
+    char name[201];
+    memset(name, 'd', 200);
+    name[200] = 0;
+    if (chdir(dir)) return report("deep", 1);
+    for (int i = 0; i < levels; i++) {
+        if (mkdir(name, 0755) && errno != EEXIST) return report("deep", 1);
+        if (chdir(name)) return report("deep", 1);
+    }
+    if (subvolume) {
+        int fd = open(".", O_RDONLY | O_DIRECTORY);
+        struct btrfs_ioctl_vol_args args = { .fd = 0 };
+        strncpy(args.name, subvolume, BTRFS_PATH_NAME_MAX);
+        if (fd < 0 || ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, &args)) return report("deep", 1);
+        if (chdir(subvolume) || mkdir(name, 0755) || chdir(name)) return report("deep", 1);
+        int nested = open(".", O_RDONLY | O_DIRECTORY);
+        if (nested < 0 || ioctl(nested, BTRFS_IOC_SUBVOL_CREATE, &args)) return report("deep", 1);
+    }
+    return report("deep", 0);
+}
+
+static int immutable(const char *path) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK), flags = 0;
+    if (fd < 0 || ioctl(fd, FS_IOC_GETFLAGS, &flags)) return report("chattr", 1);
+    flags |= FS_IMMUTABLE_FL;
+    return report("chattr", ioctl(fd, FS_IOC_SETFLAGS, &flags) != 0);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc > 1 && !strcmp(argv[argc - 1], POSE_SENTINEL)) { for (;;) pause(); }
@@ -153,6 +187,10 @@ int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "snapshot")) return snapshot(argv[2], argv[3], argv[4]);
     if (argc == 5 && !strcmp(argv[1], "spoof")) return spoof(argv[2], argv[3], atoi(argv[4]));
     if (argc == 4 && !strcmp(argv[1], "blockdev")) return blockdev(atoi(argv[2]), atoi(argv[3]));
+    if ((argc == 4 || argc == 5) && !strcmp(argv[1], "deep")) return deep(argv[2], atoi(argv[3]), argc == 5 ? argv[4] : NULL);
+    if (argc == 3 && !strcmp(argv[1], "chattr")) return immutable(argv[2]);
+    if (argc == 5 && !strcmp(argv[1], "setxattr"))
+        return report("setxattr", setxattr(argv[2], argv[3], argv[4], strlen(argv[4]), 0) != 0);
     fprintf(stderr, "usage: see the comment at the top of tenant_probe.c\n");
     return 2;
 }
