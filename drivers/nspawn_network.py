@@ -500,6 +500,18 @@ class NetworkState:
         return self.netns and self.veth and self.veth_up and self.address is not None and self.ports is not None
 
 
+def _ensure_address(ipr: IPRoute, index: int, address: str, *, fresh: bool) -> None:
+    """The link holds `address`/30 and no other IPv4 address; `fresh`: it was just made and holds none."""
+    wanted = (address, 30)
+    if not fresh:
+        for have, prefix in _ipv4_addresses(ipr, index):
+            if (have, prefix) != wanted:
+                ipr.addr("del", index=index, address=have, prefixlen=prefix)
+        if wanted in _ipv4_addresses(ipr, index):
+            return
+    ipr.addr("add", index=index, address=address, prefixlen=30)
+
+
 def _ipv4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
     return [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)]
 
@@ -581,18 +593,14 @@ class Networks:
                 # The namespace was recreated and took the old peer with it: a veth without its other end.
                 ipr.link("del", index=indexes[0])
                 indexes = []
-        if not indexes:
+        created = not indexes
+        if created:
             ipr.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
             indexes = ipr.link_lookup(ifname=veth)
         index = indexes[0]
-        ipr.link("set", index=index, ifalias=ALIAS_PREFIX + tenant)
-        wanted = (lease.host_address, 30)
-        for address, prefix in _ipv4_addresses(ipr, index):
-            if (address, prefix) != wanted:
-                ipr.addr("del", index=index, address=address, prefixlen=prefix)
-        if wanted not in _ipv4_addresses(ipr, index):
-            ipr.addr("add", index=index, address=lease.host_address, prefixlen=30)
-        ipr.link("set", index=index, state="up")
+        ipr.link("set", index=index, ifalias=ALIAS_PREFIX + tenant, state="up")
+        # A link made just now has no address to compare (each netlink round trip costs ~1 ms in pyroute2).
+        _ensure_address(ipr, index, lease.host_address, fresh=created)
 
     def _namespace_end(self, ns: str, peer: str) -> bool:
         def found() -> bool:
@@ -612,19 +620,17 @@ class Networks:
         _write_namespace_sysctls()
         with IPRoute() as nsr:
             indexes = nsr.link_lookup(ifname="eth0")
-            if not indexes:
+            renamed = not indexes
+            if renamed:
                 indexes = nsr.link_lookup(ifname=peer)
                 if not indexes:
                     raise TransientError(f"veth end {peer} vanished from namespace {ns}")
-                nsr.link("set", index=indexes[0], ifname="eth0")
             index = indexes[0]
-            wanted = (lease.tenant_address, 30)
-            for address, prefix in _ipv4_addresses(nsr, index):
-                if (address, prefix) != wanted:
-                    nsr.addr("del", index=index, address=address, prefixlen=prefix)
-            if wanted not in _ipv4_addresses(nsr, index):
-                nsr.addr("add", index=index, address=lease.tenant_address, prefixlen=30)
-            nsr.link("set", index=index, state="up")
+            if renamed:  # one message: the rename happens before the link comes up (as `ip link set ... name eth0 up`)
+                nsr.link("set", index=index, ifname="eth0", state="up")
+            else:
+                nsr.link("set", index=index, state="up")
+            _ensure_address(nsr, index, lease.tenant_address, fresh=renamed)
             loopback = nsr.link_lookup(ifname="lo")
             if loopback:
                 nsr.link("set", index=loopback[0], state="up")
