@@ -243,10 +243,23 @@ class _Base:
             if time.monotonic() > deadline:
                 raise TransientError(f"tenant {tenant} still has processes {sorted(remaining)} after SIGKILL")
             for pid in remaining - hit:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                self._kill_member(tenant, pid)
             hit |= remaining
             self._sleep(0.01)
+
+    def _kill_member(self, tenant: str, pid: int) -> None:
+        """SIGKILL `pid` only if it is still the tenant's: the pidfd pins the process, so a pid that exited
+        and was reused by someone else's process after the cgroup was read is never hit."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if self.owner_of(pid) == tenant:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            os.close(pidfd)
 
     def remove(self, tenant: str) -> list[str]:
         """Kill what is left, then rmdir the tenant's cgroups deepest first (nspawn nests payload/supervisor)."""

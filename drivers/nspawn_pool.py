@@ -112,6 +112,7 @@ class Pool:
         if pool_path is not None:
             root = pool_path.resolve()
             root.mkdir(parents=True, exist_ok=True)
+            btrfs.filesystem_uuid(root)  # refuses what is not btrfs before anything is mounted over it
             _secure_mount(root)
         else:
             btrfs.require_tools("mkfs.btrfs", "losetup", "mount", "umount", "btrfs")
@@ -597,7 +598,8 @@ def _attach_image(image: Path, mountpoint: Path, image_size: int) -> None:
         building = image.with_name(f"{TEMP_PREFIX}{image.name}")
         with open(building, "wb") as handle:
             handle.truncate(image_size)  # sparse: blocks are used as the pool fills
-        btrfs.run_cli(["mkfs.btrfs", "-f", "-q", "-L", "fleet-pool", str(building)], f"format {building}")
+        argv = ["mkfs.btrfs", "-f", "-q", "-m", "single", "-L", "fleet-pool", str(building)]
+        btrfs.run_cli(argv, f"format {building}")
         os.rename(building, image)
     devices = _loops_backing(image)
     if devices:
@@ -606,6 +608,9 @@ def _attach_image(image: Path, mountpoint: Path, image_size: int) -> None:
     else:
         device = btrfs.run_cli(["losetup", "--find", "--show", str(image)], f"attach {image}").strip()
     mountpoint.mkdir(exist_ok=True)
+    # -m single: one copy of metadata. DUP (the default) would store a tenant's small files, which live in
+    # metadata, twice, so the pool would fill at twice the rate the quotas count; the image's own disk is
+    # where redundancy belongs.
     # noatime: reading a template file from a clone would otherwise copy-on-write metadata per read.
     options = ",".join(("noatime", *MOUNT_FLAGS))
     btrfs.run_cli(["mount", "-t", "btrfs", "-o", options, device, str(mountpoint)], f"mount {image}")

@@ -48,7 +48,9 @@ MARKER = "--setenv=FLEET_TENANT="
 CONSOLE_LOG = ".fleet-console.log"
 LOG_KEEP_BYTES = 64 << 10  # the tail kept when the log is trimmed
 LOG_MAX_BYTES = 1 << 20  # trimmed past this
-INACCESSIBLE_NODE = Path("/run/systemd/inaccessible/reg")
+INACCESSIBLE_DIR = Path("/run/systemd/inaccessible")
+# Hidden from tenants: the console log, and btrfs's sysfs (every tenant's qgroup usage and limits).
+HIDDEN_PATHS = (f"/{CONSOLE_LOG}", "/sys/fs/btrfs")
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 PR_SET_MEMORY_MERGE = 67
 
@@ -102,14 +104,17 @@ except BaseException as error:
 """
 
 
-def _ensure_inaccessible_node() -> None:
-    """`--inaccessible=` overmounts with /run/systemd/inaccessible/reg, which systemd makes at boot as PID 1;
-    on a host where it is not PID 1 (this kind of machine) nobody made it, so make it the same way."""
-    if INACCESSIBLE_NODE.exists():
+def _ensure_inaccessible_nodes() -> None:
+    """`--inaccessible=` overmounts with /run/systemd/inaccessible/{reg,dir}, which systemd makes at boot as
+    PID 1; on a host where it is not PID 1 (this kind of machine) nobody made them, so make them alike."""
+    regular, directory = INACCESSIBLE_DIR / "reg", INACCESSIBLE_DIR / "dir"
+    if regular.exists() and directory.exists():
         return
-    INACCESSIBLE_NODE.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    INACCESSIBLE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
-        os.close(os.open(INACCESSIBLE_NODE, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o000))
+        os.close(os.open(regular, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o000))
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o000)
 
 
 def ksm_enabled() -> bool:
@@ -271,7 +276,7 @@ class Processes:
             f"--machine={validate_name(tenant)}",
             f"{MARKER}{tenant}",
             *nspawn_userns.nspawn_arguments(uid_base),
-            f"--inaccessible=/{CONSOLE_LOG}",
+            *(f"--inaccessible={path}" for path in HIDDEN_PATHS),
             "--as-pid2",
             self.init_path,
         ]
@@ -294,7 +299,7 @@ class Processes:
             return existing
         started = time.perf_counter()
         self.pid_file(tenant).parent.mkdir(parents=True, exist_ok=True)
-        _ensure_inaccessible_node()
+        _ensure_inaccessible_nodes()
         self.pid_file(tenant).unlink(missing_ok=True)
         procs = [str(path) for path in procs_files]
         launcher_arguments = [

@@ -429,11 +429,12 @@ def test_a_console_flood_fills_only_the_tenants_own_quota(
         driver,
         tenant.name,
         "cat /.fleet-console.log >/dev/null && echo READ-LOG; rm -f /.fleet-console.log && echo REMOVED-LOG; "
-        "umount /.fleet-console.log && echo UNMOUNTED-LOG; "
+        "umount /.fleet-console.log && echo UNMOUNTED-LOG; ls /sys/fs/btrfs/*/qgroups && echo SAW-QGROUPS; "
         "(head -c 48000000 /dev/zero | tr '\\0' x > /dev/console) </dev/null >/dev/null 2>&1 & echo flood-started",
     )
     assert "flood-started" in output, output
     assert "READ-LOG" not in output and "REMOVED-LOG" not in output and "UNMOUNTED-LOG" not in output, output
+    assert "SAW-QGROUPS" not in output, "other tenants' disk usage is not the tenant's to read"
     log = driver.pool.tenant_path(tenant.name) / ".fleet-console.log"
     wait_for(lambda: log.stat().st_size > 30 << 20, timeout=60, what="the flood to reach the tenant's quota")
     # Held by the tenant's own quota; the host's state dir did not grow.
