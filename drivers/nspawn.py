@@ -371,6 +371,7 @@ class NspawnDriver:
 
     def close(self) -> None:
         """Containers keep running: closing the driver (or the operator exiting) never stops a tenant."""
+        self.processes.close()
         self.pool.close()
 
     # -- for tests and operators --------------------------------------------------------------------------

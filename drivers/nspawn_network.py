@@ -34,7 +34,6 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from loguru import logger
 from pyroute2 import IPRoute, NetlinkError
 
 from drivers import nspawn_netns
+from drivers.nspawn_nft import Nft
 from specs import PermanentError, TransientError, validate_name
 
 NETNS_DIR = Path("/run/netns")
@@ -54,7 +54,6 @@ TABLE_MARKER = "fleet: owned by Fleet, do not edit"
 ALIAS_PREFIX = "fleet:"
 LOCK_DIR = Path("/run/lock")
 _VETH = re.compile(r"^fl[0-9a-f]{12}$")
-_NFT_TIMEOUT_S = 10.0
 NETNS_SYSCTLS = {
     "net/ipv4/ip_unprivileged_port_start": "0",
     "net/ipv4/ping_group_range": "0\t2147483647",
@@ -289,10 +288,12 @@ class FirewallState:
 
 
 class Firewall:
-    """The `inet fleet` table, read with `nft -j` and changed with `nft -f -` (argument lists, no shell)."""
+    """The `inet fleet` table, read as JSON and changed with nft scripts, in-process through libnftables
+    (`nspawn_nft`; the `nft` tool with an argument list where the library is missing, never a shell)."""
 
     def __init__(self, nft: str = "nft", table: str = TABLE) -> None:
         self.nft = nft
+        self._nft = Nft(nft)
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", table):
             raise PermanentError(f"nft table name {table!r} is not a plain identifier", reason="BadTable")
         self.table = table
@@ -322,37 +323,25 @@ class Firewall:
                 finally:
                     self._depth = 0
 
-    def _run(self, arguments: list[str], script: str | None = None) -> str:
-        try:
-            done = subprocess.run(
-                [self.nft, *arguments], input=script, capture_output=True, text=True, timeout=_NFT_TIMEOUT_S
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise TransientError(f"nft failed to run: {error}") from error
-        if done.returncode != 0:
-            raise TransientError(f"nft {' '.join(arguments)} failed: {done.stderr.strip()}")
-        return done.stdout
+    def _run(self, script: str) -> str:
+        done = self._nft.run(script)
+        if not done.ok:
+            first = script.strip().splitlines()[0] if script.strip() else ""
+            raise TransientError(f"nft refused {first!r}...: {done.error}")
+        return done.output
 
     def read(self) -> FirewallState:
-        try:
-            done = subprocess.run(
-                [self.nft, "-j", "list", "table", "inet", self.table],
-                capture_output=True,
-                text=True,
-                timeout=_NFT_TIMEOUT_S,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise TransientError(f"nft failed to run: {error}") from error
-        if done.returncode != 0:
-            if "No such file or directory" in done.stderr:
+        done = self._nft.run(f"list table inet {self.table}", json=True)
+        if not done.ok:
+            if "No such file or directory" in done.error:
                 return FirewallState(exists=False, owned=False)
-            raise TransientError(f"nft could not list table inet {self.table}: {done.stderr.strip()}")
+            raise TransientError(f"nft could not list table inet {self.table}: {done.error}")
         owned = False
         rules: set[str] = set()
         links: dict[str, str] = {}
         ingress: dict[tuple[str, int], str] = {}
         sources: dict[tuple[str, str], str] = {}
-        for item in json.loads(done.stdout).get("nftables", []):
+        for item in json.loads(done.output).get("nftables", []):
             if "set" in item:
                 nft_set = item["set"]
                 if nft_set.get("name") == "tenant_links" and nft_set.get("comment") == TABLE_MARKER:
@@ -395,7 +384,7 @@ class Firewall:
             for (veth, address), tenant in (known_sources or {}).items():
                 if veth in state.links and not any(key[0] == veth for key in sources):
                     sources[(veth, address)] = tenant
-            self._run(["-f", "-"], script + _base_ruleset(self.table, state.links, state.ingress, sources))
+            self._run(script + _base_ruleset(self.table, state.links, state.ingress, sources))
             logger.bind(table=self.table, rebuilt=state.exists).info("Wrote firewall table")
             return self.read()
 
@@ -431,7 +420,7 @@ class Firewall:
             if veth not in state.links:
                 lines.append(f'add element inet {self.table} tenant_links {{ "{veth}" {comment} }}')
             if lines:
-                self._run(["-f", "-"], "\n".join(lines) + "\n")
+                self._run("\n".join(lines) + "\n")
 
     def remove_tenant(self, veth: str) -> list[str]:
         with self._locked():
@@ -454,7 +443,7 @@ class Firewall:
                 lines.append(f"delete element inet {self.table} tenant_sources {{ {items} }}")
                 removed.extend(f"firewall source pin {v} {a}" for v, a in sources)
             if lines:
-                self._run(["-f", "-"], "\n".join(lines) + "\n")
+                self._run("\n".join(lines) + "\n")
             after = self.read()
             if veth in after.links or any(key[0] == veth for key in [*after.ingress, *after.sources]):
                 raise TransientError(f"firewall elements of {veth} are still present after removal")
@@ -464,7 +453,7 @@ class Firewall:
         with self._locked():
             state = self.read()
             if state.exists and state.owned and not state.links and not state.ingress and not state.sources:
-                self._run(["delete", "table", "inet", self.table])
+                self._run(f"delete table inet {self.table}\n")
                 return True
             return False
 

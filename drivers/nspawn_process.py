@@ -1,18 +1,16 @@
 """Start, find and stop a tenant's systemd-nspawn container so that it outlives the operator.
 
-A small launcher (Python run with -I -S, so it starts in milliseconds and imports nothing of ours) forks
-once so the container is re-parented away from the operator, then in the child: `setsid`, writes its pid
-into each of the tenant's cgroup.procs (everything nspawn starts is charged to the tenant), joins the
-tenant's network namespace (made by the host, so it belongs to the host's user namespace and the tenant
-holds no capability over it), installs the tenant seccomp filter (`nspawn_seccomp`), opts into KSM with
-`prctl(PR_SET_MEMORY_MERGE)` when asked, writes a pid file, and execs
+The launcher (`nspawn_launcher`, a fork server kept from the first start) re-parents the container away
+from the operator and, before nspawn's first instruction, puts it in the tenant's cgroups, network
+namespace (made by the host, so it belongs to the host's user namespace and the tenant holds no capability
+over it) and seccomp filter (`nspawn_seccomp`), opts it into KSM, writes a pid file, and execs
 
     systemd-nspawn --register=no --keep-unit -q -D ROOT --machine=T --setenv=FLEET_TENANT=T
                    --private-users=BASE:65536 --private-users-ownership=map --no-new-privileges=yes
-                   --drop-capability=... --as-pid2 /fleet/init
+                   --drop-capability=... --inaccessible=... --as-pid2 /fleet/init
 
 (`--register=no --keep-unit`: no machined and no systemd bus on hosts where systemd is not PID 1; the user
-namespace options come from `nspawn_userns`). Output goes to a per-tenant log file.
+namespace options come from `nspawn_userns`). Output goes to the console log in the tenant's subvolume.
 
 A running container is found by reading /proc, never from memory, so an operator restart never restarts a
 tenant; the pid file only makes the lookup fast. Identity comes from the host, not from a name: a process
@@ -29,8 +27,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +35,7 @@ from pathlib import Path
 from loguru import logger
 
 from drivers import nspawn_userns
+from drivers.nspawn_launcher import Launcher
 from specs import TransientError, validate_name
 
 MARKER = "--setenv=FLEET_TENANT="
@@ -53,56 +50,6 @@ INACCESSIBLE_DIR = Path("/run/systemd/inaccessible")
 HIDDEN_PATHS = (f"/{CONSOLE_LOG}", "/sys/fs/btrfs")
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 PR_SET_MEMORY_MERGE = 67
-
-# Runs in a fresh interpreter (-I -S: no site, no project; nothing imported that it does not need, json
-# alone would cost 15 ms). argv[1:]: pid_file, log, netns ("" for none), seccomp program in hex ("" for
-# none), ksm ("1"/"0"), the number of cgroup.procs files, those files, then the nspawn command line.
-_LAUNCHER = r"""
-import ctypes, os, sys
-pid_file, log_path, netns, seccomp, ksm, count = sys.argv[1:7]
-procs_files = sys.argv[7:7 + int(count)]
-argv = sys.argv[7 + int(count):]
-if os.fork():
-    os._exit(0)
-os.setsid()
-try:
-    for procs in procs_files:
-        with open(procs, "w") as handle:
-            handle.write(str(os.getpid()))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if seccomp:
-        code = bytes.fromhex(seccomp)
-        program = ctypes.create_string_buffer(code, len(code))
-        class Prog(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-        prog = Prog(len(code) // 8, ctypes.cast(program, ctypes.c_void_p))
-        if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
-    if netns:
-        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        if libc.setns(fd, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET) failed")
-        os.close(fd)
-    if ksm == "1" and libc.prctl(67, 1, 0, 0, 0) != 0:
-        sys.stderr.write("fleet-launcher: prctl(PR_SET_MEMORY_MERGE) failed: errno %d\n" % ctypes.get_errno())
-    # In the tenant's own tree (see CONSOLE_LOG): never follow a link or open a FIFO the tenant left there.
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-    if (os.fstat(log).st_mode & 0o170000) != 0o100000:
-        raise OSError("console log %s is not a regular file" % log_path)
-    os.set_blocking(log, True)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0); os.dup2(log, 1); os.dup2(log, 2)
-    os.close(null); os.close(log)
-    temporary = pid_file + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(str(os.getpid()))
-    os.replace(temporary, pid_file)
-    os.execv(argv[0], argv)
-except BaseException as error:
-    sys.stderr.write("fleet-launcher: %r\n" % (error,))
-    os._exit(127)
-"""
-
 
 def _ensure_inaccessible_nodes() -> None:
     """`--inaccessible=` overmounts with /run/systemd/inaccessible/{reg,dir}, which systemd makes at boot as
@@ -194,6 +141,7 @@ class Processes:
         self._members = members
         self._seccomp = seccomp
         self._host_pid_namespace = _pid_namespace("self")
+        self._launcher = Launcher()
         self._sleep = sleep
 
     def _container(self, pid: int, tenant: str, cmdline: list[str] | None = None) -> Container | None:
@@ -312,16 +260,7 @@ class Processes:
             *procs,
             *self.command(tenant, root, uid_base),
         ]
-        try:
-            # The launcher's first process exits at once after forking; the container is its grandchild.
-            subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER, *launcher_arguments],
-                check=True,
-                timeout=deadline_s,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.SubprocessError) as error:
-            raise TransientError(f"launcher for tenant {tenant} failed: {error}") from error
+        self._launcher.launch(launcher_arguments, timeout=deadline_s)
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             container = self.find(tenant)
@@ -379,6 +318,10 @@ class Processes:
                     return container.pid
                 self._sleep(0.005)
         raise TransientError(f"container of tenant {tenant} (pid {container.pid}) survived SIGKILL")
+
+    def close(self) -> None:
+        """Stop the launcher process (containers it started keep running)."""
+        self._launcher.close()
 
     def remove_files(self, tenant: str) -> list[str]:
         removed = []
