@@ -119,6 +119,11 @@ class Launcher:
             if int(answer) != 0:
                 raise TransientError(f"the container launcher's child exited with {int(answer)}")
 
+    def server_pid(self) -> int | None:
+        """The fork server's pid while it runs (None before the first launch, or once it has died)."""
+        server = self._server
+        return server.pid if server is not None and server.poll() is None else None
+
     def _running_server(self) -> subprocess.Popen[bytes]:
         if self._server is None or self._server.poll() is not None:
             self._server = subprocess.Popen(

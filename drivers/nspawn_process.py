@@ -319,6 +319,10 @@ class Processes:
                 self._sleep(0.005)
         raise TransientError(f"container of tenant {tenant} (pid {container.pid}) survived SIGKILL")
 
+    @property
+    def launcher(self) -> Launcher:
+        return self._launcher
+
     def close(self) -> None:
         """Stop the launcher process (containers it started keep running)."""
         self._launcher.close()

@@ -233,6 +233,25 @@ def test_operator_restart_never_restarts_a_tenant(driver: NspawnDriver, make_ten
     assert tenant.name in {o.name for o in second.list()}
 
 
+def test_a_dead_launcher_is_replaced_and_closing_it_leaves_containers_running(
+    driver: NspawnDriver, make_tenant: MakeTenant
+) -> None:
+    first = make_tenant("launched-a")
+    launcher = driver.processes.launcher
+    pid = launcher.server_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # as an OOM kill or an operator's stray kill would
+    wait_for(lambda: launcher.server_pid() is None, what="the launcher to be gone")
+    second = make_tenant("launched-b")  # the next start makes another launcher
+    assert second.running and second.address is not None
+    wait_http(second.address)
+    driver.processes.close()
+    assert launcher.server_pid() is None
+    for tenant in (first, second):
+        seen = driver.inspect(tenant.name)
+        assert seen is not None and seen.running and seen.pid == tenant.pid
+
+
 def test_delete_removes_everything_and_says_so(driver: NspawnDriver) -> None:
     name = f"{TEST_PREFIX}gone"
     driver.clone(name, BASE)
