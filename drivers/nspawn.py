@@ -27,7 +27,7 @@ import psutil
 from loguru import logger
 from pyroute2 import NetlinkError
 
-from drivers import nspawn_cgroups, nspawn_netns, nspawn_network, nspawn_process, nspawn_seccomp
+from drivers import nspawn_cgroups, nspawn_firewall, nspawn_netns, nspawn_network, nspawn_process, nspawn_seccomp
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import INIT_PATH, ensure_builtin
 from specs import (
@@ -184,7 +184,7 @@ class NspawnDriver:
     def _observe(
         self,
         tenant: str,
-        firewall: nspawn_network.FirewallState,
+        firewall: nspawn_firewall.FirewallState,
         running: dict[str, nspawn_process.Container] | None,
     ) -> Observed | None:
         if not self.pool.tenant_exists(tenant):

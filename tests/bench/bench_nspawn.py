@@ -175,7 +175,7 @@ def main() -> None:
 
 def cleanup() -> None:
     from drivers.nspawn import NspawnDriver
-    from drivers.nspawn_network import Firewall
+    from drivers.nspawn_firewall import Firewall
     from tests.integration.conftest import teardown_loop_pool
 
     driver = NspawnDriver(DATA, image_size=20 << 30, address_range="10.216.0.0/16")

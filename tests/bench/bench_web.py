@@ -120,7 +120,8 @@ def gateway_overhead(requests: int) -> str:
             "template": "base", "network": {"ingress": [port]}}}))
         wait_for(lambda: (t := store.get_tenant("bench")) and t.status and t.status.phase.value == "Running"
                  and driver.inspect("bench").network.ingress == (port,), what="Running")  # type: ignore[union-attr]
-        claim = context.signer.mint("bench").token
+        identity = store.desired("bench").created_revision  # type: ignore[union-attr]
+        claim = context.signer.mint("bench", created_revision=identity).token  # type: ignore[arg-type]
 
         def timed(client: httpx.Client) -> list[float]:
             samples = []
@@ -158,7 +159,7 @@ class _BenchFleet(Fleet):
 def webhook_to_running(signups: int) -> str:
     if os.geteuid() != 0:
         return "- Webhook-to-Running (nspawn): not measured, needs root."
-    from drivers import nspawn_network
+    from drivers import nspawn_firewall
     from tests.integration.conftest import teardown_loop_pool
 
     shutil.rmtree(DATA, ignore_errors=True)
@@ -193,7 +194,7 @@ def webhook_to_running(signups: int) -> str:
             wait_for(lambda: client.get("/api/v1/tenants").json()["items"] == [], timeout=120, what="all deleted")
     finally:
         stop_operator(fleet, process)
-        nspawn_network.Firewall().remove_table_if_unused()
+        nspawn_firewall.Firewall().remove_table_if_unused()
         teardown_loop_pool(DATA)
         shutil.rmtree(DATA, ignore_errors=True)
     return (f"- Webhook-to-Running (real nspawn driver, busybox template, {signups} signups one after another, "

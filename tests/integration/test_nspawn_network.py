@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from drivers import nspawn_network
+from drivers import nspawn_firewall
 from drivers.nspawn_network import Networks, netns_path, veth_name
 from specs import PermanentError
 
@@ -159,7 +159,7 @@ def test_refuses_to_adopt_what_fleet_does_not_own(networks: Networks) -> None:
     finally:
         subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)
     # A table of Fleet's name without Fleet's marker (a private name here, so the real table is not needed).
-    foreign = nspawn_network.Firewall(table="fleettest")
+    foreign = nspawn_firewall.Firewall(table="fleettest")
     _nft("add", "table", "inet", "fleettest")
     try:
         with pytest.raises(PermanentError, match="lacks Fleet's marker"):
@@ -169,6 +169,20 @@ def test_refuses_to_adopt_what_fleet_does_not_own(networks: Networks) -> None:
         assert foreign.read().exists  # left alone
     finally:
         _nft("delete", "table", "inet", "fleettest")
+
+
+def test_a_first_ensure_that_fails_half_way_takes_back_what_it_made(runtime_state: Path) -> None:
+    # The last step fails: the firewall table of this name is not Fleet's (a private name, as above).
+    networks = Networks(runtime_state, "10.213.0.0/16", firewall=nspawn_firewall.Firewall(table="fleettest"))
+    _nft("add", "table", "inet", "fleettest")
+    try:
+        with pytest.raises(PermanentError, match="lacks Fleet's marker"):
+            networks.ensure(A, (80,))
+    finally:
+        _nft("delete", "table", "inet", "fleettest")
+    assert networks.leases.get(A) is None, "the lease was released"
+    assert not netns_path(A).exists()
+    assert subprocess.run(["ip", "link", "show", veth_name(A)], capture_output=True).returncode != 0
 
 
 def test_a_half_made_network_is_finished_by_the_next_call(networks: Networks) -> None:
