@@ -4,9 +4,10 @@ Every method is idempotent and safe to call again after a crash half-way through
 the half. Errors leave a driver only as `specs.errors` types.
 """
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from specs import DeleteReceipt, DriverInfo, Network, NodeCapacity, Observed, Resources, Template
+from specs import DeleteReceipt, DriverInfo, Network, NodeCapacity, Observed, Resources, Template, TemplateSource
 
 
 @runtime_checkable
@@ -24,6 +25,13 @@ class Driver(Protocol):
     def inspect(self, tenant: str) -> Observed | None: ...
 
     def ensure_template(self, template: Template) -> None: ...
+
+    def make_template(
+        self, template: Template, source: TemplateSource, progress: Callable[[str], None] = lambda line: None
+    ) -> bool:
+        """Import (`rootfs`, `tarball`) or build (`busybox`, `debootstrap`) a template on this node, read-only
+        and ready to clone. Idempotent: a template of that ref already here is left as it is (False)."""
+        ...
 
     def clone(self, tenant: str, template: Template) -> None: ...
 

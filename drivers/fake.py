@@ -25,6 +25,7 @@ from specs import (
     PermanentError,
     Resources,
     Template,
+    TemplateSource,
     TransientError,
 )
 from specs.errors import FleetError
@@ -185,6 +186,20 @@ class FakeDriver:
         self._enter("ensure_template")
         with self._lock:
             self.templates[template.ref] = template
+
+    def make_template(
+        self, template: Template, source: TemplateSource, progress: Callable[[str], None] = lambda line: None
+    ) -> bool:
+        """Nothing is built in memory, but the source must be there, as the real drivers need it."""
+        self._enter("make_template")
+        if source.path is not None and not (source.path.is_dir() if source.kind == "rootfs" else source.path.is_file()):
+            raise PermanentError(f"{source.describe()} does not exist", reason="BadTemplate")
+        with self._lock:
+            if template.ref in self.templates:
+                return False
+            progress(f"template {template.ref} from {source.describe()}")
+            self.templates[template.ref] = template
+            return True
 
     def clone(self, tenant: str, template: Template) -> None:
         self._enter("clone")

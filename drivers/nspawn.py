@@ -29,7 +29,14 @@ from pyroute2 import NetlinkError
 
 from drivers import nspawn_cgroups, nspawn_firewall, nspawn_netns, nspawn_network, nspawn_process, nspawn_seccomp
 from drivers.nspawn_pool import Pool
-from drivers.nspawn_templates import INIT_PATH, ensure_builtin
+from drivers.nspawn_templates import (
+    INIT_PATH,
+    build_busybox,
+    build_debootstrap,
+    ensure_builtin,
+    import_rootfs,
+    import_tarball,
+)
 from specs import (
     DeleteReceipt,
     DriverInfo,
@@ -40,6 +47,7 @@ from specs import (
     PermanentError,
     Resources,
     Template,
+    TemplateSource,
     TransientError,
     validate_name,
 )
@@ -165,7 +173,11 @@ class NspawnDriver:
             if nspawn_process.ksm_enabled():
                 capabilities.append("ksm")
             self._info = DriverInfo(
-                name=self.name, version=tools["systemd-nspawn"], capabilities=tuple(capabilities), tools=tools
+                name=self.name,
+                version=tools["systemd-nspawn"],
+                capabilities=tuple(capabilities),
+                tools=tools,
+                storage=f"pool {self.pool.root}",
             )
         return self._info
 
@@ -263,6 +275,20 @@ class NspawnDriver:
                 f"template {template.ref} is not on node {self.node}; import a rootfs or tarball for it",
                 reason="TemplateMissing",
             )
+
+    @_at_edge
+    def make_template(
+        self, template: Template, source: TemplateSource, progress: Callable[[str], None] = lambda line: None
+    ) -> bool:
+        if source.kind == "rootfs" and source.path is not None:
+            return import_rootfs(self.pool, template, source.path)
+        if source.kind == "tarball" and source.path is not None:
+            return import_tarball(self.pool, template, source.path)
+        if source.kind == "busybox":
+            return build_busybox(self.pool, template, progress)
+        if source.kind == "debootstrap" and source.suite is not None:
+            return build_debootstrap(self.pool, template, source.suite, progress)
+        raise PermanentError(f"cannot make a template from {source.describe()}", reason="BadTemplate")
 
     @_at_edge
     def clone(self, tenant: str, template: Template) -> None:

@@ -138,7 +138,7 @@ def _check_contract(tree: Path, ref: str, *, require_init: bool) -> None:
         logger.bind(template=ref).warning("Imported template without /fleet/init: the runtime must start httpd")
 
 
-def import_rootfs(pool: Pool, template: Template, rootfs: Path) -> None:
+def import_rootfs(pool: Pool, template: Template, rootfs: Path) -> bool:
     """Copy a root filesystem directory in (reflinks where the source is on the same btrfs)."""
     source = rootfs.resolve()
     if not source.is_dir():
@@ -151,10 +151,10 @@ def import_rootfs(pool: Pool, template: Template, rootfs: Path) -> None:
             timeout=3600,
         )
 
-    _build(pool, template, fill, lambda _: None, require_init=False)
+    return _build(pool, template, fill, lambda _: None, require_init=False)
 
 
-def import_tarball(pool: Pool, template: Template, tarball: Path) -> None:
+def import_tarball(pool: Pool, template: Template, tarball: Path) -> bool:
     """Extract a root filesystem tarball (any compression tarfile reads); members may not escape the tree."""
     if not tarball.is_file():
         raise PermanentError(f"tarball {tarball} does not exist", reason="BadTemplate")
@@ -168,10 +168,10 @@ def import_tarball(pool: Pool, template: Template, tarball: Path) -> None:
         except (tarfile.TarError, OSError) as error:
             raise PermanentError(f"cannot extract {tarball}: {error}", reason="BadTemplate") from error
 
-    _build(pool, template, fill, lambda _: None, require_init=False)
+    return _build(pool, template, fill, lambda _: None, require_init=False)
 
 
-def build_busybox(pool: Pool, template: Template, progress: Callable[[str], None] = lambda s: None) -> None:
+def build_busybox(pool: Pool, template: Template, progress: Callable[[str], None] = lambda s: None) -> bool:
     """The built-in template: a static busybox, its applets as symlinks, a web page and /fleet/init."""
     busybox = _static_busybox()
 
@@ -191,12 +191,12 @@ def build_busybox(pool: Pool, template: Template, progress: Callable[[str], None
         _write_base_files(tree, template)
         _write_fleet_files(tree, template)
 
-    _build(pool, template, fill, progress, require_init=True)
+    return _build(pool, template, fill, progress, require_init=True)
 
 
 def build_debootstrap(
     pool: Pool, template: Template, suite: str, progress: Callable[[str], None] = lambda s: None
-) -> None:
+) -> bool:
     """A Debian template with debootstrap (minbase), plus /fleet/init and a static busybox for its httpd."""
     if shutil.which("debootstrap") is None:
         raise PermanentError("debootstrap not installed: apt-get install debootstrap", reason="ToolMissing")
@@ -220,7 +220,7 @@ def build_debootstrap(
         (tree / "srv/www").mkdir(parents=True, exist_ok=True)
         _write_fleet_files(tree, template)
 
-    _build(pool, template, fill, progress, require_init=True)
+    return _build(pool, template, fill, progress, require_init=True)
 
 
 def ensure_builtin(pool: Pool, template: Template) -> bool:

@@ -1,4 +1,6 @@
-"""Driver names to classes. Modules load lazily so a host without a backend's tools can run the others."""
+"""Driver names to classes. Modules load lazily so a host without a backend's tools can run the others
+(and a CLI command that needs no driver does not pay for importing one). The only dynamic import in the
+project: everything outside `drivers/` reaches a backend through this module and `drivers.base`."""
 
 import importlib
 from typing import Any
@@ -6,6 +8,7 @@ from typing import Any
 from drivers.base import Driver
 from specs import PermanentError
 
+_PROBLEMS: dict[str, str] = {"nspawn": "drivers.nspawn:host_problems"}
 _DRIVERS: dict[str, str] = {
     "fake": "drivers.fake:FakeDriver",
     "nspawn": "drivers.nspawn:NspawnDriver",
@@ -26,3 +29,15 @@ def create_driver(name: str, **options: Any) -> Driver:
     driver_class = getattr(importlib.import_module(module_name), class_name)
     driver: Driver = driver_class(**options)
     return driver
+
+
+def host_problems(name: str, **options: Any) -> list[str]:
+    """What keeps driver `name` from running on this host, each with how to fix it; empty when it can."""
+    if name not in _DRIVERS:
+        return [f"this build of Fleet has no {name} driver"]
+    target = _PROBLEMS.get(name)
+    if target is None:
+        return []
+    module_name, function_name = target.split(":")
+    problems: list[str] = getattr(importlib.import_module(module_name), function_name)(**options)
+    return problems

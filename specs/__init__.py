@@ -10,6 +10,7 @@ from specs.observed import DeleteReceipt, DriverInfo, NodeCapacity, Observed
 from specs.quantity import format_bytes, format_cpu, parse_bytes, parse_cpu
 from specs.status import Condition, ConditionStatus, Event, Phase, TenantStatus
 from specs.template import Template
+from specs.template_source import TemplateSource
 from specs.tenant import (
     Metadata,
     Network,
@@ -36,6 +37,7 @@ __all__ = [
     "ResolvedSpec",
     "Resources",
     "Template",
+    "TemplateSource",
     "Tenant",
     "TenantSpec",
     "TenantStatus",

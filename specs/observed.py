@@ -30,6 +30,7 @@ class DriverInfo(BaseModel):
     version: str = ""
     capabilities: tuple[str, ...] = ()
     tools: dict[str, str] = Field(default_factory=dict)
+    storage: str = ""  # where tenants' files live on this node, for people (e.g. "pool /var/lib/fleet/pool")
 
 
 class NodeCapacity(BaseModel):

@@ -1,10 +1,9 @@
 """Choosing and opening the driver for commands that act on this node (up, node, template)."""
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers import Driver, available_drivers, create_driver
+from drivers import Driver, available_drivers, create_driver, host_problems
 from specs import PermanentError, parse_bytes
 
 
@@ -20,11 +19,7 @@ class DriverOptions:
 
 def real_driver_problems(pool: Path | None) -> list[str]:
     """What keeps the real driver from running here, each with how to fix it; empty when it can."""
-    if "nspawn" not in available_drivers():
-        return ["this build of Fleet has no real driver"]
-    module = importlib.import_module("drivers.nspawn")
-    problems: list[str] = module.host_problems(pool_path=pool)
-    return problems
+    return host_problems("nspawn", pool_path=pool)
 
 
 def open_driver(options: DriverOptions) -> tuple[Driver, str]:
@@ -59,6 +54,6 @@ def open_driver(options: DriverOptions) -> tuple[Driver, str]:
         address_range=options.address_range,
         node=options.node,
     )
-    pool = getattr(driver, "pool", None)
-    where = f", pool {pool.root}" if pool is not None else ""
-    return driver, f"{name} ({driver.info().version}{where})"
+    info = driver.info()
+    where = f", {info.storage}" if info.storage else ""
+    return driver, f"{name} ({info.version}{where})"

@@ -7,12 +7,12 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from drivers import nspawn_templates
+from drivers import Driver
 from reconciler.cli.documents import BadInput, describe_validation
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings
-from specs import PermanentError, Template, format_bytes, format_cpu
+from specs import Template, TemplateSource, format_bytes, format_cpu
 
 app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=True)
 
@@ -38,7 +38,7 @@ def _template(
         raise BadInput(describe_validation(error)) from error
 
 
-def _node_driver(settings: Settings, pool: Path | None) -> Any:
+def _node_driver(settings: Settings, pool: Path | None) -> Driver:
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     driver, _ = open_driver(
@@ -109,13 +109,14 @@ def import_template(
     template = _template(ref, cpu, memory, disk, pids, io, ports, description)
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
+    source = TemplateSource(kind="rootfs", path=rootfs) if rootfs else TemplateSource(kind="tarball", path=tarball)
     driver = _node_driver(settings, pool)
-    if rootfs is not None:
-        nspawn_templates.import_rootfs(driver.pool, template, rootfs)
-    elif tarball is not None:
-        nspawn_templates.import_tarball(driver.pool, template, tarball)
+    try:
+        made = driver.make_template(template, source)
+    finally:
+        driver.close()
     store.upsert_template(template)
-    typer.echo(f"template/{template.ref} imported")
+    typer.echo(f"template/{template.ref} {'imported' if made else 'already on this node (left as it is)'}")
 
 
 @app.command("build")
@@ -144,11 +145,10 @@ def build_template(
     def progress(line: str) -> None:
         typer.echo(f"  {line}", err=True)
 
-    if busybox:
-        nspawn_templates.build_busybox(driver.pool, template, progress)
-    elif debootstrap is not None:
-        nspawn_templates.build_debootstrap(driver.pool, template, debootstrap, progress)
-    else:  # pragma: no cover - guarded above
-        raise PermanentError("nothing to build")
+    source = TemplateSource(kind="busybox") if busybox else TemplateSource(kind="debootstrap", suite=debootstrap)
+    try:
+        made = driver.make_template(template, source, progress)
+    finally:
+        driver.close()
     store.upsert_template(template)
-    typer.echo(f"template/{template.ref} built")
+    typer.echo(f"template/{template.ref} {'built' if made else 'already on this node (left as it is)'}")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from drivers.base import Driver
 from drivers.fake import FakeDriver
-from specs import Network, NotFound, Resources
+from specs import Network, NotFound, PermanentError, Resources, TemplateSource
 
 pytest.register_assert_rewrite("tests.integration.conftest_runtime")  # before the import: its asserts are rewritten
 from tests.integration.conftest_runtime import BASE, TEST_PREFIX  # noqa: E402
@@ -137,3 +138,27 @@ def test_missing_tenant_is_none_or_not_found(subject: Subject) -> None:
         subject.driver.apply_resources(name, SMALL)
     with pytest.raises(NotFound):
         subject.driver.start(name)
+
+
+def test_make_template_imports_once_and_tenants_clone_from_it(subject: Subject, tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    for directory in ("usr/bin", "fleet", "srv/www", "etc", "proc", "sys", "dev", "tmp"):
+        (rootfs / directory).mkdir(parents=True)
+    (rootfs / "fleet/init").write_text("#!/bin/sh\nexec sleep 3600\n")
+    (rootfs / "fleet/init").chmod(0o755)
+    template = BASE.model_copy(update={"name": "conftpl", "version": "1"})
+    source = TemplateSource(kind="rootfs", path=rootfs)
+    lines: list[str] = []
+    assert subject.driver.make_template(template, source, lines.append) is True
+    assert subject.driver.make_template(template, source) is False, "already there: left as it is"
+    name = PREFIX + "fromtpl"
+    subject.made.append(name)
+    subject.driver.clone(name, template)
+    observed = subject.driver.inspect(name)
+    assert observed is not None and observed.template == "conftpl@1"
+
+
+def test_make_template_from_a_missing_source_is_a_permanent_error(subject: Subject, tmp_path: Path) -> None:
+    template = BASE.model_copy(update={"name": "confmissing", "version": "1"})
+    with pytest.raises(PermanentError):
+        subject.driver.make_template(template, TemplateSource(kind="tarball", path=tmp_path / "absent.tar"))
