@@ -21,10 +21,12 @@ no value reaches nft text unchecked (names are DNS labels, interface names hex, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 from pyroute2 import IPRoute, NetlinkError
@@ -63,8 +65,8 @@ def netns_path(tenant: str) -> Path:
 def _eth0_address() -> str | None:
     """Runs inside a tenant's namespace: the first IPv4 address of eth0."""
     with IPRoute() as nsr:
-        eth0 = nsr.link_lookup(ifname="eth0")
-        addresses = _ipv4_addresses(nsr, eth0[0]) if eth0 else []
+        eth0 = _link(nsr, "eth0")
+        addresses = _ipv4_addresses(nsr, eth0["index"]) if eth0 is not None else []
         return str(addresses[0][0]) if addresses else None
 
 
@@ -101,6 +103,17 @@ def _ensure_address(ipr: IPRoute, index: int, address: str, *, fresh: bool) -> N
         if wanted in _ipv4_addresses(ipr, index):
             return
     ipr.addr("add", index=index, address=address, prefixlen=30)
+
+
+def _link(ipr: IPRoute, name: str) -> Any | None:
+    """The link called `name`, asked for by name (one reply) rather than found in a dump of every link,
+    which costs as much more as the host has tenants; None when there is none."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as error:
+        if error.code == errno.ENODEV:
+            return None
+        raise
 
 
 def _ipv4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
@@ -177,17 +190,16 @@ class Networks:
     def _delete_link(self, veth: str, tenant: str) -> None:
         """Delete the host end `veth` if it carries the tenant's alias (the peer goes with it)."""
         with IPRoute() as ipr:
-            for index in ipr.link_lookup(ifname=veth):
-                if (ipr.get_links(index)[0].get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant:
-                    ipr.link("del", index=index)
+            link = _link(ipr, veth)
+            if link is not None and (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant:
+                ipr.link("del", index=link["index"])
 
     def _known_sources(self) -> dict[tuple[str, str], str]:
         return {(veth_name(name), lease.tenant_address): name for name, lease in self.leases.all().items()}
 
     def _ensure_host_end(self, ipr: IPRoute, tenant: str, veth: str, peer: str, ns: str, lease: Lease) -> None:
-        indexes = ipr.link_lookup(ifname=veth)
-        if indexes:
-            link = ipr.get_links(indexes[0])[0]
+        link = _link(ipr, veth)
+        if link is not None:
             alias = link.get("IFLA_IFALIAS") or ""
             if alias != ALIAS_PREFIX + tenant:
                 raise PermanentError(
@@ -196,13 +208,15 @@ class Networks:
                 )
             if not self._namespace_end(ns, peer):
                 # The namespace was recreated and took the old peer with it: a veth without its other end.
-                ipr.link("del", index=indexes[0])
-                indexes = []
-        created = not indexes
-        if created:
+                ipr.link("del", index=link["index"])
+                link = None
+        created = link is None
+        if link is None:
             ipr.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
-            indexes = ipr.link_lookup(ifname=veth)
-        index = indexes[0]
+            link = _link(ipr, veth)
+            if link is None:
+                raise TransientError(f"veth {veth} vanished right after it was made")
+        index = link["index"]
         ipr.link("set", index=index, ifalias=ALIAS_PREFIX + tenant, state="up")
         # A link made just now has no address to compare (each netlink round trip costs ~1 ms in pyroute2).
         _ensure_address(ipr, index, lease.host_address, fresh=created)
@@ -210,7 +224,7 @@ class Networks:
     def _namespace_end(self, ns: str, peer: str) -> bool:
         def found() -> bool:
             with IPRoute() as nsr:
-                return bool(nsr.link_lookup(ifname="eth0") or nsr.link_lookup(ifname=peer))
+                return _link(nsr, "eth0") is not None or _link(nsr, peer) is not None
 
         try:
             return nspawn_netns.inside(NETNS_DIR / ns, found)
@@ -224,21 +238,21 @@ class Networks:
         """Runs inside the tenant's namespace: eth0, its address, lo, the default route, the sysctls."""
         _write_namespace_sysctls()
         with IPRoute() as nsr:
-            indexes = nsr.link_lookup(ifname="eth0")
-            renamed = not indexes
-            if renamed:
-                indexes = nsr.link_lookup(ifname=peer)
-                if not indexes:
+            link = _link(nsr, "eth0")
+            renamed = link is None
+            if link is None:
+                link = _link(nsr, peer)
+                if link is None:
                     raise TransientError(f"veth end {peer} vanished from namespace {ns}")
-            index = indexes[0]
+            index = link["index"]
             if renamed:  # one message: the rename happens before the link comes up (as `ip link set ... name eth0 up`)
                 nsr.link("set", index=index, ifname="eth0", state="up")
             else:
                 nsr.link("set", index=index, state="up")
             _ensure_address(nsr, index, lease.tenant_address, fresh=renamed)
-            loopback = nsr.link_lookup(ifname="lo")
-            if loopback:
-                nsr.link("set", index=loopback[0], state="up")
+            loopback = _link(nsr, "lo")
+            if loopback is not None:
+                nsr.link("set", index=loopback["index"], state="up")
             nsr.route("replace", dst="0.0.0.0/0", gateway=lease.host_address, oif=index)
 
     # -- observe ----------------------------------------------------------------------------------------
@@ -248,9 +262,8 @@ class Networks:
         has_netns = nspawn_netns.is_bound(netns_path(tenant))
         veth_present = veth_up = False
         with IPRoute() as ipr:
-            indexes = ipr.link_lookup(ifname=veth)
-            if indexes:
-                link = ipr.get_links(indexes[0])[0]
+            link = _link(ipr, veth)
+            if link is not None:
                 veth_present = (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant
                 veth_up = veth_present and link.get("IFLA_OPERSTATE") == "UP"
         address = None
@@ -294,11 +307,11 @@ class Networks:
         removed = self.firewall.remove_tenant(veth)
         try:
             with IPRoute() as ipr:
-                indexes = ipr.link_lookup(ifname=veth)
-                if indexes:
-                    alias = ipr.get_links(indexes[0])[0].get("IFLA_IFALIAS") or ""
+                link = _link(ipr, veth)
+                if link is not None:
+                    alias = link.get("IFLA_IFALIAS") or ""
                     if alias == ALIAS_PREFIX + tenant:
-                        ipr.link("del", index=indexes[0])
+                        ipr.link("del", index=link["index"])
                         removed.append(f"veth {veth}")
                 if ns in nspawn_netns.names():
                     nspawn_netns.remove(netns_path(tenant))
