@@ -4,7 +4,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: up test setup lint bench bench-fake bench-fleet clean
+.PHONY: up test setup lint bench bench-fake bench-fleet bench-cli clean
 up: setup
 	$(VENV)/bin/fleet up $(ARGS)
 
@@ -24,13 +24,16 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy specs state drivers reconciler
 
-bench: bench-fake bench-fleet
+bench: bench-fake bench-fleet bench-cli
 
 bench-fleet: setup
 	$(VENV)/bin/python -m tests.bench.bench_fleet
 
 bench-fake: setup
 	$(VENV)/bin/python -m tests.bench.bench_fake_10k
+
+bench-cli: setup
+	$(VENV)/bin/python -m tests.bench.bench_cli
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

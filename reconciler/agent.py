@@ -13,7 +13,6 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-import psutil
 from loguru import logger
 
 from drivers import Driver
@@ -43,6 +42,8 @@ class AgentConfig:
     resync_seconds: float = 30.0
     poll_seconds: float = 0.5  # PostgreSQL's NOTIFY wakes the feed sooner
     base_domain: str = "fleet.localhost"
+    url_scheme: str = "http"  # and public_port: how customers reach the gateway, for status.url
+    public_port: int | None = None
     template_refresh_beats: int = 5  # look for new templates every this many heartbeats
 
 
@@ -72,10 +73,13 @@ class Agent:
                 resync_seconds=config.resync_seconds,
                 poll_seconds=config.poll_seconds,
                 base_domain=config.base_domain,
+                url_scheme=config.url_scheme,
+                public_port=config.public_port,
                 self_bind=False,
             ),
         )
         self.templates: set[str] = set()
+        self.missing_templates: dict[str, str] = {}  # ref -> why the driver could not make it here
         self.lost = threading.Event()  # set when another agent took this node's lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,12 +87,26 @@ class Agent:
         self._log = logger.bind(node=config.node)
 
     def ensure_templates(self) -> set[str]:
-        """Make every template of the store present on this node; return the refs it holds."""
+        """Make every template of the store present on this node; return the refs it holds. A template the
+        driver cannot make here (no image for it on this node, a failing build) is left out, not fatal:
+        the node still registers and reports the ones it has, the scheduler keeps tenants needing the
+        missing one off this node (their Scheduled condition says "template ... not present"), and the
+        next template refresh tries again."""
         for template in self.store.list_templates():
-            if template.ref not in self.templates:
+            if template.ref in self.templates:
+                continue
+            try:
                 self.driver.ensure_template(template)
-                self.templates.add(template.ref)
-                self._log.bind(template=template.ref).info("Ensured template")
+            except FleetError as error:
+                if self.missing_templates.get(template.ref) != str(error):
+                    self._log.bind(template=template.ref, reason=error.reason).warning(
+                        "Could not ensure template; tenants needing it will not be scheduled here: {}", error
+                    )
+                self.missing_templates[template.ref] = str(error)
+                continue
+            self.missing_templates.pop(template.ref, None)
+            self.templates.add(template.ref)
+            self._log.bind(template=template.ref).info("Ensured template")
         return set(self.templates)
 
     def register(self) -> None:
@@ -129,7 +147,7 @@ class Agent:
         if len(parts) < 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
             return False
         pid = int(parts[2])
-        if pid == os.getpid() or psutil.pid_exists(pid):
+        if pid == os.getpid() or _pid_alive(pid):
             return False
         taken = self.nodes.take_over_lease(
             f"node/{self.config.node}", lease.holder, self.identity, self.config.lease_seconds
@@ -193,3 +211,14 @@ class Agent:
 
 
 __all__ = ["Agent", "AgentConfig", "agent_identity", "allocatable"]
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from reconciler.actions import Action, ApplyNetwork, ApplyResources, Clone, Start
+from reconciler.actions import Action, ApplyNetwork, ApplyResources, Clone, Delete, Start
 from specs import (
     Condition,
     ConditionStatus,
@@ -103,6 +103,11 @@ def derive_status(
         )
         ready_condition = _condition(previous, "Ready", F, reason, message, now, gen)
     conditions.append(ready_condition)
+    if spec.deleting:
+        # Why a delete has not finished yet, for the operator at 3 a.m.: it is retried until it does.
+        conditions.append(
+            cond("Deleted", False, ("", ""), ("InProgress", "deleting everything the tenant had"), Delete)
+        )
 
     if spec.deleting:
         phase = Phase.DELETING

@@ -22,6 +22,7 @@ from reconciler.conditions import derive_status, describe_drift, same_status
 from reconciler.executor import Executor
 from reconciler.plan import plan
 from reconciler.queue import WorkQueue
+from reconciler.urls import PublicAddress
 from specs import Event, FleetError, NotFound, Observed, PermanentError, Phase, TransientError
 from state import Store
 
@@ -41,6 +42,7 @@ class ControllerConfig:
     poll_seconds: float = 0.05
     base_domain: str = "fleet.localhost"
     url_scheme: str = "http"
+    public_port: int | None = None  # the port customers reach the gateway on (None: the scheme's)
     # True on a single machine (`fleet up`): an unbound tenant is bound to this node. False under an agent
     # of a fleet: the scheduler binds, and this controller touches only tenants bound to its node.
     self_bind: bool = True
@@ -61,7 +63,7 @@ class Controller:
         self.store = store
         self.driver = driver
         self.config = config or ControllerConfig()
-        self.queue = queue or WorkQueue()
+        self.queue = queue if queue is not None else WorkQueue()  # not `or`: an empty queue is falsy (__len__)
         self.executor = Executor(driver, node=self.config.node)
         self.stats = Stats()
         self.last_seen_revision = 0
@@ -72,7 +74,7 @@ class Controller:
 
     # -- one pass ----------------------------------------------------------------------------------
     def url_for(self, name: str) -> str:
-        return f"{self.config.url_scheme}://{name}.{self.config.base_domain}/"
+        return PublicAddress(self.config.base_domain, self.config.url_scheme, self.config.public_port).url(name)
 
     def reconcile(self, name: str) -> Outcome:
         """One level-triggered pass over one tenant. Raises only what the driver or store raise."""
@@ -180,8 +182,9 @@ class Controller:
             outcome = Outcome.RETRY
             self._log.bind(tenant=name).info("Will retry: {}", error)
         except PermanentError as error:
-            outcome = Outcome.FAILED
-            self._record_permanent(name, error)
+            # A delete never gives up: whatever stops it (a part Fleet does not own, a host refusing) is
+            # in the condition, and it is tried again with backoff until it finishes.
+            outcome = Outcome.RETRY if self._record_permanent(name, error) else Outcome.FAILED
         except FleetError as error:
             outcome = Outcome.RETRY
             self._log.bind(tenant=name).warning("Will retry after an unclassified error: {}", error)
@@ -202,14 +205,16 @@ class Controller:
         )
         return outcome
 
-    def _record_permanent(self, name: str, error: PermanentError) -> None:
-        """A failure before any action ran (e.g. a template gone): say so in status and events."""
+    def _record_permanent(self, name: str, error: PermanentError) -> bool:
+        """A failure that retrying alone will not fix: say so in status and events. True when the tenant is
+        being deleted (the caller retries it anyway)."""
         record = self.store.desired(name)
         if record is None:
-            return
+            return False
+        deleting = record.spec is not None and record.spec.deleting
         previous = record.status
-        if previous is not None and previous.phase == Phase.FAILED and previous.last_error == str(error):
-            return
+        if previous is not None and previous.last_error == str(error) and (deleting or previous.phase == Phase.FAILED):
+            return deleting  # already said (a failed delete's pass records its own Deleting status)
         from specs import Condition, ConditionStatus, TenantStatus  # local: only this rare path
 
         now = datetime.now(UTC)
@@ -233,6 +238,7 @@ class Controller:
         event = Event(tenant=name, node=self.config.node, type="Warning", reason=error.reason, message=str(error))
         if previous is None or previous.last_error != str(error):
             self.store.record(name, status, None, [event])
+        return deleting
 
     # -- feeding the queue -------------------------------------------------------------------------
     def poll_changes(self) -> int:

@@ -156,7 +156,7 @@ class SchedulerConfig:
     strategy: Strategy = Strategy.BINPACK
     lease_seconds: float = 10.0
     interval_seconds: float = 1.0
-    batch: int = 1000
+    batch: int = 250  # bindings per transaction: short, so a raw SQL writer on SQLite never waits long
     max_tenants_per_node: int | None = None
 
 
@@ -165,6 +165,7 @@ class PassResult:
     leader: bool = False
     bound: int = 0
     unschedulable: int = 0
+    finalized: int = 0  # deletes of unbound tenants finished
     not_ready: list[str] = field(default_factory=list)
 
 
@@ -197,9 +198,30 @@ class Scheduler:
         if not leader:
             return result
         result.not_ready = self.expire_nodes()
+        result.finalized = self.finalize_unbound_deletions()
         bound, unschedulable = self.schedule()
         result.bound, result.unschedulable = bound, unschedulable
         return result
+
+    def finalize_unbound_deletions(self) -> int:
+        """Finish the delete of each tenant deleted before it was bound: no node has anything of it, so no
+        agent would ever finish it. A compare-and-set on "still unbound": a tenant bound meanwhile is left
+        to its node's agent. The receipt says nothing was made, and the tombstone tells watchers."""
+        finalized = 0
+        for name in self.nodes.unbound_deletions():
+            events = [
+                Event(tenant=name, reason="Deleted", action="Delete",
+                      message="deleted before it was bound to a node: nothing was made on any host, so nothing "
+                      "was left to remove", details={"removed": [], "already_absent": []}),
+                Event(tenant=name, reason="Finalized",
+                      message="everything the tenant had is gone; the record is removed"),
+            ]
+            if self.store.finalize_delete(name, events, only_unbound=True):
+                finalized += 1
+                self._said.pop(name, None)
+        if finalized:
+            self._log.bind(tenants=finalized).info("Finalized deletes of unbound tenants")
+        return finalized
 
     def expire_nodes(self) -> list[str]:
         """Nodes whose heartbeat lease ran out become NotReady; their tenants' Ready turns Unknown. Their

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specs.names import validate_name
-from specs.tenant import Network, Resources
+from specs.tenant import NAME_SCHEMA, Network, Resources
 
 PLAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 PLAN_ID_RULE = "must be a billing price or product id: 1-128 letters, digits, '_', '.', ':' and '-'"
@@ -19,8 +19,9 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["Plan"] = "Plan"
-    id: str = Field(description="The billing system's price id (price_...) or product id (prod_...)")
-    template: str
+    id: str = Field(description="The billing system's price id (price_...) or product id (prod_...)",
+                    json_schema_extra={"pattern": PLAN_ID_PATTERN})
+    template: str = Field(json_schema_extra=NAME_SCHEMA)
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
     description: str = Field(default="", max_length=500)

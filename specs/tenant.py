@@ -10,15 +10,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
 
 from specs import limits
-from specs.names import validate_name
-from specs.quantity import format_bytes, format_cpu, parse_bytes, parse_cpu
+from specs.names import NAME_PATTERN, validate_name
+from specs.quantity import bytes_pattern, cpu_pattern, format_bytes, format_cpu, parse_bytes, parse_cpu
 from specs.status import TenantStatus
 
-_LABEL_KEY = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_KEY_BODY = r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_LABEL_VALUE_BODY = r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?"
+LABEL_KEY_PATTERN = f"^{_LABEL_KEY_BODY}$"
+LABEL_VALUE_PATTERN = f"^{_LABEL_VALUE_BODY}$"
+LABEL_SELECTOR_PATTERN = f"^{_LABEL_KEY_BODY}={_LABEL_VALUE_BODY}$"  # KEY=VALUE, as `?label=` takes it
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 
 
 def _bounded(low: int, high: int, shown: Any) -> Callable[[int], int]:
@@ -50,18 +55,71 @@ def _io(value: Any) -> int:
 
 
 def _pids(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():  # 256.0 is 256 in JSON (and in its schema)
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("must be a whole number of processes")
     return _bounded(limits.PIDS_MIN, limits.PIDS_MAX, str)(value)
 
 
-# Serialized as "500m" in JSON so a round trip never reads millicores back as cores.
-Millicores = Annotated[int, BeforeValidator(_cpu), PlainSerializer(format_cpu, return_type=str, when_used="json")]
-MemoryBytes = Annotated[int, BeforeValidator(_memory)]
-DiskBytes = Annotated[int, BeforeValidator(_disk)]
-Pids = Annotated[int, BeforeValidator(_pids)]
-IoBytesPerSecond = Annotated[int, BeforeValidator(_io)]
-Name = Annotated[str, BeforeValidator(validate_name)]
+# What the API's OpenAPI document says each value accepts: the same rules as the validators above, so a
+# client that checks a spec against the schema gets the server's answer (tests/property holds them equal).
+
+
+def _integer_schema(low: int, high: int, *, multiple_of: int = 1) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
+    return schema | ({"multipleOf": multiple_of} if multiple_of > 1 else {})
+
+
+def _size_schema(low: int, high: int, unit: str, multiple_of: int = 1) -> dict[str, Any]:
+    text = {"type": "string", "pattern": bytes_pattern(low, high, multiple_of=multiple_of)}
+    return {"anyOf": [_integer_schema(low, high, multiple_of=multiple_of), text],
+            "description": f"{unit}: a number of bytes, or a size with a binary suffix (Ki, Mi, Gi, Ti), from "
+            f"{format_bytes(low)} to {format_bytes(high)}"}
+
+
+_CPU_TEXT = {"type": "string", "pattern": cpu_pattern(limits.CPU_MILLICORES_MIN, limits.CPU_MILLICORES_MAX)}
+_CPU_SCHEMA = {
+    "anyOf": [{"type": "number", "minimum": limits.CPU_MILLICORES_MIN / 1000,
+               "maximum": limits.CPU_MILLICORES_MAX / 1000, "multipleOf": 0.001}, _CPU_TEXT],
+    "description": f"Cores (1, 0.5) or millicores (500m), from {format_cpu(limits.CPU_MILLICORES_MIN)} to "
+    f"{format_cpu(limits.CPU_MILLICORES_MAX)}",
+}
+
+
+# Serialized as "500m" in JSON so a round trip never reads millicores back as cores. Each type says in the
+# OpenAPI document what it accepts (validation) and what the API answers with (serialization).
+Millicores = Annotated[
+    int, BeforeValidator(_cpu), PlainSerializer(format_cpu, return_type=str, when_used="json"),
+    WithJsonSchema(_CPU_SCHEMA, mode="validation"), WithJsonSchema(_CPU_TEXT, mode="serialization"),
+]
+MemoryBytes = Annotated[
+    int, BeforeValidator(_memory),
+    WithJsonSchema(_size_schema(limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX, "Memory and swap",
+                                limits.MEMORY_PAGE), mode="validation"),
+    WithJsonSchema(_integer_schema(limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX, multiple_of=limits.MEMORY_PAGE),
+                   mode="serialization"),
+]
+DiskBytes = Annotated[
+    int, BeforeValidator(_disk),
+    WithJsonSchema(_size_schema(limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX, "Disk"), mode="validation"),
+    WithJsonSchema(_integer_schema(limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX), mode="serialization"),
+]
+Pids = Annotated[int, BeforeValidator(_pids), WithJsonSchema(_integer_schema(limits.PIDS_MIN, limits.PIDS_MAX))]
+IoBytesPerSecond = Annotated[
+    int, BeforeValidator(_io),
+    WithJsonSchema(_size_schema(limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX,
+                                "Disk bandwidth per second, reads and writes each"), mode="validation"),
+    WithJsonSchema(_integer_schema(limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
+                   mode="serialization"),
+]
+NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": 63}
+Name = Annotated[str, BeforeValidator(validate_name), WithJsonSchema(NAME_SCHEMA)]
+LABELS_SCHEMA: dict[str, Any] = {
+    "type": "object", "maxProperties": limits.LABELS_MAX, "propertyNames": {"pattern": LABEL_KEY_PATTERN},
+    "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
+}
+Labels = Annotated[dict[str, str], WithJsonSchema(LABELS_SCHEMA)]  # checked by Metadata, with its messages
 
 
 class _Strict(BaseModel):
@@ -103,7 +161,12 @@ class Resources(_Strict):
 class Network(_Strict):
     """Ports the tenant accepts connections on, from the gateway and the host only."""
 
-    ingress: tuple[int, ...] | None = None
+    ingress: Annotated[
+        tuple[int, ...] | None,
+        WithJsonSchema({"anyOf": [{"type": "array", "maxItems": limits.PORTS_MAX,
+                                   "items": {"type": "integer", "minimum": 1, "maximum": 65535}},
+                                  {"type": "null"}]}),
+    ] = None
 
     @field_validator("ingress", mode="before")
     @classmethod
@@ -112,7 +175,8 @@ class Network(_Strict):
             return None
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
             raise ValueError("must be a list of port numbers")
-        ports = list(value)
+        # 80.0 is 80 in JSON (and in its schema)
+        ports = [int(port) if isinstance(port, float) and port.is_integer() else port for port in value]
         if len(ports) > limits.PORTS_MAX:
             raise ValueError(f"must list at most {limits.PORTS_MAX} ports")
         for port in ports:
@@ -128,9 +192,24 @@ class TenantSpec(_Strict):
     paused: bool = False
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent means "unchanged"; null would reset what cannot be reset
+
+
+class TenantSpecPatch(_Strict):
+    """A JSON merge patch (RFC 7386) of a TenantSpec, as `PATCH /api/v1/tenants/{name}` takes it: a key given
+    replaces, null resets it to the template's default. The template can be replaced, never reset. The API
+    validates the merged spec as a TenantSpec, so this model is the patch's schema."""
+
+    template: Annotated[str | None, WithJsonSchema(NAME_SCHEMA)] = Field(default=None, json_schema_extra=_no_default)
+    resources: Resources | None = None
+    network: Network | None = None
+    paused: bool | None = None
+
+
 class Metadata(_Strict):
     name: Name
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     # Set by the store, never by the writer:
     generation: int = 0
     revision: int = 0
@@ -153,8 +232,8 @@ class Metadata(_Strict):
 class Tenant(_Strict):
     """A tenant document as `fleet apply` reads it and `fleet get -o yaml` writes it."""
 
-    api_version: str = Field(default="fleet/v1", alias="apiVersion")
-    kind: str = "Tenant"
+    api_version: str = Field(default="fleet/v1", alias="apiVersion", json_schema_extra={"enum": ["fleet/v1"]})
+    kind: str = Field(default="Tenant", json_schema_extra={"enum": ["Tenant"]})
     metadata: Metadata
     spec: TenantSpec
     status: TenantStatus | None = None

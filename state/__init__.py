@@ -4,7 +4,7 @@ The only package that speaks SQL. It imports `specs` and nothing else of the pro
 the host (that is `drivers/`).
 """
 
-from state.errors import AlreadyExists, Conflict, InvalidRecord
+from state.errors import AlreadyExists, Conflict, InvalidRecord, TenantOwned
 from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
 from state.store import Store
 
@@ -17,5 +17,6 @@ __all__ = [
     "DesiredRecord",
     "InvalidRecord",
     "Store",
+    "TenantOwned",
     "TenantPage",
 ]

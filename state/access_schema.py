@@ -9,7 +9,7 @@ their SHA-256.
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Integer, PrimaryKeyConstraint, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Index, Integer, PrimaryKeyConstraint, Text, text
 from sqlmodel import Field, SQLModel
 
 from specs import limits
@@ -60,10 +60,21 @@ class WebhookEventRow(SQLModel, table=True):
     received_at: datetime | None = _created()
 
 
+# A subscription binds its tenant from the first plan applied until it is deleted; a row without a plan
+# (a subscription Fleet never provisioned) binds nothing. At most one binding per tenant (migration 7).
+BINDS_TENANT = "plan IS NOT NULL AND deleted_at IS NULL"
+ONE_SUBSCRIPTION_PER_TENANT = "billing_subscriptions_one_per_tenant"
+
+
 class SubscriptionRow(SQLModel, table=True):
-    """The last billing state applied per subscription: what makes out-of-order events harmless."""
+    """The last billing state applied per subscription: what makes out-of-order events harmless, and which
+    subscription a tenant belongs to (exactly one)."""
 
     __tablename__ = "billing_subscriptions"
+    __table_args__ = (
+        Index(ONE_SUBSCRIPTION_PER_TENANT, "tenant", unique=True, sqlite_where=text(BINDS_TENANT),
+              postgresql_where=text(BINDS_TENANT)),
+    )
 
     subscription_id: str = Field(sa_column=Column(Text, primary_key=True))
     tenant: str = Field(sa_column=Column(Text, nullable=False, index=True))

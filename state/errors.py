@@ -1,4 +1,13 @@
-"""Errors the store raises, mapped from the database's at this one edge."""
+"""Errors the store raises, mapped from the database's at this one edge.
+
+PermanentError (specs)
+├── InvalidRecord       a write no valid spec could produce (names the field and the rule)
+├── Conflict            the write collides with the stored state
+│   ├── AlreadyExists   a create named a record that exists
+│   ├── TenantOwned     a billing subscription named a tenant another subscription owns
+│   └── StaleWrite      a compare-and-set found the record changed since it was read
+└── RevisionCompacted   a feed reader asked for changes older than what the store still keeps
+"""
 
 import re
 
@@ -32,12 +41,54 @@ class InvalidRecord(PermanentError):
         self.rule = rule
 
 
+class UnknownReference(InvalidRecord):
+    """A write that names a record the store does not have (a template). Valid in itself, it can succeed
+    once that record exists: the API answers 409, not 422."""
+
+
 class Conflict(PermanentError):
     reason = "Conflict"
 
 
 class AlreadyExists(Conflict):
     """A create named a record that exists."""
+
+
+class TenantOwned(Conflict):
+    """A billing subscription named a tenant that another subscription (or no subscription) owns: a tenant
+    belongs to exactly one subscription. `owner` is that subscription, None when it is not known."""
+
+    def __init__(self, tenant: str, owner: str | None) -> None:
+        whose = f"subscription {owner}" if owner else "another subscription"
+        super().__init__(f"tenant: tenant {tenant} belongs to {whose}")
+        self.tenant = tenant
+        self.owner = owner
+
+
+class StaleWrite(Conflict):
+    """A write conditioned on what was read (a generation, labels) found the record changed meanwhile:
+    nothing was written. Read again and reapply the change."""
+
+    reason = "StaleWrite"
+
+    def __init__(self, message: str, *, current_generation: int) -> None:
+        super().__init__(message)
+        self.current_generation = current_generation
+
+
+class RevisionCompacted(PermanentError):
+    """Deletions at or below `horizon` were pruned: a reader resuming from an older revision could miss
+    one, so it must list again and follow the feed from the revision of that list."""
+
+    reason = "Gone"
+
+    def __init__(self, revision: int, horizon: int) -> None:
+        super().__init__(
+            f"revision: {revision} is older than the oldest the store keeps ({horizon}); "
+            "list the tenants again and watch from the revision of that list"
+        )
+        self.revision = revision
+        self.horizon = horizon
 
 
 def field_for(column: str) -> str:
@@ -73,4 +124,5 @@ def translate(error: DBAPIError) -> FleetError:
     return PermanentError(f"the store refused the write: {message}")
 
 
-__all__ = ["AlreadyExists", "Conflict", "InvalidRecord", "NotFound", "field_for", "translate"]
+__all__ = ["AlreadyExists", "Conflict", "InvalidRecord", "NotFound", "RevisionCompacted", "StaleWrite", "TenantOwned",
+           "UnknownReference", "field_for", "translate"]

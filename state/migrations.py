@@ -12,8 +12,9 @@ from sqlalchemy import CheckConstraint, Connection, Engine, and_, inspect, selec
 from sqlmodel import SQLModel
 
 from specs import Network, PermanentError, Resources, Template
-from state.access_schema import ACCESS_TABLES
+from state.access_schema import ACCESS_TABLES, ONE_SUBSCRIPTION_PER_TENANT
 from state.dialects import Dialect
+from state.housekeeping_schema import AGE_INDEXES, WATCH_HORIZON
 from state.nodes_schema import NODE_TABLES
 from state.schema import TEMPLATES, TOMBSTONES, MigrationRow, RevisionRow
 
@@ -148,3 +149,58 @@ def _io_limits(conn: Connection, dialect: Dialect) -> None:
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(6, "disk bandwidth limits (resources.io)", _io_limits))
+
+
+def _one_subscription_per_tenant(conn: Connection, dialect: Dialect) -> None:
+    """Issue 10: a tenant belongs to exactly one billing subscription, so no other subscription's events can
+    re-plan or delete it. A store that already has two subscriptions bound to one tenant keeps the one with
+    the oldest last event (the first to provision it, as far as the store can tell); the others are
+    unbound (their plan cleared: they own nothing, and their cancellation deletes nothing), with a warning
+    naming them."""
+    table = SQLModel.metadata.tables["billing_subscriptions"]
+    index = next(i for i in table.indexes if i.name == ONE_SUBSCRIPTION_PER_TENANT)
+    if index.name in {i["name"] for i in inspect(conn).get_indexes("billing_subscriptions")}:
+        return  # a store created since: migration 2 made the table with it
+    bound = conn.execute(
+        select(table.c.subscription_id, table.c.tenant)
+        .where(and_(table.c.plan.is_not(None), table.c.deleted_at.is_(None)))
+        .order_by(table.c.tenant, table.c.last_event_created, table.c.subscription_id)
+    ).all()
+    owners: dict[str, str] = {}
+    for row in bound:
+        if row.tenant not in owners:
+            owners[row.tenant] = row.subscription_id
+            continue
+        conn.execute(table.update().where(table.c.subscription_id == row.subscription_id).values(plan=None))
+        logger.warning("Unbound a second subscription from its tenant", tenant=row.tenant,
+                       subscription=row.subscription_id, kept=owners[row.tenant])
+    index.create(conn)
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(7, "one billing subscription per tenant", _one_subscription_per_tenant))
+
+
+def _tenant_identity(conn: Connection, dialect: Dialect) -> None:
+    """Issue 10: a tenant's identity beyond its name, so a claim minted for a tenant is refused by a tenant
+    created again under that name. `created_revision` is the revision of the tenant's insert, stamped by
+    the insert trigger and kept by every update; existing tenants get their current revision (unique too)."""
+    if "created_revision" not in {c["name"] for c in inspect(conn).get_columns("tenants")}:
+        conn.exec_driver_sql("ALTER TABLE tenants ADD COLUMN created_revision BIGINT")  # a store created since has it
+    dialect.reinstall_triggers(conn)  # the insert trigger stamps it, the update trigger keeps it
+    conn.exec_driver_sql("UPDATE tenants SET created_revision = revision WHERE created_revision IS NULL")
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(8, "tenant identity (created_revision)", _tenant_identity))
+
+
+def _housekeeping(conn: Connection, dialect: Dialect) -> None:
+    """Issue 10: records pruned by age get an index on their age, and the watch feed a horizon (the newest
+    revision among pruned tombstones; a watcher resuming from before it is told to list again)."""
+    SQLModel.metadata.create_all(conn, tables=[WATCH_HORIZON])
+    if conn.execute(select(WATCH_HORIZON.c.id).where(WATCH_HORIZON.c.id == 1)).first() is None:
+        conn.execute(WATCH_HORIZON.insert().values(id=1, revision=0))
+    for index in AGE_INDEXES:
+        index.create(conn, checkfirst=True)  # a store created since has them from its tables' creation
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(9, "pruning by age: age indexes and the watch horizon", _housekeeping))

@@ -330,6 +330,19 @@ class NodeStore:
             for row in rows
         ]
 
+    def unbound_deletions(self, *, limit: int = 500) -> list[str]:
+        """Tenants deleted before any node was bound to them, oldest request first: nothing of theirs is on
+        any host, so no agent will ever finish their delete (the scheduler does, with `Store.finalize_delete`
+        and `only_unbound`)."""
+        query = (
+            select(TENANTS.c.name)
+            .where(and_(TENANTS.c.node.is_(None), TENANTS.c.deletion_requested_at.is_not(None)))
+            .order_by(TENANTS.c.deletion_requested_at, TENANTS.c.name)
+            .limit(limit)
+        )
+        with self.store._read() as conn:
+            return list(conn.execute(query).scalars())
+
     def bind_many(self, bindings: Sequence[Binding]) -> BindResult:
         """Bind in one transaction, each a compare-and-set (only while unbound and not being deleted), and
         only as far as each node still has room, re-counted under the node's row lock: two schedulers can
@@ -411,14 +424,19 @@ class NodeStore:
             rows = conn.execute(query).all()
         return [(row.name, _status_from_row(row)) for row in rows]
 
-    def write_statuses(self, statuses: Sequence[tuple[str, TenantStatus]], events: Sequence[Event] = ()) -> None:
-        """Many statuses (and events) in one transaction: what a node going NotReady writes."""
-        if not statuses and not events:
-            return
-        with self.store._write() as conn:
-            if statuses:
-                conn.execute(_UPSERT_STATUS, [status_parameters(name, status, None) for name, status in statuses])
-            self.store._append_events(conn, events)
+    def write_statuses(
+        self, statuses: Sequence[tuple[str, TenantStatus]], events: Sequence[Event] = (), *, chunk: int = 100
+    ) -> None:
+        """Many statuses (and events): what a node going NotReady, or a pass of unschedulable tenants,
+        writes. In transactions of at most `chunk` of each, the values built before the write lock is
+        taken: thousands at once would hold SQLite's lock for seconds, and a raw SQL writer waiting on it
+        would time out."""
+        parameters = [status_parameters(name, status, None) for name, status in statuses]
+        for start in range(0, max(len(parameters), len(events)), chunk):
+            with self.store._write() as conn:
+                if parameters[start : start + chunk]:
+                    conn.execute(_UPSERT_STATUS, parameters[start : start + chunk])
+                self.store._append_events(conn, events[start : start + chunk])
 
     def bindings(self) -> dict[str, str]:
         """Every bound tenant and its node."""

@@ -23,6 +23,17 @@ class DesiredRecord:
     template: Template | None
     status: TenantStatus | None
     missing_template: str | None = None
+    # The revision the tenant was created at: which tenant of this name it is (claims are bound to it).
+    created_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What an update expects the stored tenant to be, as it was read before the change was made (a
+    compare-and-set): the same generation and, when given, the same labels."""
+
+    generation: int
+    labels: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ class TenantRow(SQLModel, table=True):
     deletion_requested_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     # Set only by the reconciler once the driver confirmed everything gone; lets the row really go.
     finalized: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    # The revision the tenant was created at, stamped by the insert trigger and never changed: its identity,
+    # unlike `id` (SQLite reuses a deleted row's id) or the name (migration 8).
+    created_revision: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class TenantStatusRow(SQLModel, table=True):

@@ -31,10 +31,10 @@ from specs import (
     TenantStatus,
 )
 from state.dialects import ChangeListener, Dialect, dialect_for
-from state.errors import AlreadyExists, Conflict, InvalidRecord, translate
+from state.errors import AlreadyExists, Conflict, InvalidRecord, StaleWrite, UnknownReference, translate
 from state.group_commit import GroupCommit
 from state.migrations import migrate
-from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, TenantPage
+from state.records import ApplyOutcome, ApplyResult, Change, DesiredRecord, Precondition, TenantPage
 from state.schema import EVENTS, STATUS, TEMPLATES, TENANTS, TOMBSTONES
 
 # Portable upsert (SQLite >= 3.24 and PostgreSQL): a status only for a tenant that still exists, so a
@@ -224,8 +224,14 @@ class Store:
         Each result carries the tenant as the reconciler will see it (defaults resolved) and as stored."""
         return self._apply_all(tenants, dry_run=dry_run, create_only=False)
 
-    def apply_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
-        return self.apply_tenants([tenant], dry_run=dry_run)[0]
+    def apply_tenant(
+        self, tenant: Tenant, *, dry_run: bool = False, precondition: Precondition | None = None
+    ) -> ApplyResult:
+        """With a `precondition`, an update of an existing tenant only (a compare-and-set): `StaleWrite`
+        when it was changed since it was read, `NotFound` when it is gone."""
+        if precondition is None:
+            return self.apply_tenants([tenant], dry_run=dry_run)[0]
+        return self._apply_all([tenant], dry_run=dry_run, create_only=False, precondition=precondition)[0]
 
     def create_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
         """Create one tenant, or raise `AlreadyExists` when the name is taken (even by a tenant being
@@ -255,7 +261,7 @@ class Store:
                 for index, tenant in enumerate(tenants):
                     name = tenant.metadata.name
                     if tenant.spec.template not in known:
-                        answers[index] = InvalidRecord(
+                        answers[index] = UnknownReference(
                             "spec.template", f"unknown template {tenant.spec.template!r}; see fleet template list")
                     elif name in taken:
                         answers[index] = AlreadyExists(f"metadata.name: tenant {name} already exists")
@@ -283,7 +289,9 @@ class Store:
         except FleetError as error:
             return error
 
-    def _apply_all(self, tenants: Sequence[Tenant], *, dry_run: bool, create_only: bool) -> list[ApplyResult]:
+    def _apply_all(
+        self, tenants: Sequence[Tenant], *, dry_run: bool, create_only: bool, precondition: Precondition | None = None
+    ) -> list[ApplyResult]:
         # Rows are read inside the transaction and turned into models after it: the write lock is held for
         # the SQL only.
         written: list[tuple[ApplyOutcome, Any, str | None]] = []
@@ -301,7 +309,7 @@ class Store:
                         if create_only:
                             outcome = self._create_in(conn, tenant.metadata.name, labels, values)
                         else:
-                            outcome = self._apply_in(conn, tenant.metadata.name, labels, values)
+                            outcome = self._apply_in(conn, tenant.metadata.name, labels, values, precondition)
                         row = conn.execute(self._by_name, key).one()
                         # A new row has no status yet (a status is only written for an existing tenant,
                         # and a finalized one's is deleted with it).
@@ -328,25 +336,40 @@ class Store:
     def _create_in(self, conn: Connection, name: str, labels: str, values: dict[str, Any]) -> ApplyOutcome:
         checks = conn.execute(self._create_checks, {"template": values["template"], "name": name}).one()
         if checks.template is None:
-            raise InvalidRecord("spec.template", f"unknown template {values['template']!r}; see fleet template list")
+            raise UnknownReference("spec.template",
+                                   f"unknown template {values['template']!r}; see fleet template list")
         if checks.existing is not None:
             raise AlreadyExists(f"metadata.name: tenant {name} already exists")
         conn.execute(self._insert_tenant, {"name": name, "labels": labels, **values})
         return ApplyOutcome.CREATED
 
-    def _apply_in(self, conn: Connection, name: str, labels: str, values: dict[str, Any]) -> ApplyOutcome:
+    def _apply_in(
+        self, conn: Connection, name: str, labels: str, values: dict[str, Any], precondition: Precondition | None = None
+    ) -> ApplyOutcome:
         if conn.execute(self._template_exists, {"template": values["template"]}).first() is None:
-            raise InvalidRecord("spec.template", f"unknown template {values['template']!r}; see fleet template list")
+            raise UnknownReference("spec.template",
+                                   f"unknown template {values['template']!r}; see fleet template list")
         current = conn.execute(self._current, {"name": name}).first()
+        if current is None and precondition is not None:
+            raise NotFound(f"metadata.name: tenant {name} not found")
         if current is None:
             conn.execute(self._insert_tenant, {"name": name, "labels": labels, **values})
             return ApplyOutcome.CREATED
         if current.deletion_requested_at is not None:
             raise Conflict(f"metadata.name: tenant {name} is being deleted; wait for it to go, then create it again")
+        if precondition is not None:
+            _check(precondition, name, current)
         unchanged = current.labels == labels and all(getattr(current, c) == v for c, v in values.items())
         if unchanged:
             return ApplyOutcome.UNCHANGED
-        conn.execute(TENANTS.update().where(TENANTS.c.name == name).values(labels=labels, **values))
+        update = TENANTS.update().where(TENANTS.c.name == name)
+        if precondition is not None:
+            # PostgreSQL: another writer may have changed the row since it was read above; the revision
+            # moves on every write, so the update is a compare-and-set against that read.
+            update = update.where(TENANTS.c.revision == current.revision)
+        if conn.execute(update.values(labels=labels, **values)).rowcount == 0:
+            raise StaleWrite(f"metadata.generation: tenant {name} was changed meanwhile; read it again and reapply "
+                             "the change", current_generation=current.generation)
         return ApplyOutcome.CONFIGURED
 
     def set_paused(self, name: str, paused: bool) -> int:
@@ -359,32 +382,50 @@ class Store:
     def request_delete(self, name: str) -> bool:
         """Mark for deletion (the reconciler finishes it). False when there is no such tenant."""
         with self._write() as conn:
-            result = conn.execute(
-                TENANTS.update()
-                .where(and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_(None)))
-                .values(deletion_requested_at=func.current_timestamp())
-            )
-            if result.rowcount:
-                return True
-            return conn.execute(select(TENANTS.c.id).where(TENANTS.c.name == name)).first() is not None
+            return self.request_delete_in(conn, name)
 
-    def finalize_delete(self, name: str, events: Sequence[Event] = ()) -> None:
-        """Remove the row for good; only after the driver confirmed everything gone."""
+    # -- inside a write transaction another state/ module holds (its check and these writes commit as one)
+    def apply_tenant_in(self, conn: Connection, tenant: Tenant) -> ApplyOutcome:
+        """`apply_tenant` of one tenant on `conn`, in the caller's write transaction."""
+        labels = json.dumps(tenant.metadata.labels, sort_keys=True)
+        return self._apply_in(conn, tenant.metadata.name, labels, _spec_values(tenant))
+
+    def request_delete_in(self, conn: Connection, name: str) -> bool:
+        """`request_delete` on `conn`, in the caller's write transaction."""
+        result = conn.execute(
+            TENANTS.update()
+            .where(and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_(None)))
+            .values(deletion_requested_at=func.current_timestamp())
+        )
+        if result.rowcount:
+            return True
+        return conn.execute(select(TENANTS.c.id).where(TENANTS.c.name == name)).first() is not None
+
+    def append_events_in(self, conn: Connection, events: Sequence[Event]) -> None:
+        """`append_events` on `conn`, in the caller's write transaction."""
+        self._append_events(conn, events)
+
+    def finalize_delete(self, name: str, events: Sequence[Event] = (), *, only_unbound: bool = False) -> bool:
+        """Remove the row for good; only after the driver confirmed everything gone. With `only_unbound`,
+        only while no node is bound (nothing was ever made on a host): a compare-and-set against a binding.
+        True when the row went (with `only_unbound`, nothing is written unless it did)."""
+        finalizing = and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_not(None))
+        if only_unbound:
+            finalizing = and_(finalizing, TENANTS.c.node.is_(None))
         with self._write() as conn:
-            conn.execute(
-                TENANTS.update()
-                .where(and_(TENANTS.c.name == name, TENANTS.c.deletion_requested_at.is_not(None)))
-                .values(finalized=True)
-            )
+            conn.execute(TENANTS.update().where(finalizing).values(finalized=True))
             gone = conn.execute(
                 TENANTS.delete().where(and_(TENANTS.c.name == name, TENANTS.c.finalized.is_(True)))
             ).rowcount
+            if only_unbound and not gone:
+                return False  # bound meanwhile (or not being deleted): its node's agent finishes it
             conn.execute(STATUS.delete().where(STATUS.c.name == name))
             if gone:
                 # One tombstone per name (the last deletion), stamped with a revision by a trigger.
                 conn.execute(TOMBSTONES.delete().where(TOMBSTONES.c.name == name))
                 conn.execute(TOMBSTONES.insert().values(name=name))
             self._append_events(conn, events)
+        return bool(gone)
 
     def bind(self, name: str, node: str) -> bool:
         """Compare-and-set binding: only an unbound tenant is bound. True if this call bound it."""
@@ -443,7 +484,8 @@ class Store:
         pass: ten thousand tenants of one template then cost one template object, not ten thousand."""
         status = _status_from_row(row, conditions=conditions)
         if row.tpl_version is None:
-            return DesiredRecord(row.name, row.revision, row.node, None, None, status, row.template)
+            return DesiredRecord(row.name, row.revision, row.node, None, None, status, row.template,
+                                 created_revision=row.created_revision)
         key = (row.template, row.tpl_version)
         template = templates.get(key) if templates is not None else None
         if template is None:
@@ -481,7 +523,8 @@ class Store:
             paused=bool(row.paused),
             deleting=row.deletion_requested_at is not None,
         )
-        return DesiredRecord(row.name, row.revision, row.node, spec, template, status)
+        return DesiredRecord(row.name, row.revision, row.node, spec, template, status,
+                             created_revision=row.created_revision)
 
     def get_tenant(self, name: str) -> Tenant | None:
         with self._read() as conn:
@@ -648,6 +691,16 @@ class Store:
                 .group_by(func.coalesce(STATUS.c.phase, "Pending"))
             ).all()
         return {phase: count for phase, count in rows}
+
+
+def _check(precondition: Precondition, name: str, current: Any) -> None:
+    """The stored row is still what the caller read: the same generation (and labels, when given)."""
+    labels_changed = precondition.labels is not None and json.loads(current.labels) != precondition.labels
+    if current.generation != precondition.generation or labels_changed:
+        changed = f"generation {current.generation}, not {precondition.generation}" if (
+            current.generation != precondition.generation) else "new labels"
+        raise StaleWrite(f"metadata.generation: tenant {name} was changed meanwhile ({changed}); read it again "
+                         "and reapply the change", current_generation=current.generation)
 
 
 def utcnow() -> datetime:

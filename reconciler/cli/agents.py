@@ -19,6 +19,7 @@ from reconciler.agent import Agent, AgentConfig
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
+from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 from specs import PermanentError, TransientError
 from state import Store
@@ -74,6 +75,8 @@ def agent(
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain"),
+    public_port: int | None = typer.Option(None, "--public-port", help="Port customers reach the gateway on."),
+    public_scheme: str = typer.Option("http", "--public-scheme", help="http, or https behind a TLS proxy."),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Run this node's agent: register the node, heartbeat, reconcile the tenants bound to it."""
@@ -98,6 +101,8 @@ def agent(
         workers=workers,
         resync_seconds=resync,
         base_domain=base_domain,
+        url_scheme=public_scheme,
+        public_port=public_port,
     )
     runner = Agent(store, driver, config)
     stop = _until_signal()
@@ -119,9 +124,12 @@ def scheduler(
     max_tenants_per_node: int | None = typer.Option(None, "--max-tenants-per-node", min=1),
     interval: float = typer.Option(1.0, "--interval-seconds", min=0.05, help="Longest wait between passes."),
     log_level: str = typer.Option("INFO", "--log-level"),
+    retain: list[str] = typer.Option([], "--retain", help=RETAIN_HELP),
 ) -> None:
-    """Run a scheduler: one is active at a time (a leader lease); it binds unbound tenants to nodes."""
+    """Run a scheduler: one is active at a time (a leader lease); it binds unbound tenants to nodes, finishes
+    the deletes of tenants deleted before they were bound, and prunes old records."""
     configure(log_level)
+    housekeeping = HousekeeperConfig(retention=parse_retention(retain))
     settings: Settings = ctx.obj
     store = _open_store(settings)
     identity = f"{socket.gethostname()}/{os.getpid()}"
@@ -135,10 +143,13 @@ def scheduler(
             max_tenants_per_node=max_tenants_per_node,
         ),
     )
+    housekeeper = Housekeeper(store, housekeeping)
     stop = _until_signal()
     runner.start()
+    housekeeper.start()
     typer.echo(f"Fleet scheduler is up ({strategy.value}). Identity: {identity}.", err=True)
     stop.wait()
+    housekeeper.stop()
     runner.stop()
     store.close()
     typer.echo("Fleet scheduler stopped.", err=True)

@@ -1,11 +1,18 @@
-"""Where the store and the data live, from flags, then the environment, then defaults."""
+"""Where the store and the data live, from flags, then the environment, then defaults.
+
+Imported by every command, `fleet --help` too: it must not import the store (SQLAlchemy) or the specs at
+its top; `open_store` does, for the commands that open one."""
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from specs import PermanentError
-from state import Store
+if TYPE_CHECKING:
+    from state import Store
+
+DB_HELP = "Store URL (sqlite:///PATH or postgresql://USER@HOST/DB). Default: FLEET_DB, else DATA_DIR/fleet.db."
+DATA_DIR_HELP = "Default: FLEET_DATA_DIR, else /var/lib/fleet (root) or ~/.local/share/fleet."
 
 
 def default_data_dir() -> Path:
@@ -33,7 +40,10 @@ class Settings:
             return os.environ["FLEET_DB"]
         return f"sqlite:///{self.resolved_data_dir / 'fleet.db'}"
 
-    def open_store(self, *, create: bool = False) -> Store:
+    def open_store(self, *, create: bool = False) -> "Store":
+        from specs import PermanentError
+        from state import Store
+
         url = self.db_url
         if url.startswith("sqlite:///"):
             path = Path(url.removeprefix("sqlite:///"))

@@ -10,7 +10,7 @@ from reconciler.cli.documents import BadInput, load_documents, parse_tenants
 from reconciler.cli.render import age, as_json, as_yaml, ready_of, table, tenant_document
 from reconciler.cli.settings import Settings
 from reconciler.plan import plan
-from specs import NotFound, Tenant, format_bytes, format_cpu
+from specs import NotFound, Template, Tenant, format_bytes, format_cpu
 from state import Store
 
 
@@ -77,8 +77,7 @@ _HEADERS = ["NAME", "PHASE", "READY", "NODE", "ADDRESS", "CPU", "MEMORY", "DISK"
 _WIDE = ["TEMPLATE", "GEN", "OBSERVED", "URL"]
 
 
-def _effective(store: Store, tenant: Tenant) -> dict[str, str]:
-    template = store.get_template(tenant.spec.template)
+def _effective(tenant: Tenant, template: Template | None) -> dict[str, str]:
     resources = tenant.spec.resources.filled_from(template.resources) if template else tenant.spec.resources
     return {
         "cpu": format_cpu(resources.cpu) if resources.cpu is not None else "-",
@@ -97,7 +96,8 @@ def _print_tenants(store: Store, tenants: list[Tenant], output: Output, header: 
     else:
         wide = output == Output.wide
         headers = _HEADERS + (_WIDE if wide else [])
-        rendered = table(headers, [_row(t, _effective(store, t), wide) for t in tenants])
+        templates = {template.name: template for template in store.list_templates()}  # one query, not one a row
+        rendered = table(headers, [_row(t, _effective(t, templates.get(t.spec.template)), wide) for t in tenants])
         typer.echo(rendered if header else "\n".join(rendered.splitlines()[1:]))
 
 

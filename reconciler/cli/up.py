@@ -15,6 +15,7 @@ from reconciler.cli import web
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
+from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 
 
@@ -38,6 +39,14 @@ def up(
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5, help="How often to compare all with the host."),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
+    public_port: int | None = typer.Option(None, "--public-port", help=web.PUBLIC_PORT_HELP),
+    public_scheme: str = typer.Option("http", "--public-scheme", help=web.PUBLIC_SCHEME_HELP),
+    tenant_connections: int = typer.Option(web.DEFAULT_LIMITS.upstream_connections_per_tenant, "--tenant-connections",
+                                           min=1, help=web.CONNECTIONS_HELP),
+    body_idle: float = typer.Option(web.DEFAULT_LIMITS.request_body_idle_seconds, "--body-idle-seconds", min=0.1,
+                                    help=web.BODY_IDLE_HELP),
+    body_seconds: float = typer.Option(web.DEFAULT_LIMITS.request_body_seconds, "--body-seconds", min=0.1,
+                                       help=web.BODY_SECONDS_HELP),
     log_level: str = typer.Option("INFO", "--log-level"),
     api_listen: str = typer.Option("127.0.0.1:8080", "--api-listen", help="HOST:PORT of the HTTP API (port 0: any)."),
     gateway_listen: str = typer.Option("127.0.0.1:8081", "--gateway-listen", help="HOST:PORT of the tenant gateway."),
@@ -47,11 +56,15 @@ def up(
     cpu_overcommit: float = typer.Option(100.0, "--cpu-overcommit", min=0.1, help="Allocatable cpu = cores x this."),
     memory_overcommit: float = typer.Option(4.0, "--memory-overcommit", min=0.1),
     disk_overcommit: float = typer.Option(20.0, "--disk-overcommit", min=0.1, help="Allocatable disk = pool x this."),
+    retain: list[str] = typer.Option([], "--retain", help=RETAIN_HELP),
 ) -> None:
     """Run the operator (store, controller, driver, API, gateway) in this process until Ctrl-C."""
     configure(log_level)
+    housekeeping = HousekeeperConfig(retention=parse_retention(retain))
     api_at = None if no_api else web.listen(api_listen, "--api-listen")
     gateway_at = None if no_api else web.listen(gateway_listen, "--gateway-listen")
+    config = web.web_config(base_domain, gateway_at, public_port, public_scheme,
+                            web.gateway_limits(tenant_connections, body_idle, body_seconds))
     settings: Settings = ctx.obj
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +74,13 @@ def up(
             name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node
         )
     )
+    # The API and the gateway first: a gateway asked for a free port (":0") then says which, for tenant URLs.
+    servers = (
+        []
+        if no_api
+        else web.start_web(store, config, api_at, gateway_at, [web.NodeView(node, driver.name, None)])
+    )
+    public = web.published(config, servers).public
     # The same parts as a fleet, in one process: this node's agent (registration, heartbeat, controller)
     # and the scheduler, which binds each new tenant to this node once it has room.
     agent = Agent(
@@ -72,6 +92,8 @@ def up(
             resync_seconds=resync,
             poll_seconds=0.05,
             base_domain=base_domain,
+            url_scheme=public.scheme,
+            public_port=public.port,
             max_tenants=max_tenants,
             cpu_overcommit=cpu_overcommit,
             memory_overcommit=memory_overcommit,
@@ -86,19 +108,10 @@ def up(
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    housekeeper = Housekeeper(store, housekeeping)
     agent.start()
     scheduler.start()
-    servers = (
-        []
-        if no_api
-        else web.start_web(
-            store,
-            web.web_config(base_domain, gateway_at, None, "http"),
-            api_at,
-            gateway_at,
-            [web.NodeView(node, driver.name, None)],
-        )
-    )
+    housekeeper.start()
     # Installed once every part has started, so no library's set-up can replace it; before the line
     # that says Fleet is up, which is what a supervisor waits for before it may send a signal.
     signal.signal(signal.SIGINT, _on_signal)
@@ -115,6 +128,7 @@ def up(
     logger.info("Stopping: finishing the passes under way")
     for server in servers:
         server.stop()
+    housekeeper.stop()
     scheduler.stop()
     agent.stop()
     driver.close()

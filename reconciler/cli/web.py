@@ -3,6 +3,7 @@ machines than the controllers. `fleet up` starts both in its own process (see `s
 
 import signal
 import threading
+from dataclasses import replace
 from types import FrameType
 
 import typer
@@ -11,14 +12,20 @@ from reconciler.cli.documents import BadInput
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
 from reconciler.web.app import create_app
-from reconciler.web.context import NodeView, WebConfig, WebContext
+from reconciler.web.context import GatewayLimits, NodeView, WebConfig, WebContext
 
-__all__ = ["NodeView", "api", "gateway", "listen", "start_web", "web_config"]
+__all__ = ["NodeView", "api", "gateway", "gateway_limits", "listen", "published", "start_web", "web_config"]
 from reconciler.web.gateway import create_gateway
 from reconciler.web.server import BackgroundServer, Listen
 from state import Store
 
-PUBLIC_PORT_HELP = "Port customers reach the gateway on, in tenant URLs (default: the gateway's own port)."
+PUBLIC_PORT_HELP = ("Port customers reach the gateway on, in tenant URLs (default: the gateway's own port with "
+                    "http, 443 with https).")
+PUBLIC_SCHEME_HELP = "http, or https behind a TLS proxy (tenant URLs say https, the claim cookie is Secure)."
+CONNECTIONS_HELP = "Requests and websockets proxied to one tenant at once; more wait, then 503."
+BODY_IDLE_HELP = "A request body that sends nothing for this long is cut off (408)."
+BODY_SECONDS_HELP = "A request body not whole after this long is cut off (408)."
+DEFAULT_LIMITS = GatewayLimits()
 
 
 def listen(text: str, option: str) -> Listen:
@@ -28,12 +35,33 @@ def listen(text: str, option: str) -> Listen:
         raise BadInput(str(error)) from error
 
 
-def web_config(base_domain: str, gateway: Listen | None, public_port: int | None, public_scheme: str) -> WebConfig:
+def web_config(base_domain: str, gateway: Listen | None, public_port: int | None, public_scheme: str,
+               limits: GatewayLimits | None = None) -> WebConfig:
+    """Behind a TLS proxy (https) customers reach the proxy's port, 443 unless said; over plain http, the
+    gateway's own port."""
     if public_scheme not in ("http", "https"):
         raise BadInput(f"--public-scheme: {public_scheme!r} must be http or https")
-    port = public_port if public_port is not None else (gateway.port if gateway else None)
+    port = public_port if public_port is not None else (gateway.port if gateway and public_scheme == "http" else None)
+    try:
+        max_body_bytes = WebConfig.max_body_from_env()
+    except ValueError as error:
+        raise BadInput(str(error)) from error
     return WebConfig(base_domain=base_domain, public_scheme=public_scheme, public_port=port,
-                     webhook_secrets=WebConfig.secrets_from_env(), secure_cookies=public_scheme == "https")
+                     webhook_secrets=WebConfig.secrets_from_env(), secure_cookies=public_scheme == "https",
+                     gateway=limits or GatewayLimits(), max_body_bytes=max_body_bytes)
+
+
+def gateway_limits(connections: int, body_idle_seconds: float, body_seconds: float) -> GatewayLimits:
+    return replace(DEFAULT_LIMITS, upstream_connections_per_tenant=connections,
+                   request_body_idle_seconds=body_idle_seconds, request_body_seconds=body_seconds)
+
+
+def published(config: WebConfig, servers: list[BackgroundServer]) -> WebConfig:
+    """`config` with the port the gateway really got where it was asked for any free one (":0")."""
+    gateway = next((s for s in servers if s.name == "gateway"), None)
+    if config.public_port == 0 and gateway is not None:
+        return replace(config, public_port=gateway.listen.port)
+    return config
 
 
 def start_web(store: Store, config: WebConfig, api: Listen | None, gateway: Listen | None,
@@ -46,15 +74,17 @@ def start_web(store: Store, config: WebConfig, api: Listen | None, gateway: List
         servers.append(BackgroundServer(create_app(context), api, name="API").start())
     if gateway is not None:
         servers.append(BackgroundServer(create_gateway(context), gateway, name="gateway").start())
+    context.config = published(config, servers)
     return servers
 
 
 def _serve(ctx: typer.Context, what: str, api: Listen | None, gateway: Listen | None, base_domain: str,
-           public_port: int | None, public_scheme: str, log_level: str) -> None:
+           public_port: int | None, public_scheme: str, log_level: str, limits: GatewayLimits | None = None) -> None:
     configure(log_level)
+    config = web_config(base_domain, gateway, public_port, public_scheme, limits)
     settings: Settings = ctx.obj
     store = settings.open_store()
-    servers = start_web(store, web_config(base_domain, gateway, public_port, public_scheme), api, gateway)
+    servers = start_web(store, config, api, gateway)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -75,19 +105,29 @@ def api(
     listen_on: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to serve the API on."),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
     public_port: int | None = typer.Option(None, "--public-port", help=PUBLIC_PORT_HELP),
-    public_scheme: str = typer.Option("http", "--public-scheme", help="http, or https behind a TLS proxy."),
+    public_scheme: str = typer.Option("http", "--public-scheme", help=PUBLIC_SCHEME_HELP),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Serve the HTTP API (tenants, plans, claims, the billing webhook) on the store, until Ctrl-C."""
-    _serve(ctx, "API", listen(listen_on, "--listen"), None, base_domain, public_port or 8081, public_scheme,
-           log_level)
+    if public_port is None and public_scheme == "http":
+        public_port = 8081  # `fleet gateway`'s default
+    _serve(ctx, "API", listen(listen_on, "--listen"), None, base_domain, public_port, public_scheme, log_level)
 
 
 def gateway(
     ctx: typer.Context,
     listen_on: str = typer.Option("127.0.0.1:8081", "--listen", help="HOST:PORT to serve tenants on."),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
+    public_port: int | None = typer.Option(None, "--public-port", help=PUBLIC_PORT_HELP),
+    public_scheme: str = typer.Option("http", "--public-scheme", help=PUBLIC_SCHEME_HELP),
+    connections: int = typer.Option(DEFAULT_LIMITS.upstream_connections_per_tenant, "--tenant-connections", min=1,
+                                    help=CONNECTIONS_HELP),
+    body_idle: float = typer.Option(DEFAULT_LIMITS.request_body_idle_seconds, "--body-idle-seconds", min=0.1,
+                                    help=BODY_IDLE_HELP),
+    body_seconds: float = typer.Option(DEFAULT_LIMITS.request_body_seconds, "--body-seconds", min=0.1,
+                                       help=BODY_SECONDS_HELP),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Serve the gateway: NAME.BASE-DOMAIN -> the tenant's container, for holders of its claim."""
-    _serve(ctx, "gateway", None, listen(listen_on, "--listen"), base_domain, None, "http", log_level)
+    _serve(ctx, "gateway", None, listen(listen_on, "--listen"), base_domain, public_port, public_scheme, log_level,
+           gateway_limits(connections, body_idle, body_seconds))

@@ -1,13 +1,14 @@
 """Read-mostly routes around tenants: templates, plans (operators write them), nodes and the event log."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, Field
 
 from reconciler.web.auth import Operator, Reader
 from reconciler.web.context import AccessDep, ContextDep, NodeView, StoreDep, WebContext
 from reconciler.web.errors import ApiError
+from reconciler.web.openapi import link
 from reconciler.web.tenants import ERRORS
 from specs import Event, NodeCapacity, Template
 from specs.plan import PLAN_ID_PATTERN, Plan
@@ -98,10 +99,23 @@ def get_plan(plan_id: PlanId, access: AccessDep, _token: Reader) -> Plan:
     return plan
 
 
-@router.put("/plans/{plan_id}", response_model=Plan, tags=["plans"], summary="Create or replace a plan")
-def put_plan(plan_id: PlanId, plan: Plan, access: AccessDep, _token: Operator) -> Plan:
-    if plan.id != plan_id:
-        raise ApiError(422, "id", f"must match the path ({plan_id})")
+PLAN_EXAMPLES: dict[str, Any] = {"basic": {"summary": "A billing price and the quota it buys", "value": {
+    "kind": "Plan", "id": "price_basic", "template": "base", "description": "Basic",
+    "resources": {"cpu": "1", "memory": "1Gi", "disk": "10Gi"}}}}
+_PLAN = "/api/v1/plans/{plan_id}"
+PLAN_LINKS = {
+    "GetPlan": link(_PLAN, "get", "Read the plan written", plan_id="$response.body#/id"),
+    "DeletePlan": link(_PLAN, "delete", "Delete it", plan_id="$response.body#/id"),
+}
+
+
+@router.put("/plans/{plan_id}", response_model=Plan, tags=["plans"], summary="Create or replace a plan",
+            responses={200: {"links": PLAN_LINKS}})
+def put_plan(
+    plan_id: PlanId, plan: Annotated[Plan, Body(openapi_examples=PLAN_EXAMPLES)], access: AccessDep, _token: Operator
+) -> Plan:
+    if plan.id != plan_id:  # valid in itself, but not a representation of this resource (RFC 9110 9.3.4)
+        raise ApiError(409, "id", f"must match the path ({plan_id})")
     access.apply_plans([plan])
     return plan
 

@@ -13,13 +13,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from reconciler.scheduler import Strategy
+from reconciler.urls import PublicAddress
+from reconciler.web.body_limit import DEFAULT_MAX_BODY_BYTES
 from reconciler.web.claims import ClaimSigner
 from reconciler.web.writer import CreateWriter
-from specs import NodeCapacity
+from specs import NodeCapacity, parse_bytes
 from state import Store
 from state.access import Access
 
 WEBHOOK_SECRET_ENV = "FLEET_WEBHOOK_SECRET"
+MAX_BODY_ENV = "FLEET_MAX_BODY"
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,19 @@ class NodeView:
     name: str
     driver: str
     capacity: NodeCapacity | None
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """What one tenant's visitors may hold of the gateway, so they cannot starve another tenant's."""
+
+    # Requests (and websockets) proxied to one tenant's container at once; more wait for a free one.
+    upstream_connections_per_tenant: int = 100
+    upstream_wait_seconds: float = 10.0  # then 503 with Retry-After
+    # A request body must keep arriving (no gap longer than idle) and be whole within body_seconds: else
+    # 408, and the tenant's connection is free again.
+    request_body_idle_seconds: float = 30.0
+    request_body_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -38,18 +54,34 @@ class WebConfig:
     # Stripe endpoint secrets (whsec_...); several while rotating. Empty: the webhook answers 503.
     webhook_secrets: tuple[str, ...] = ()
     webhook_tolerance_seconds: int = 300
+    # Request bodies larger than this get 413 on every API route (FLEET_MAX_BODY, e.g. 1Mi or 262144).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     secure_cookies: bool = False  # set when a TLS front proxy terminates https
     # The scheduler's strategy, so a dry run names the node the scheduler would choose.
     strategy: Strategy = Strategy.BINPACK
+    gateway: GatewayLimits = field(default_factory=GatewayLimits)
+
+    @property
+    def public(self) -> PublicAddress:
+        return PublicAddress(self.base_domain, self.public_scheme, self.public_port)
 
     def tenant_url(self, name: str) -> str:
-        default = {"http": 80, "https": 443}.get(self.public_scheme)
-        port = "" if self.public_port in (None, default) else f":{self.public_port}"
-        return f"{self.public_scheme}://{name}.{self.base_domain}{port}/"
+        return self.public.url(name)
 
     @staticmethod
     def secrets_from_env() -> tuple[str, ...]:
         return tuple(s.strip() for s in os.environ.get(WEBHOOK_SECRET_ENV, "").split(",") if s.strip())
+
+    @staticmethod
+    def max_body_from_env() -> int:
+        """FLEET_MAX_BODY as a size (1Mi, 262144); the default when unset. ValueError names the variable."""
+        text = os.environ.get(MAX_BODY_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_BODY_BYTES
+        try:
+            return parse_bytes(text)
+        except ValueError as error:
+            raise ValueError(f"{MAX_BODY_ENV}: {text!r} {error}") from error
 
 
 @dataclass

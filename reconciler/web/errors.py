@@ -1,12 +1,16 @@
 """Every error an HTTP client can get, mapped in one place, each naming the field and the rule.
 
     ValidationError / RequestValidationError  -> 422 (the field, the rule; nothing was written)
+    a body that is not UTF-8                  -> 422 (like one that is not JSON)
+    UnknownReference                          -> 409 (names a template the store does not have: valid in
+                                                      itself, it succeeds once the template exists)
     InvalidRecord                             -> 422
     ApiError(status)                          -> its status (400 bad signature, 401, 403, 409, 503 ...)
     Conflict                                  -> 409
     NotFound                                  -> 404
     TransientError                            -> 503 (retry)
     PermanentError, FleetError                -> 422
+    a method the path does not take           -> 405 with `Allow`: every method of every route of the path
 
 A route raises one of these and never builds an error response itself. This module must never leak a
 stack trace or a database message that names a table rather than a field.
@@ -19,9 +23,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from specs import FleetError, NotFound, PermanentError, TransientError
 from state import Conflict, InvalidRecord
+from state.errors import UnknownReference
 
 
 class ErrorDetail(BaseModel):
@@ -64,7 +70,7 @@ def _field(location: tuple[Any, ...] | list[Any], *, request_part: bool) -> str:
     if request_part and parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         where = parts.pop(0)
         if where != "body" and parts:
-            return str(parts[-1])
+            return str(parts[0])  # the parameter, not the index of one of its values (?label=...&label=...)
         if not parts:
             return "body"
     return ".".join(str(part) for part in parts) or "body"
@@ -85,6 +91,17 @@ def validation_error(error: ValidationError, *, prefix: str = "") -> ApiError:
     return ApiError(422, f"{prefix}{field}" if field != "body" or not prefix else prefix.rstrip("."), rule)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405: every method some route takes at this path, not only the first route's
+    (one path is often served by several routes, e.g. GET, PATCH and DELETE of a tenant)."""
+    routes = request.app.router.routes
+    return ", ".join(method for method in _METHODS
+                     if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes))
+
+
 def install(app: FastAPI) -> None:
     async def on_request_validation(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -102,7 +119,7 @@ def install(app: FastAPI) -> None:
 
     async def on_invalid(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, InvalidRecord)
-        return error_response(422, error.field, error.rule)
+        return error_response(409 if isinstance(error, UnknownReference) else 422, error.field, error.rule)
 
     async def on_fleet(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, FleetError)
@@ -117,9 +134,14 @@ def install(app: FastAPI) -> None:
             return error_response(503, "store", str(error), {"Retry-After": "1"})
         return error_response(422, field, rule)
 
-    async def on_http(_request: Request, error: Exception) -> JSONResponse:
+    async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        return error_response(error.status_code, "request", str(error.detail), dict(error.headers or {}))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
+            return error_response(422, "body", "is not valid JSON (not UTF-8)")  # as FastAPI's json_invalid
+        return error_response(error.status_code, "request", str(error.detail), headers)
 
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ValidationError, on_validation)

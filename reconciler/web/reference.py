@@ -35,6 +35,13 @@ def _schema_name(schema: dict[str, Any]) -> str:
     return str(schema.get("type", "object"))
 
 
+def _rules(schema: dict[str, Any]) -> str:
+    """A parameter's rules as the schema states them (a client checks them before sending)."""
+    schema = schema.get("items", schema) if schema.get("type") == "array" else schema
+    rules = [f"{key} `{schema[key]}`" for key in ("pattern", "minimum", "maximum", "maxLength") if key in schema]
+    return f" ({', '.join(rules)})" if rules else ""
+
+
 def render(document: dict[str, Any]) -> str:
     lines = [
         "# API reference",
@@ -46,7 +53,16 @@ def render(document: dict[str, Any]) -> str:
         document["info"].get("description", ""),
         "",
         "Errors are always `{\"error\": {\"field\", \"rule\", \"message\"}}`: 401 no or bad token, 403 role, 404, "
-        "409 conflict or reused Idempotency-Key, 422 invalid input (nothing written), 503 retry.",
+        "409 conflict (a PATCH whose If-Match is not the tenant's generation any more), reused Idempotency-Key "
+        "or a template that does not exist (yet), 410 a watch revision older than the pruned deletions (list "
+        "again, then watch), 413 body over the limit (FLEET_MAX_BODY, 1Mi), 422 invalid input (nothing "
+        "written), 503 retry.",
+        "",
+        "The document states the rules the server enforces (name and label patterns, quantity patterns and "
+        "bounds, the status codes and error body of each operation), so a client that validates a request "
+        "against it gets the server's answer without sending it. CI holds it to that: "
+        "`tests/web/test_schemathesis.py` runs schemathesis over it with every check, positive and negative "
+        "data and hostile headers (settings in `schemathesis.toml`), and fails on any finding.",
         "",
     ]
     for path, operations in document["paths"].items():
@@ -58,7 +74,7 @@ def render(document: dict[str, Any]) -> str:
             for parameter in operation.get("parameters", []):
                 where = parameter["in"]
                 lines.append(f"- {where} `{parameter['name']}`{' (required)' if parameter.get('required') else ''}:"
-                             f" {_schema_name(parameter.get('schema', {}))}"
+                             f" {_schema_name(parameter.get('schema', {}))}{_rules(parameter.get('schema', {}))}"
                              + (f" — {parameter['description']}" if parameter.get("description") else ""))
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body:

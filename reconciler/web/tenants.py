@@ -9,9 +9,9 @@ store; they never write SQL and never touch the host.
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
 
 from reconciler.plan import plan as plan_actions
 from reconciler.web.auth import Reader, TenantWriter
@@ -19,10 +19,14 @@ from reconciler.web.claims import DEFAULT_TTL_SECONDS
 from reconciler.web.context import ContextDep, StoreDep
 from reconciler.web.errors import ApiError, ErrorBody, validation_error
 from reconciler.web.idempotency import IdempotencyDep
+from reconciler.web.openapi import link
 from reconciler.web.placement import would_place
 from specs import Event, NotFound, Phase, Tenant
 from specs.names import NAME_PATTERN
+from specs.tenant import LABEL_SELECTOR_PATTERN, Labels, TenantSpecPatch
 from state import AlreadyExists, ApplyResult, Store
+from state.errors import StaleWrite
+from state.records import Precondition
 
 CLAIM_PARAMETER = "fleet_claim"
 TenantName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="The tenant's name")]
@@ -52,13 +56,23 @@ class TenantList(BaseModel):
     next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page")
 
 
+def _object(value: Any) -> Any:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError("must be an object")
+    return value
+
+
 class TenantPatch(BaseModel):
     """A JSON merge patch (RFC 7386) of a tenant: keys given replace, null resets to the template default."""
 
     model_config = ConfigDict(extra="forbid")
 
-    labels: dict[str, str] | None = None
-    spec: dict[str, Any] | None = None
+    labels: Labels | None = None
+    # Kept as the client sent it (merged into the current spec, then validated as a TenantSpec); its schema
+    # is the patch's, so a client can check a patch before sending it.
+    spec: Annotated[
+        dict[str, Any] | None, PlainValidator(_object, json_schema_input_type=TenantSpecPatch | None)
+    ] = None
 
 
 class AuthorizeRequest(BaseModel):
@@ -96,9 +110,32 @@ def _existing(store: Store, name: str) -> Tenant:
     return tenant
 
 
-@router.post("/tenants", status_code=201, response_model=WriteResult, summary="Create a tenant")
+TENANT_EXAMPLES: dict[str, Any] = {  # "base" is the template every store starts with
+    "minimal": {"summary": "The template's defaults",
+                "value": {"kind": "Tenant", "metadata": {"name": "acme"}, "spec": {"template": "base"}}},
+    "quota": {"summary": "A quota, ports and labels", "value": {
+        "apiVersion": "fleet/v1", "kind": "Tenant",
+        "metadata": {"name": "globex", "labels": {"tier": "gold", "billing/customer": "cus_Globex1"}},
+        "spec": {"template": "base", "resources": {"cpu": "500m", "memory": "512Mi", "disk": "2Gi", "pids": 512,
+                                                   "io": "50Mi"}, "network": {"ingress": [80, 443]}}}},
+}
+_TENANT = "/api/v1/tenants/{name}"
+_CREATED = "$response.body#/name"
+TENANT_LINKS = {
+    "GetTenant": link(_TENANT, "get", "Read the tenant created", name=_CREATED),
+    "PatchTenant": link(_TENANT, "patch", "Change it", name=_CREATED),
+    "DeleteTenant": link(_TENANT, "delete", "Delete it", name=_CREATED),
+    "AuthorizeTenant": link(f"{_TENANT}/authorize", "post", "Let a customer in", name=_CREATED),
+    "TenantEvents": link(f"{_TENANT}/events", "get", "What happened to it", name=_CREATED),
+}
+
+
+@router.post("/tenants", status_code=201, response_model=WriteResult, summary="Create a tenant",
+             responses={201: {"links": TENANT_LINKS},
+                        200: {"model": WriteResult, "description": "With dry_run: what would be created, and where"}})
 async def create_tenant(
-    tenant: Tenant, context: ContextDep, token: TenantWriter, once: IdempotencyDep, dry_run: DryRun = False
+    tenant: Annotated[Tenant, Body(openapi_examples=TENANT_EXAMPLES)], context: ContextDep, token: TenantWriter,
+    once: IdempotencyDep, dry_run: DryRun = False,
 ) -> Any:
     if once.key is None and not dry_run:
         # The common case: queued for the writer thread, written with the creates arriving meanwhile.
@@ -128,43 +165,76 @@ def list_tenants(
     store: StoreDep,
     _token: Reader,
     phase: Phase | None = None,
-    label: Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to require several")] = None,
+    label: Annotated[
+        list[Annotated[str, StringConstraints(pattern=LABEL_SELECTOR_PATTERN)]] | None,
+        Query(description="KEY=VALUE (a label key and value); repeat to require several"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[str, Query(max_length=63, description="The `next_after` of the previous page")] = "",
 ) -> TenantList:
     labels: dict[str, str] = {}
     for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ApiError(422, "label", f"{item!r} must be KEY=VALUE")
+        key, _, value = item.partition("=")  # the pattern has made sure of KEY=VALUE
         labels[key] = value
     page = store.list_tenants(labels=labels or None, phase=phase.value if phase else None, limit=limit, after=after)
     return TenantList(items=page.items, next_after=page.next_after)
 
 
 @router.get("/tenants/{name}", response_model=Tenant, summary="Get a tenant, with its status")
-def get_tenant(name: TenantName, store: StoreDep, _token: Reader) -> Tenant:
-    return _existing(store, name)
+def get_tenant(name: TenantName, store: StoreDep, _token: Reader, response: Response) -> Tenant:
+    tenant = _existing(store, name)
+    response.headers["ETag"] = f'"{tenant.metadata.generation}"'  # what a PATCH sends back as If-Match
+    return tenant
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(alias="If-Match", pattern=r'^(\*|(W/)?"?[0-9]{1,18}"?)$',
+           description="The generation the change is based on (the ETag of GET, or metadata.generation): "
+           "409 when the tenant is at another generation, and nothing is written"),
+]
+PATCH_ATTEMPTS = 5  # a patch re-read and merged again when another write landed between its read and write
+
+
+def _generation(if_match: str | None) -> int | None:
+    if if_match is None or if_match == "*":
+        return None
+    return int(if_match.removeprefix("W/").strip('"'))
 
 
 @router.patch("/tenants/{name}", response_model=WriteResult, summary="Change a tenant's spec or labels")
 def patch_tenant(
     name: TenantName, patch: TenantPatch, store: StoreDep, token: TenantWriter, once: IdempotencyDep,
-    dry_run: DryRun = False,
+    dry_run: DryRun = False, if_match: IfMatch = None,
 ) -> Any:
+    """A merge patch is applied to the tenant as read, and written only if it is still as read (a
+    compare-and-set): a concurrent change is never overwritten. Without `If-Match`, a patch that lost the
+    race is merged again onto the newer tenant; with it, a tenant at another generation answers 409."""
+    expected = _generation(if_match)
+
     def answer() -> tuple[int, BaseModel]:
-        current = _existing(store, name)
-        document = current.model_dump(mode="json", by_alias=True, exclude={"status"})
-        document["metadata"] = {"name": name, "labels": document["metadata"]["labels"]}
-        if patch.labels is not None:
-            document["metadata"]["labels"] = patch.labels
-        if patch.spec is not None:
-            document["spec"] = _merge(document["spec"], patch.spec)
-        try:
-            tenant = Tenant.model_validate(document)
-        except ValidationError as error:
-            raise validation_error(error) from error
-        return 200, _result(store.apply_tenant(tenant, dry_run=dry_run), dry_run)
+        for _attempt in range(PATCH_ATTEMPTS):
+            current = _existing(store, name)
+            generation = current.metadata.generation
+            if expected is not None and generation != expected:
+                raise ApiError(409, "If-Match", f"the tenant is at generation {generation}, not {expected}; "
+                               "read it again and reapply the change")
+            document = current.model_dump(mode="json", by_alias=True, exclude={"status"})
+            document["metadata"] = {"name": name, "labels": document["metadata"]["labels"]}
+            if patch.labels is not None:
+                document["metadata"]["labels"] = patch.labels
+            if patch.spec is not None:
+                document["spec"] = _merge(document["spec"], patch.spec)
+            try:
+                tenant = Tenant.model_validate(document)
+            except ValidationError as error:
+                raise validation_error(error) from error
+            read = Precondition(generation=generation, labels=dict(current.metadata.labels))
+            try:
+                return 200, _result(store.apply_tenant(tenant, dry_run=dry_run, precondition=read), dry_run)
+            except StaleWrite:
+                continue  # written meanwhile: read again (and, with If-Match, check the generation again)
+        raise ApiError(409, "metadata.generation", "the tenant kept changing while it was patched; retry")
 
     return once.run(token.name, answer)
 
@@ -214,9 +284,12 @@ def authorize(
     request: Annotated[AuthorizeRequest | None, Body()] = None,
 ) -> Authorization:
     tenant = _existing(context.store, name)
+    record = context.store.desired(name)  # which tenant of this name: the claim is bound to it
+    if record is None or record.created_revision is None:
+        raise NotFound(f"metadata.name: tenant {name} not found")
     if tenant.deleting:
         raise ApiError(409, "metadata.name", f"tenant {name} is being deleted")
     ttl = (request or AuthorizeRequest()).ttl_seconds
-    claim = context.signer.mint(name, ttl_seconds=ttl)
+    claim = context.signer.mint(name, created_revision=record.created_revision, ttl_seconds=ttl)
     url = f"{context.config.tenant_url(name)}?{CLAIM_PARAMETER}={claim.token}"
     return Authorization(tenant=name, claim=claim.token, url=url, expires_at=claim.expires_at)

@@ -2,11 +2,16 @@
 
     event: tenant    id: REVISION   data: {"name", "revision", "phase", "deleting", "url"}
     event: deleted   id: REVISION   data: {"name"}   (the record is gone: everything was removed)
+    event: gone                     data: {"revision", "horizon"}   (too far behind: list again, then watch)
 
 Start from `?revision=N` (or the `Last-Event-ID` header a browser's EventSource sends on reconnect) to
 get every tenant whose record or status changed after N and every tenant deleted after N (a tombstone
-per deleted name, written with the deletion), in revision order, then live changes. Polls the store; it
-never holds a transaction open between polls.
+per deleted name, written with the deletion), in revision order, then live changes. Each poll reads
+changes and deletions in one snapshot (`state.feed`), so no revision is skipped. Tombstones are pruned
+after a retention: resuming from a revision older than the pruned ones answers 410 Gone (or, on a stream
+already open, one `gone` event and the end of the stream); the client lists the tenants again and watches
+from the revision it took before listing (`/healthz`). Revision 0 is always a fresh start. Polls the
+store; it never holds a transaction open between polls.
 """
 
 import asyncio
@@ -19,8 +24,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from reconciler.web.auth import Reader
-from reconciler.web.context import ContextDep, WebContext
+from reconciler.web.context import ContextDep
+from reconciler.web.errors import ApiError, ErrorBody
 from reconciler.web.tenants import ERRORS
+from state.errors import RevisionCompacted
+from state.feed import FeedEvent, FeedKind, WatchFeed
 
 POLL_SECONDS = 0.1
 KEEPALIVE_SECONDS = 15.0
@@ -29,29 +37,30 @@ BATCH = 500
 router = APIRouter(prefix="/api/v1", tags=["watch"], responses=ERRORS)
 
 
-def _next_batch(context: WebContext, revision: int) -> list[str]:
-    """The changes and deletions after `revision`, merged in revision order, as SSE messages. When either
-    list was cut at its limit, only what comes before the cut is sent: the next poll continues there."""
-    changes = context.access.tenant_changes_since(revision, limit=BATCH)
-    deletions = context.store.deletions_since(revision, limit=BATCH)
-    cut = min([kind[-1].revision for kind in (changes, deletions) if len(kind) == BATCH], default=None)
-    messages: list[tuple[int, str]] = []
-    for change in changes:
-        data = {"name": change.name, "revision": change.revision, "phase": change.phase,
-                "deleting": change.deleting, "url": change.url}
-        messages.append((change.revision, f"id: {change.revision}\nevent: tenant\ndata: {json.dumps(data)}\n\n"))
-    for deletion in deletions:
-        data = {"name": deletion.name}
-        messages.append((deletion.revision, f"id: {deletion.revision}\nevent: deleted\ndata: {json.dumps(data)}\n\n"))
-    messages.sort(key=lambda message: message[0])
-    return [text for at, text in messages if cut is None or at <= cut]
+def _message(event: FeedEvent) -> str:
+    data: dict[str, object] = {"name": event.name}
+    if event.kind == FeedKind.TENANT:
+        data = {"name": event.name, "revision": event.revision, "phase": event.phase, "deleting": event.deleting,
+                "url": event.url}
+    return f"id: {event.revision}\nevent: {event.kind.value}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _stream(context: WebContext, request: Request, revision: int) -> AsyncIterator[str]:
+def _next_batch(feed: WatchFeed, revision: int) -> list[str]:
+    """The changes and deletions after `revision`, in revision order, as SSE messages: one snapshot, so
+    the batch is every event up to its last one and the next poll continues there."""
+    return [_message(event) for event in feed.since(revision, limit=BATCH)]
+
+
+async def _stream(feed: WatchFeed, request: Request, revision: int) -> AsyncIterator[str]:
     yield f"retry: 1000\n: watching from revision {revision}\n\n"
     idle = 0.0
     while not await request.is_disconnected() and not getattr(request.app.state, "closing", False):
-        messages = await run_in_threadpool(_next_batch, context, revision)
+        try:
+            messages = await run_in_threadpool(_next_batch, feed, revision)
+        except RevisionCompacted as error:  # fell behind the pruned tombstones while connected
+            data = {"revision": error.revision, "horizon": error.horizon}
+            yield f"event: gone\ndata: {json.dumps(data)}\n\n"
+            return
         for message in messages:
             revision = int(message.partition("\n")[0].removeprefix("id: "))
             yield message
@@ -67,12 +76,19 @@ async def _stream(context: WebContext, request: Request, revision: int) -> Async
 
 @router.get("/watch", summary="Server-sent events of tenant changes",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       410: {"model": ErrorBody, "description": "The revision is older than the pruned "
+                             "deletions: list the tenants again, then watch from the revision taken before"}})
 async def watch(
     request: Request, context: ContextDep, _token: Reader,
     revision: Annotated[int | None, Query(ge=0, le=2**62, description="Changes after this revision")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20, pattern=r"^\d*$")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{0,18}$")] = None,
 ) -> StreamingResponse:
     start = revision if revision is not None else int(last_event_id) if last_event_id else 0
-    return StreamingResponse(_stream(context, request, start), media_type="text/event-stream",
+    feed = WatchFeed(context.store)
+    try:
+        await run_in_threadpool(feed.check, start)
+    except RevisionCompacted as error:
+        raise ApiError(410, "revision", str(error).removeprefix("revision: ")) from error
+    return StreamingResponse(_stream(feed, request, start), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

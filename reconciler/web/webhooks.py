@@ -10,6 +10,13 @@ keeps the newest event applied and whether it was deleted, so an event that arri
 a deleted tenant nor undoes a newer plan. A request whose signature, timestamp or body is wrong, or whose
 plan is unknown, gets a 4xx naming the problem and writes nothing (the billing system retries it).
 
+A tenant belongs to exactly one subscription: the one that first applied a plan to it, until that one is
+deleted. A subscription that owns no tenant (never provisioned: its plan was unknown, or it named a tenant
+someone else owns) changes nothing when it ends (200, recorded); a create or update naming a tenant that
+another subscription owns, or that no subscription made, is refused with 409 (the billing system must know
+that this subscription provisioned nothing). Each event's check, its write and its record are one
+transaction with the subscription's row locked, so concurrent events of one subscription apply in turn.
+
 Never trust the body before the signature is checked; never log a secret.
 """
 
@@ -18,7 +25,8 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,8 +38,8 @@ from reconciler.web.errors import ApiError, ErrorBody, validation_error
 from specs import Event, Metadata, Tenant, TenantSpec
 from specs.names import validate_name
 from specs.plan import Plan
-from state import Conflict, Store
-from state.access import Access, Subscription
+from state import Conflict, Store, TenantOwned
+from state.access import Access, Subscription, SubscriptionTransaction, TenantStanding, WebhookEventRecord
 
 SIGNATURE_HEADER = "Stripe-Signature"
 CREATED, UPDATED, DELETED = (
@@ -40,6 +48,8 @@ CREATED, UPDATED, DELETED = (
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 TENANT_METADATA_KEY = "fleet_tenant"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_TIMESTAMP = re.compile(r"[0-9]{1,19}")
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 router = APIRouter(prefix="/api/v1", tags=["webhooks"])
 
@@ -109,17 +119,20 @@ def verify_signature(
     if not header:
         raise ApiError(400, SIGNATURE_HEADER, "is required")
     timestamp: int | None = None
-    signatures: list[str] = []
+    signatures: list[bytes] = []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit() and len(value) < 20:
+        # ASCII only: str.isdigit() and int() also take other scripts' digits ("١٢٣", "²"), and
+        # compare_digest refuses non-ASCII text; the header is the sender's input, so neither may reach them.
+        if key == "t" and _TIMESTAMP.fullmatch(value):
             timestamp = int(value)
-        elif key == "v1" and value:
-            signatures.append(value)
+        elif key == "v1" and _HEX_SHA256.fullmatch(value):
+            signatures.append(value.lower().encode("ascii"))
     if timestamp is None or not signatures:
-        raise ApiError(400, SIGNATURE_HEADER, "must be t=TIMESTAMP,v1=SIGNATURE[,v1=...]")
+        raise ApiError(400, SIGNATURE_HEADER, "must be t=TIMESTAMP,v1=SIGNATURE[,v1=...] (decimal seconds, "
+                       "64 hex digits)")
     signed = f"{timestamp}.".encode() + payload
-    expected = [hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets]
+    expected = [hmac.new(s.encode(), signed, hashlib.sha256).hexdigest().encode("ascii") for s in secrets]
     if not any(hmac.compare_digest(e, s) for e in expected for s in signatures):
         raise ApiError(400, SIGNATURE_HEADER, "no signature matches the body with any webhook secret")
     if abs(now - timestamp) > tolerance:
@@ -135,9 +148,14 @@ def tenant_name_for(subscription: SubscriptionObject) -> str:
             return validate_name(chosen)
         except ValueError as error:
             raise ApiError(422, f"data.object.metadata.{TENANT_METADATA_KEY}", str(error)) from error
-    readable = re.sub(r"[^a-z0-9]+", "-", subscription.customer.lower()).strip("-")[:48].strip("-") or "customer"
+    return customer_tenant_name(subscription.customer)
+
+
+def customer_tenant_name(customer: str) -> str:
+    """A DNS label derived from a billing customer id (`cus_Acme` -> `cus-acme-<6 hex>`)."""
+    readable = re.sub(r"[^a-z0-9]+", "-", customer.lower()).strip("-")[:48].strip("-") or "customer"
     # Stripe ids are case-sensitive; the suffix keeps two that differ only in case apart.
-    return f"{readable}-{hashlib.sha256(subscription.customer.encode()).hexdigest()[:6]}"
+    return f"{readable}-{hashlib.sha256(customer.encode()).hexdigest()[:6]}"
 
 
 class BillingWebhook:
@@ -158,37 +176,95 @@ class BillingWebhook:
             raise validation_error(error) from error
         first = self.access.webhook_event(event.id)
         if first is not None:
-            return WebhookResult(event_id=event.id, type=first.type, outcome=first.outcome, tenant=first.tenant,
-                                 replayed=True)
+            return _replayed(event, first)
         if event.type not in (CREATED, UPDATED, DELETED):
-            return self._record(event, None, "ignored: not a subscription event Fleet acts on", None)
+            return self._record_other(event)
         try:
             subscription = SubscriptionObject.model_validate(event.data.object)
         except ValidationError as error:
             raise validation_error(error, prefix="data.object.") from error
-        known = self.access.subscription(subscription.id)
-        tenant = known.tenant if known is not None else tenant_name_for(subscription)
-        ended = event.type == DELETED or subscription.status in ENDED_STATUSES
-        newest = max(event.created, known.last_event_created if known else 0)
-        if ended:
-            existed = self.store.request_delete(tenant)
-            state = Subscription(subscription.id, tenant, subscription.customer, known.plan if known else None,
-                                 newest, deleted=True)
-            return self._record(event, tenant, "deleting tenant" if existed else "tenant already absent", state)
-        if known is not None and known.deleted:
-            return self._record(event, tenant, "ignored: the subscription was deleted", None)
-        if known is not None and event.created < known.last_event_created:
-            return self._record(event, tenant, "ignored: older than an event already applied", None)
-        plan = self._plan_for(subscription)
-        result = self.store.apply_tenant(self._tenant(tenant, subscription, plan))
-        state = Subscription(subscription.id, tenant, subscription.customer, plan.id, newest, deleted=False)
-        return self._record(event, tenant, f"tenant {result.outcome.value} with plan {plan.id}", state)
+        try:
+            with self.access.subscription_transaction(subscription.id, customer=subscription.customer) as unit:
+                first = unit.webhook_event(event.id)  # a concurrent delivery of this event, applied meanwhile
+                if first is not None:
+                    return _replayed(event, first)
+                if event.type == DELETED or subscription.status in ENDED_STATUSES:
+                    result = self._end(unit, event, subscription)
+                else:
+                    result = self._provision(unit, event, subscription)
+        except TenantOwned as error:  # another subscription bound the tenant between our check and our write
+            self._refuse(event, subscription, TenantStanding(error.tenant, True, False, error.owner))
+        logger.bind(event=event.id, type=event.type, subscription=subscription.id, tenant=result.tenant).info(
+            "Applied billing event: {}", result.outcome)
+        return result
 
-    def _plan_for(self, subscription: SubscriptionObject) -> Plan:
+    def _end(self, unit: SubscriptionTransaction, event: BillingEvent,
+             subscription: SubscriptionObject) -> WebhookResult:
+        """Delete the tenant this subscription owns; a subscription that owns none changes nothing, but
+        is recorded as deleted so a late `created` of it provisions nothing either."""
+        known = unit.subscription
+        newest = max(event.created, known.last_event_created if known else 0)
+        if known is not None and known.owns_tenant:
+            existed = unit.request_delete(known.tenant)
+            state = replace(known, customer=subscription.customer, last_event_created=newest, deleted=True)
+            return self._record(unit, event, known.tenant, "deleting tenant" if existed else "tenant already absent",
+                                state)
+        if known is not None and known.deleted:
+            outcome = "ignored: the subscription was already deleted"
+        else:
+            outcome = "ignored: the subscription owns no tenant (none was provisioned for it); nothing deleted"
+        if known is not None:
+            asked = known.tenant
+        else:
+            try:
+                asked = tenant_name_for(subscription)
+            except ApiError:  # a name that could never have been provisioned: record the customer's
+                asked = customer_tenant_name(subscription.customer)
+        state = Subscription(subscription.id, asked, subscription.customer, None, newest, deleted=True)
+        return self._record(unit, event, None, outcome, state)
+
+    def _provision(self, unit: SubscriptionTransaction, event: BillingEvent,
+                   subscription: SubscriptionObject) -> WebhookResult:
+        """Give the subscription's tenant the plan: the tenant it owns, or a new one of the name it asks for
+        when no other subscription and no other writer has that name."""
+        known = unit.subscription
+        if known is not None and known.deleted:
+            return self._record(unit, event, None, "ignored: the subscription was deleted", None)
+        if known is not None and event.created < known.last_event_created:
+            return self._record(unit, event, known.tenant if known.owns_tenant else None,
+                                "ignored: older than an event already applied", None)
+        plan = self._plan_for(unit, subscription)  # first: a subscription of another product is not Fleet's at all
+        name = known.tenant if known is not None and known.owns_tenant else tenant_name_for(subscription)
+        standing = unit.standing(name)
+        if standing.owner != subscription.id and (standing.owner is not None or standing.exists):
+            self._refuse(event, subscription, standing)
+        outcome = unit.apply_tenant(self._tenant(name, subscription, plan))
+        newest = max(event.created, known.last_event_created if known else 0)
+        state = Subscription(subscription.id, name, subscription.customer, plan.id, newest, deleted=False)
+        return self._record(unit, event, name, f"tenant {outcome.value} with plan {plan.id}", state)
+
+    @staticmethod
+    def _refuse(event: BillingEvent, subscription: SubscriptionObject, standing: TenantStanding) -> NoReturn:
+        field = (f"data.object.metadata.{TENANT_METADATA_KEY}" if TENANT_METADATA_KEY in subscription.metadata
+                 else "data.object.customer")
+        if standing.owner is not None:
+            rule = (f"tenant {standing.name} belongs to subscription {standing.owner}; a tenant belongs to exactly "
+                    f"one subscription (set metadata.{TENANT_METADATA_KEY} to a free name for this one)")
+        elif standing.deleting:
+            rule = f"tenant {standing.name} is being deleted; wait for it to go, then create it again"
+        else:
+            rule = (f"tenant {standing.name} exists and no subscription owns it; Fleet does not hand an existing "
+                    f"tenant to a subscription (set metadata.{TENANT_METADATA_KEY} to a free name)")
+        logger.bind(event=event.id, subscription=subscription.id, tenant=standing.name, owner=standing.owner).warning(
+            "Refused billing event: {}", rule)
+        raise ApiError(409, field, rule)
+
+    @staticmethod
+    def _plan_for(unit: SubscriptionTransaction, subscription: SubscriptionObject) -> Plan:
         price = subscription.items.data[0].price
         for candidate in (price.id, price.product_id):
             if candidate:
-                plan = self.access.get_plan(candidate)
+                plan = unit.plan(candidate)
                 if plan is not None:
                     return plan
         raise ApiError(422, "data.object.items.data.0.price.id",
@@ -207,20 +283,30 @@ class BillingWebhook:
         except ValidationError as error:
             raise validation_error(error) from error
 
-    def _record(self, event: BillingEvent, tenant: str | None, outcome: str,
+    @staticmethod
+    def _record(unit: SubscriptionTransaction, event: BillingEvent, tenant: str | None, outcome: str,
                 state: Subscription | None) -> WebhookResult:
-        fresh = self.access.record_webhook_event(event_id=event.id, type=event.type, tenant=tenant, outcome=outcome,
-                                                 subscription=state)
-        if not fresh:  # a concurrent delivery of the same event recorded it first
-            first = self.access.webhook_event(event.id)
-            assert first is not None
-            return WebhookResult(event_id=event.id, type=first.type, outcome=first.outcome, tenant=first.tenant,
-                                 replayed=True)
-        if tenant is not None:
-            self.store.append_events([Event(tenant=tenant, reason="BillingEvent",
-                                            message=f"{event.type} {event.id}: {outcome}")])
-        logger.bind(event=event.id, type=event.type, tenant=tenant).info("Applied billing event: {}", outcome)
+        """Record the event, the subscription's new state and the tenant's event, in the unit's transaction."""
+        events = [] if tenant is None else [
+            Event(tenant=tenant, reason="BillingEvent", message=f"{event.type} {event.id}: {outcome}")
+        ]
+        unit.record(event_id=event.id, type=event.type, tenant=tenant, outcome=outcome, subscription=state,
+                    events=events)
         return WebhookResult(event_id=event.id, type=event.type, outcome=outcome, tenant=tenant)
+
+    def _record_other(self, event: BillingEvent) -> WebhookResult:
+        outcome = "ignored: not a subscription event Fleet acts on"
+        if not self.access.record_webhook_event(event_id=event.id, type=event.type, tenant=None, outcome=outcome):
+            first = self.access.webhook_event(event.id)  # a concurrent delivery of the same event recorded it first
+            assert first is not None
+            return _replayed(event, first)
+        logger.bind(event=event.id, type=event.type).info("Recorded billing event: {}", outcome)
+        return WebhookResult(event_id=event.id, type=event.type, outcome=outcome)
+
+
+def _replayed(event: BillingEvent, first: WebhookEventRecord) -> WebhookResult:
+    return WebhookResult(event_id=event.id, type=first.type, outcome=first.outcome, tenant=first.tenant,
+                         replayed=True)
 
 
 _OPENAPI_BODY: dict[str, Any] = {
@@ -231,9 +317,11 @@ _OPENAPI_BODY: dict[str, Any] = {
 
 
 @router.post("/webhooks/billing", response_model=WebhookResult, openapi_extra=_OPENAPI_BODY,
-             responses={code: {"model": ErrorBody} for code in (400, 409, 422, 503)},
+             responses={code: {"model": ErrorBody} for code in (400, 409, 413, 422, 503)},
              summary="Stripe-style billing webhook (signed; no token)")
 async def billing_webhook(request: Request, context: ContextDep) -> WebhookResult:
+    # The app's body limit has refused a declared length over it before this runs, and stops a streamed
+    # body as soon as it passes the limit (413): at most the limit is ever held here.
     payload = await request.body()
     handler = BillingWebhook(context.store, context.access, context.config, context.clock or time.time)
     try:

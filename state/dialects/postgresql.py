@@ -18,15 +18,16 @@ What it must never do: write rows itself (the store does), or let a libpq error 
 import contextlib
 import re
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from loguru import logger
 from sqlalchemy import DDL, CheckConstraint, Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from specs import limits
+
+if TYPE_CHECKING:  # psycopg is imported where a connection is made: a SQLite store never loads it
+    import psycopg
 
 # The key of the advisory lock that orders revisions ("fleet" in ASCII).
 REVISION_LOCK = 0x666C656574
@@ -102,8 +103,12 @@ TRIGGERS = [
         END IF;
         NEW.generation := OLD.generation + (CASE WHEN {_SPEC_CHANGED} THEN 1 ELSE 0 END);
         NEW.updated_at := CURRENT_TIMESTAMP;
+        NEW.created_revision := COALESCE(OLD.created_revision, OLD.revision);
       END IF;
       NEW.revision := nextval('fleet_revision_seq');
+      IF TG_OP = 'INSERT' THEN
+        NEW.created_revision := NEW.revision;  -- the tenant's identity for good (claims are bound to it)
+      END IF;
       RETURN NEW;
     END $$""",
     # A DELETE from anyone but the reconciler becomes a delete request, so no delete is ever lost.
@@ -200,6 +205,9 @@ class PostgreSQLDialect:
         self.connect_retry_seconds = connect_retry_seconds
 
     def create_engine(self, url: str) -> Engine:
+        import psycopg
+        from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
         conninfo = libpq_url(url)
         retry_seconds = self.connect_retry_seconds
 
@@ -271,6 +279,8 @@ class ChangeListener:
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> "psycopg.Connection[Any]":
+        import psycopg
+
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
             self._conn.execute(f"LISTEN {CHANNEL}")
@@ -278,6 +288,8 @@ class ChangeListener:
 
     def wait(self, timeout: float) -> bool:
         import time
+
+        import psycopg
 
         try:
             conn = self._connection()
@@ -291,6 +303,8 @@ class ChangeListener:
             return False
 
     def close(self) -> None:
+        import psycopg
+
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()

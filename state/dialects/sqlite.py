@@ -45,10 +45,11 @@ _BAD_PORTS = (
 )
 
 TRIGGERS = [
-    # Stamp revision (and generation 1) on insert.
+    # Stamp revision (and generation 1) on insert; the first revision is the tenant's identity for good.
     """CREATE TRIGGER IF NOT EXISTS tenants_stamp_insert AFTER INSERT ON tenants BEGIN
          UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
-         UPDATE tenants SET revision = (SELECT value FROM fleet_revision WHERE id = 1), generation = 1
+         UPDATE tenants SET revision = (SELECT value FROM fleet_revision WHERE id = 1), generation = 1,
+                created_revision = (SELECT value FROM fleet_revision WHERE id = 1)
           WHERE id = NEW.id;
        END""",
     # Every write gets a new revision; a spec change also a new generation. The inner UPDATE changes
@@ -58,7 +59,7 @@ TRIGGERS = [
          UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
          UPDATE tenants SET revision = (SELECT value FROM fleet_revision WHERE id = 1),
                 generation = OLD.generation + (CASE WHEN {_SPEC_CHANGED} THEN 1 ELSE 0 END),
-                updated_at = CURRENT_TIMESTAMP
+                updated_at = CURRENT_TIMESTAMP, created_revision = COALESCE(OLD.created_revision, OLD.revision)
           WHERE id = NEW.id;
        END""",
     # A DELETE from anyone but the reconciler becomes a delete request, so no delete is ever lost.

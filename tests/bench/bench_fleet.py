@@ -105,7 +105,7 @@ PostgreSQL {version[0] if version else '?'} is a private test server (initdb int
 as the tests run it); numbers on a production server with fsync on will be lower for single-row commits.
 
 **Scheduler binding throughput**, 3 nodes, 10,000 pending tenants, one pass (read pending, filter and
-score, compare-and-set bindings in batches of 1,000 with the node's room re-checked under its row lock):
+score, compare-and-set bindings in batches of 250 with the node's room re-checked under its row lock):
 
 | store | bindings/s | pass |
 | --- | --- | --- |

@@ -75,7 +75,9 @@ def initialised(fleet: Fleet) -> Fleet:
 
 
 def start_operator(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
-    """`fleet up ARGS` in the background; returns once it says it is up."""
+    """`fleet up ARGS` in the background; returns once it says it is up (this process, not an earlier one
+    whose lines are still in the logs: signalled before its handler is in place, it would not stop cleanly)."""
+    earlier = len(fleet.logs)
     process = subprocess.Popen(
         [FLEET, "up", "--resync-seconds", "1", "--log-level", "DEBUG",
          "--api-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0", *args],  # free ports; ARGS may override
@@ -84,7 +86,7 @@ def start_operator(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
     assert process.stderr is not None
     stderr = process.stderr
     threading.Thread(target=lambda: fleet.logs.extend(iter(stderr.readline, "")), daemon=True).start()
-    wait_for(lambda: any("Fleet is up" in line for line in fleet.logs) or process.poll() is not None,
+    wait_for(lambda: any("Fleet is up" in line for line in fleet.logs[earlier:]) or process.poll() is not None,
              timeout=30, what="fleet up to start")
     assert process.poll() is None, "".join(fleet.logs)
     return process

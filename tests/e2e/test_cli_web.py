@@ -1,10 +1,13 @@
 """`fleet up` serving the API and the gateway, and the token/plan/key verbs, as a user runs them."""
 
 import re
+import signal
+import subprocess
+import threading
 
 import httpx
 
-from tests.e2e.conftest import Fleet, start_operator, stop_operator
+from tests.e2e.conftest import FLEET, Fleet, start_operator, stop_operator
 from tests.helpers import wait_for
 
 
@@ -46,3 +49,44 @@ def test_bad_input_to_the_new_verbs_is_one_line_and_exit_2(fleet: Fleet) -> None
     unknown = fleet.run("plan", "apply", "-f", "-", stdin="kind: Plan\nid: price_y\ntemplate: nope\n", check=False)
     assert unknown.returncode == 2 and "template" in unknown.stderr
     assert fleet.run("key", "rotate").stdout.startswith("key/")
+
+
+def test_behind_a_tls_proxy_tenant_urls_say_https_and_the_claim_cookie_is_secure(fleet: Fleet) -> None:
+    """`fleet up` and `fleet gateway` with `--public-scheme https --public-port 443`: status.url and the
+    authorize URL are the one customers open through the proxy, and the claim cookie is Secure."""
+    fleet.data_dir.mkdir(parents=True)
+    token = fleet.run("token", "create", "--name", "shop", "--role", "billing").stdout.strip()
+    process = start_operator(fleet, "--driver", "fake", "--public-scheme", "https", "--public-port", "443")
+    gateway = None
+    try:
+        line = next(line for line in fleet.logs if "Fleet is up" in line)
+        api = re.search(r"API: (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
+        gateways = [re.search(r"gateway: (http://[\d.]+:\d+)", line).group(1)]  # type: ignore[union-attr]
+        with httpx.Client(base_url=api, headers={"authorization": f"Bearer {token}"}, timeout=10) as client:
+            created = client.post("/api/v1/tenants", json={"kind": "Tenant", "metadata": {"name": "acme"},
+                                                           "spec": {"template": "base"}})
+            assert created.status_code == 201, created.text
+            status = wait_for(lambda: (s := client.get("/api/v1/tenants/acme").json().get("status")) and
+                              s["phase"] == "Running" and s, what="acme Running")
+            assert status["url"] == "https://acme.fleet.localhost/"
+            link = client.post("/api/v1/tenants/acme/authorize").json()["url"]
+        assert link.startswith("https://acme.fleet.localhost/?fleet_claim="), link
+        gateway = subprocess.Popen([FLEET, "gateway", "--listen", "127.0.0.1:0", "--public-scheme", "https"],
+                                   env=fleet.env, stderr=subprocess.PIPE, text=True)
+        assert gateway.stderr is not None
+        stderr, said = gateway.stderr, []
+        threading.Thread(target=lambda: said.extend(iter(stderr.readline, "")), daemon=True).start()
+        alone = wait_for(lambda: next((s for s in said if "Fleet gateway is up" in s), None) or gateway.poll(),
+                         timeout=30, what="fleet gateway to start")
+        assert gateway.poll() is None, "".join(said)
+        gateways.append(re.search(r"gateway (http://[\d.]+:\d+)", alone).group(1))  # type: ignore[union-attr]
+        for url in gateways:
+            signed_in = httpx.get(url + link.removeprefix("https://acme.fleet.localhost"),
+                                  headers={"host": "acme.fleet.localhost"})
+            assert signed_in.status_code == 303, signed_in.text
+            assert signed_in.headers["set-cookie"].endswith("; Secure"), signed_in.headers["set-cookie"]
+    finally:
+        if gateway is not None:
+            gateway.send_signal(signal.SIGINT)
+            assert gateway.wait(timeout=30) == 0
+        stop_operator(fleet, process)

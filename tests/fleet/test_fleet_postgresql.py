@@ -96,3 +96,27 @@ def test_restarting_postgresql_under_load_loses_no_write_and_everything_converge
     assert all(process.poll() is None for process in cluster.processes.values()), "no process died"
     scheduled = Counter(name for (name,) in cluster.rows("SELECT tenant FROM events WHERE reason = 'Scheduled'"))
     assert len(scheduled) == 600 and max(scheduled.values()) == 1
+
+
+def test_tenants_deleted_before_they_were_bound_are_finalized_and_their_names_come_back(cluster: Cluster) -> None:
+    cluster.scheduler("scheduler")
+    cluster.agent("n1", "--max-tenants", "5")
+    wait_for(lambda: len(cluster.nodes()) == 1, timeout=30, what="n1 registered")
+    cluster.psql(INSERT.format(start=1, end=20))
+    wait_for(lambda: cluster.running() == 5, timeout=60, interval=0.3, what="the 5 that fit Running")
+    never_bound = sorted(name for (name,) in cluster.rows("SELECT name FROM tenants WHERE node IS NULL"))
+    assert len(never_bound) == 15
+
+    cluster.kill("scheduler")  # kill -9: the deletes land while no scheduler runs
+    cluster.psql("DELETE FROM tenants")
+    cluster.scheduler("scheduler")
+    wait_for(lambda: cluster.rows("SELECT count(*) FROM tenants") == [(0,)], timeout=60, interval=0.3,
+             what="every delete finished, bound or not")
+
+    assert cluster.rows("SELECT count(*) FROM tenant_tombstones") == [(20,)], "watchers are told of each"
+    receipts = dict(cluster.rows("SELECT tenant, details FROM events WHERE reason = 'Deleted'"))
+    assert all(receipts[name] == '{"removed": [], "already_absent": []}' for name in never_bound)
+    assert cluster.rows("SELECT count(*) FROM events WHERE reason = 'Finalized'") == [(20,)]
+    cluster.psql("INSERT INTO tenants (name, template) SELECT name, 'base' FROM unnest(ARRAY['"
+                 + "','".join(never_bound[:5]) + "']) AS name")
+    wait_for(lambda: cluster.running() == 5, timeout=60, interval=0.3, what="the names used again, Running")

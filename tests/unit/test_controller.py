@@ -178,6 +178,32 @@ def test_delete_removes_everything_then_the_row_with_a_receipt(
     assert store.events(tenant="acme")[-1].reason == "Finalized"
 
 
+def test_a_delete_that_fails_permanently_keeps_retrying_with_the_reason_in_a_condition(
+    store: Store, fake: FakeDriver, clock: ManualClock
+) -> None:
+    controller = make_controller(store, fake, clock)
+    store.apply_tenant(tenant("acme"))
+    controller.poll_changes()
+    drain(controller, clock=clock)
+    refusal = PermanentError("tenants/acme does not carry Fleet's marker", reason="NotOwned")
+    fake.faults.fail("delete", 1, refusal).fail("delete", 2, refusal)
+    store.request_delete("acme")
+    controller.poll_changes()
+    key = controller.queue.get(timeout=0)
+    assert key == "acme" and controller.process(key) == Outcome.RETRY
+    controller.queue.done(key)
+    stuck = store.get_tenant("acme")
+    assert stuck is not None and stuck.status is not None
+    assert stuck.status.phase == Phase.DELETING
+    deleted = stuck.status.condition("Deleted")
+    assert deleted is not None and deleted.reason == "NotOwned" and "marker" in deleted.message
+    assert controller.queue.get(timeout=0) is None, "retried after a backoff, not in a hot loop"
+    assert controller.queue.waiting()
+    drain(controller, clock=clock)
+    assert store.get_tenant("acme") is None, "the third try finished the delete"
+    assert fake.leftovers() == []
+
+
 def test_a_missing_template_is_a_failed_condition_not_a_crash(
     store: Store, controller: Controller, clock: ManualClock
 ) -> None:

@@ -135,3 +135,44 @@ def test_an_expired_node_is_not_ready_and_its_tenants_ready_turns_unknown(store:
     ready = got.status.condition("Ready")
     assert ready is not None and (ready.status.value, ready.reason) == ("Unknown", "NodeNotReady")
     assert nodes.bindings() == {"t0": "a"}, "nothing is rescheduled"
+
+
+def test_a_tenant_deleted_before_it_was_bound_is_finalized_with_a_receipt_and_its_name_comes_back(
+    store: Store,
+) -> None:
+    nodes = NodeStore(store)
+    register(nodes, "a", slots=1)
+    store.apply_tenants([tenant("bound"), tenant("waiting")])
+    scheduler = Scheduler(store, SchedulerConfig(identity="one"))
+    assert scheduler.run_once().bound == 1  # the node has one slot: "waiting" stays Pending (Unschedulable)
+    assert nodes.bindings() == {"bound": "a"}
+    before = store.current_revision()
+    store.request_delete("waiting")
+    store.request_delete("bound")
+
+    result = scheduler.run_once()
+
+    assert result.finalized == 1
+    assert store.get_tenant("waiting") is None, "the unbound delete is finished: nothing of it is on any host"
+    reasons = [e.reason for e in store.events(tenant="waiting")]
+    assert reasons[-2:] == ["Deleted", "Finalized"]
+    receipt = next(e for e in store.events(tenant="waiting") if e.reason == "Deleted")
+    assert receipt.details == {"removed": [], "already_absent": []} and "before it was bound" in receipt.message
+    assert [d.name for d in store.deletions_since(before)] == ["waiting"], "a tombstone tells watchers"
+    bound = store.get_tenant("bound")
+    assert bound is not None and bound.deleting, "a bound tenant's delete is its node agent's to finish"
+    assert store.create_tenant(tenant("waiting")).outcome.value == "created", "the name can be used again"
+
+
+def test_the_unbound_delete_loses_to_a_binding_made_meanwhile(store: Store) -> None:
+    """The finalize is a compare-and-set on "still unbound": a tenant bound between the scheduler's look and
+    its write is left to the node's agent (which deletes what it made)."""
+    nodes = NodeStore(store)
+    register(nodes, "a")
+    store.apply_tenant(tenant("racer"))
+    store.request_delete("racer")
+    assert nodes.unbound_deletions() == ["racer"]
+    assert store.bind("racer", "a"), "a single-node controller binds (compare-and-set on node IS NULL)"
+    assert not store.finalize_delete("racer", [], only_unbound=True)
+    racer = store.get_tenant("racer")
+    assert racer is not None and racer.deleting and store.events(tenant="racer") == []

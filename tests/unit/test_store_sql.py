@@ -290,7 +290,7 @@ def test_a_store_made_before_disk_bandwidth_is_migrated_once_and_gets_it(
     again = Store(url)  # reopening migrates nothing more
     try:
         versions = again.engine.connect().exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version")
-        assert [row[0] for row in versions] == [m.version for m in MIGRATIONS] == [1, 2, 3, 4, 5, 6]
+        assert [row[0] for row in versions] == [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     finally:
         again.close()
 
@@ -370,3 +370,57 @@ def test_create_refuses_a_name_that_exists_and_writes_nothing(store: Store) -> N
         store.create_tenant(tenant("solo", paused=True))
     existing = store.get_tenant("solo")
     assert existing is not None and existing.spec.paused is False
+
+
+@needs_shell
+def test_a_tenant_created_again_under_its_name_is_another_tenant_and_no_update_changes_which(store: Store) -> None:
+    """`created_revision` (migration 8): stamped on insert, raw SQL included, kept by every update (a raw one
+    that tries to change it too), and new for a tenant deleted and created again under the same name, even
+    where the database reuses the deleted row's id (SQLite)."""
+    inserted = _sqlite3_shell(store, "INSERT INTO tenants (name, template) VALUES ('acme', 'base');")
+    assert inserted.returncode == 0, inserted.stderr
+    first = store.desired("acme")
+    assert first is not None and first.created_revision == first.revision
+    store.apply_tenant(tenant("acme", paused=True))
+    changed = _sqlite3_shell(store, "UPDATE tenants SET created_revision = 1, paused = false WHERE name = 'acme';")
+    assert changed.returncode == 0, changed.stderr
+    updated = store.desired("acme")
+    assert updated is not None and updated.revision > first.revision
+    assert updated.created_revision == first.created_revision and _row(store, "acme")["created_revision"] == (
+        first.created_revision)
+    store.request_delete("acme")
+    store.finalize_delete("acme")
+    store.apply_tenant(tenant("acme"))
+    again = store.desired("acme")
+    assert again is not None and again.created_revision is not None
+    assert again.created_revision > updated.revision
+
+
+@needs_shell
+def test_a_store_made_before_tenant_identity_gives_its_tenants_one(
+    store_engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A version-5 store (before migration 8): its tenants get their current revision as their identity, and
+    tenants created afterwards a newer one."""
+    if store_engine == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        load = [shutil.which("psql") or "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url,
+                "-f", str(DATA / "store_v5.postgresql.sql")]
+    else:
+        url = f"sqlite:///{tmp_path / 'fleet.db'}"
+        load = ["sqlite3", str(tmp_path / "fleet.db"), f".read {DATA / 'store_v5.sqlite.sql'}"]
+    loaded = subprocess.run(load, capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    store = Store(url)
+    try:
+        old = store.desired("acme")
+        assert old is not None and old.created_revision is not None
+        store.apply_tenant(tenant("acme", paused=True))
+        kept = store.desired("acme")
+        assert kept is not None and kept.created_revision == old.created_revision
+        store.apply_tenant(tenant("newer"))
+        newer = store.desired("newer")
+        assert newer is not None and newer.created_revision is not None
+        assert newer.created_revision > old.created_revision
+    finally:
+        store.close()

@@ -17,8 +17,8 @@ import pytest
 from drivers.fake import FakeDriver
 from reconciler.controller import Controller, ControllerConfig
 from reconciler.web.app import create_app
-from reconciler.web.context import WebConfig, WebContext
-from reconciler.web.gateway import create_gateway
+from reconciler.web.context import GatewayLimits, WebConfig, WebContext
+from reconciler.web.gateway import Gateway, create_gateway
 from reconciler.web.server import BackgroundServer, Listen
 from reconciler.web.webhooks import sign
 from state import Store
@@ -53,14 +53,18 @@ class _Page(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = json.dumps({"page": f"hello from {self.server.tenant}", "path": self.path,  # type: ignore[attr-defined]
                            "cookie": self.headers.get("cookie"), "host": self.headers.get("host")}).encode()
-        self._send(body)
+        # A container that tries to set cookies for its sibling tenants (they share the base domain).
+        self._send(body, [f"sibling=1; Path=/; Domain={BASE_DOMAIN}", f"other=2; domain=.{BASE_DOMAIN} ; HttpOnly"]
+                   if self.path.split("?")[0] == "/cookies" else [])
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", 0))
         self._send(self.rfile.read(length))
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, body: bytes, cookies: list[str] | None = None) -> None:
         self.send_response(200)
+        for cookie in cookies or []:
+            self.send_header("set-cookie", cookie)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -80,6 +84,7 @@ class Web:
     context: WebContext
     tokens: dict[Role, str]
     servers: list[Any] = field(default_factory=list)
+    gateways: list[BackgroundServer] = field(default_factory=list)
 
     def client(self, role: Role | None = Role.OPERATOR) -> httpx.Client:
         headers = {"authorization": f"Bearer {self.tokens[role]}"} if role else {}
@@ -108,6 +113,15 @@ class Web:
 
     def wait_running(self, name: str, timeout: float = 10) -> None:
         wait_for(lambda: self.phase(name) == "Running", timeout=timeout, what=f"{name} to be Running")
+
+    def start_gateway(self, limits: GatewayLimits) -> tuple[Gateway, str]:
+        """Another gateway on the same store, with these limits: the app and its http://HOST:PORT."""
+        context = WebContext(self.store, replace(self.context.config, gateway=limits))
+        app = create_gateway(context)
+        server = BackgroundServer(app, Listen("127.0.0.1", 0), name="gateway").start()
+        context.config = replace(context.config, public_port=server.listen.port)
+        self.gateways.append(server)
+        return app, f"http://{server.listen}"
 
     def serve_page(self, tenant: str) -> int:
         """Play the tenant's container: an HTTP server on its address. Returns its port."""
@@ -154,6 +168,8 @@ def web(tmp_path: Path) -> Iterator[Web]:
     finally:
         api.stop()
         gateway.stop()
+        for extra in web.gateways:
+            extra.stop()
         controller.stop()
         for server in web.servers:
             server.shutdown()

@@ -1,0 +1,106 @@
+"""The watch feed: every tenant whose record or status changed after a revision, and every tenant deleted
+after it, in revision order, read in one snapshot.
+
+Why it exists: changes live in `tenants`/`tenant_status` and deletions in `tenant_tombstones`. Read with
+two statements, a writer committing in between could put a deletion into the second read whose revision
+is newer than a change the first read missed; the reader would move past that change for good. One
+statement (a UNION ALL) is one snapshot on both engines (on PostgreSQL each statement has its own snapshot
+under READ COMMITTED), so a batch is always a prefix of the revision order. A reader resuming from a
+revision older than the pruned tombstones (the horizon) is refused with `RevisionCompacted`. What it must
+never do: hold a transaction open between reads.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import case, func, literal_column, null, or_, select, union_all
+
+from state.errors import RevisionCompacted
+from state.housekeeping_schema import WATCH_HORIZON
+from state.schema import STATUS, TENANTS, TOMBSTONES
+from state.store import Store
+
+
+class FeedKind(StrEnum):
+    TENANT = "tenant"  # the record or its status was written
+    DELETED = "deleted"  # the record is gone: everything the tenant had was removed
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    kind: FeedKind
+    name: str
+    revision: int
+    phase: str | None = None  # for TENANT: its phase ("Pending" before any status)
+    deleting: bool = False
+    url: str | None = None
+
+
+class WatchFeed:
+    """The feed of one store. Thread-safe as the store is: each call takes its own connection."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        greatest = func.max if store.dialect.name == "sqlite" else func.greatest  # the larger of two
+        self._newest = greatest(TENANTS.c.revision, func.coalesce(STATUS.c.revision, 0))
+
+    def _query(self, revision: int, limit: int) -> Any:
+        changes = (
+            select(
+                literal_column("'tenant'").label("kind"),
+                TENANTS.c.name.label("name"),
+                self._newest.label("revision"),
+                STATUS.c.phase.label("phase"),
+                STATUS.c.url.label("url"),
+                case((TENANTS.c.deletion_requested_at.is_(None), 0), else_=1).label("deleting"),
+            )
+            .select_from(TENANTS)
+            .outerjoin(STATUS, STATUS.c.name == TENANTS.c.name)
+            .where(or_(TENANTS.c.revision > revision, STATUS.c.revision > revision))
+        )
+        deletions = select(
+            literal_column("'deleted'").label("kind"),
+            TOMBSTONES.c.name.label("name"),
+            TOMBSTONES.c.revision.label("revision"),
+            null().label("phase"),
+            null().label("url"),
+            literal_column("0").label("deleting"),
+        ).where(TOMBSTONES.c.revision > revision)
+        both = union_all(changes, deletions).subquery()
+        return select(both).order_by(both.c.revision).limit(limit)
+
+    def since(self, revision: int, *, limit: int = 500) -> list[FeedEvent]:
+        """Up to `limit` events after `revision`, oldest first: always every event up to the last one
+        returned, so the next call continues from its revision. `revision` 0 is a fresh start (every
+        tenant there is, and the deletions still kept); an older revision than the horizon raises
+        `RevisionCompacted`."""
+        with self.store._read() as conn:
+            rows = conn.execute(self._query(revision, limit)).all()
+            # After the batch, not before: the horizon only grows, so one read after the batch covers it
+            # (the tombstones it read were not yet pruned, or the horizon says they were).
+            horizon = conn.execute(select(WATCH_HORIZON.c.revision).where(WATCH_HORIZON.c.id == 1)).scalar()
+        if revision and horizon and revision < horizon:
+            raise RevisionCompacted(revision, int(horizon))
+        return [
+            FeedEvent(FeedKind(row.kind), row.name, int(row.revision), row.phase or "Pending",
+                      bool(row.deleting), row.url)
+            if row.kind == FeedKind.TENANT
+            else FeedEvent(FeedKind.DELETED, row.name, int(row.revision))
+            for row in rows
+        ]
+
+    def horizon(self) -> int:
+        """The newest revision among pruned tombstones: a watcher may resume from it or later (or from 0)."""
+        with self.store._read() as conn:
+            value = conn.execute(select(WATCH_HORIZON.c.revision).where(WATCH_HORIZON.c.id == 1)).scalar()
+        return int(value or 0)
+
+    def check(self, revision: int) -> None:
+        """Raise `RevisionCompacted` when a watcher cannot resume from `revision`."""
+        horizon = self.horizon()
+        if revision and revision < horizon:
+            raise RevisionCompacted(revision, horizon)
+
+
+__all__ = ["FeedEvent", "FeedKind", "WatchFeed"]
