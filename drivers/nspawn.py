@@ -15,7 +15,6 @@ import builtins
 import errno
 import functools
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ from loguru import logger
 from pyroute2 import NetlinkError
 
 from drivers import nspawn_cgroups, nspawn_firewall, nspawn_netns, nspawn_network, nspawn_process, nspawn_seccomp
+from drivers.nspawn_host import host_problems
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import (
     INIT_PATH,
@@ -56,40 +56,7 @@ from specs.errors import FleetError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# tool -> the Debian package that provides it
-_TOOLS = {
-    "btrfs": "btrfs-progs",
-    "systemd-nspawn": "systemd-container",
-    "nft": "nftables",
-    "busybox": "busybox-static",
-    "nsenter": "util-linux",
-}
 _KSM = Path("/sys/kernel/mm/ksm")
-
-
-def host_problems(*, pool_path: Path | None = None) -> list[str]:
-    """What this host lacks for the nspawn driver, each with how to get it; empty when it can run."""
-    problems: list[str] = []
-    if os.geteuid() != 0:
-        problems.append("not root: the nspawn driver creates cgroups, namespaces and mounts; run it as root")
-    missing = sorted({package for tool, package in _TOOLS.items() if shutil.which(tool) is None})
-    if missing:
-        problems.append(f"missing tools: install them with `apt-get install -y {' '.join(missing)}`")
-    try:
-        filesystems = Path("/proc/filesystems").read_text()
-    except OSError:
-        filesystems = ""
-    if "btrfs" not in filesystems and not Path("/sys/module/btrfs").exists():
-        problems.append("the kernel has no btrfs: `modprobe btrfs` (package linux-modules-extra on some distros)")
-    if pool_path is None and not Path("/dev/loop-control").exists():
-        problems.append("no loop device support (/dev/loop-control missing): `modprobe loop`, or pass pool_path")
-    if not Path("/proc/self/ns/net").exists():
-        problems.append("the kernel has no network namespaces (CONFIG_NET_NS)")
-    try:
-        nspawn_cgroups.detect()
-    except PermanentError as error:
-        problems.append(f"cgroups: {error}")
-    return problems
 
 
 def _at_edge(method: Callable[P, R]) -> Callable[P, R]:

@@ -8,7 +8,7 @@ from typing import Any
 from drivers.base import Driver
 from specs import PermanentError
 
-_PROBLEMS: dict[str, str] = {"nspawn": "drivers.nspawn:host_problems"}
+_PROBLEMS: dict[str, str] = {"nspawn": "drivers.nspawn_host:host_problems"}
 _DRIVERS: dict[str, str] = {
     "fake": "drivers.fake:FakeDriver",
     "nspawn": "drivers.nspawn:NspawnDriver",

@@ -18,7 +18,7 @@ from loguru import logger
 from reconciler.agent import Agent, AgentConfig
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
-from reconciler.cli.settings import Settings
+from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 from specs import PermanentError, TransientError
@@ -61,7 +61,7 @@ def _until_signal() -> threading.Event:
 
 def agent(
     ctx: typer.Context,
-    node: str = typer.Option(socket.gethostname().split(".")[0].lower(), "--node", help="This node's name."),
+    node: str = typer.Option(this_node(), "--node", help="This node's name."),
     driver_name: str = typer.Option("auto", "--driver", help="auto (the real driver), nspawn, or fake."),
     pool: Path | None = typer.Option(None, "--pool", help="A btrfs filesystem for this node's containers."),
     pool_size: str = typer.Option("20Gi", "--pool-size"),

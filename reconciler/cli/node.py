@@ -1,21 +1,16 @@
 """Verbs on this node: prepare it (pool, built-in template) and show what it has."""
 
-import socket
 from pathlib import Path
 
 import typer
 
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.render import table
-from reconciler.cli.settings import Settings
+from reconciler.cli.settings import Settings, this_node
 from specs import Template, format_bytes, format_cpu
 from state.migrations import BUILTIN_TEMPLATE
 
 app = typer.Typer(help="This node: its pool, capacity and memory sharing.", no_args_is_help=True)
-
-
-def _hostname() -> str:
-    return socket.gethostname().split(".")[0].lower()
 
 
 @app.command("init")
@@ -31,11 +26,11 @@ def init(
     data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.open_store(create=True)
     driver, described = open_driver(
-        DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, node=_hostname())
+        DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, node=this_node())
     )
     template: Template = BUILTIN_TEMPLATE
     driver.ensure_template(template)
-    typer.echo(f"node {_hostname()} ready: driver {described}; template {template.ref}; store {store.url}")
+    typer.echo(f"node {this_node()} ready: driver {described}; template {template.ref}; store {store.url}")
 
 
 @app.command("status")
@@ -47,13 +42,13 @@ def status(
     """The driver, its tools, the node's capacity, what it runs, and what KSM merged."""
     settings: Settings = ctx.obj
     driver, described = open_driver(
-        DriverOptions(name=driver_name, data_dir=settings.resolved_data_dir, pool=pool, node=_hostname())
+        DriverOptions(name=driver_name, data_dir=settings.resolved_data_dir, pool=pool, node=this_node())
     )
     info, capacity = driver.info(), driver.capacity()
     running = [o for o in driver.list() if o.running]
     page = 4096
     rows = [
-        ["node", _hostname()],
+        ["node", this_node()],
         ["driver", described],
         ["capabilities", ", ".join(info.capabilities)],
         *[[f"tool {name}", version] for name, version in info.tools.items()],

@@ -4,6 +4,7 @@ Imported by every command, `fleet --help` too: it must not import the store (SQL
 its top; `open_store` does, for the commands that open one."""
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,11 @@ if TYPE_CHECKING:
 
 DB_HELP = "Store URL (sqlite:///PATH or postgresql://USER@HOST/DB). Default: FLEET_DB, else DATA_DIR/fleet.db."
 DATA_DIR_HELP = "Default: FLEET_DATA_DIR, else /var/lib/fleet (root) or ~/.local/share/fleet."
+
+
+def this_node() -> str:
+    """This machine's node name by default: its short host name, lower case (`web-3.example.com` -> `web-3`)."""
+    return socket.gethostname().split(".")[0].lower()
 
 
 def default_data_dir() -> Path:

@@ -1,6 +1,5 @@
 """Verbs on templates: list what tenants can be cloned from, import or build new ones on this node."""
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from drivers import Driver
 from reconciler.cli.documents import BadInput, describe_validation
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.render import table
-from reconciler.cli.settings import Settings
+from reconciler.cli.settings import Settings, this_node
 from specs import Template, TemplateSource, format_bytes, format_cpu
 
 app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=True)
@@ -42,7 +41,7 @@ def _node_driver(settings: Settings, pool: Path | None) -> Driver:
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     driver, _ = open_driver(
-        DriverOptions(name="nspawn", data_dir=data_dir, pool=pool, node=socket.gethostname().split(".")[0].lower())
+        DriverOptions(name="nspawn", data_dir=data_dir, pool=pool, node=this_node())
     )
     return driver
 

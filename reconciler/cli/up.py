@@ -2,7 +2,6 @@
 
 import contextlib
 import signal
-import socket
 import threading
 from pathlib import Path
 from types import FrameType
@@ -14,7 +13,7 @@ from reconciler.agent import Agent, AgentConfig
 from reconciler.cli import web
 from reconciler.cli.hosts import DriverOptions, open_driver
 from reconciler.cli.logs import configure
-from reconciler.cli.settings import Settings
+from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 
@@ -35,7 +34,7 @@ def up(
     ),
     pool_size: str = typer.Option("20Gi", "--pool-size", help="Size of the loop-backed image when Fleet creates it."),
     address_range: str = typer.Option("10.213.0.0/16", "--address-range", help="Tenant addresses on this node."),
-    node: str = typer.Option(socket.gethostname().split(".")[0].lower(), "--node", help="This node's name."),
+    node: str = typer.Option(this_node(), "--node", help="This node's name."),
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5, help="How often to compare all with the host."),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),

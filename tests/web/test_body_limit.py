@@ -1,4 +1,5 @@
-"""Request bodies over the limit get 413 on every API route, before they are read whole (issue 10, point 4)."""
+"""Request bodies over the limit get 413 on every API route, before they are read whole: no client can make
+the server hold an unbounded body."""
 
 import asyncio
 import json
