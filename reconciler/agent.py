@@ -175,6 +175,11 @@ class Agent:
         if was_not_ready:
             self.requeue_all()
 
+    def take(self, tenant: str, node: str) -> None:
+        """A tenant was just bound (by a scheduler in this process): reconcile it now if it is this node's."""
+        if node == self.config.node:
+            self.controller.queue.add(tenant)
+
     def requeue_all(self) -> int:
         names = self.nodes.tenants_on(self.config.node)
         for name in names:

@@ -11,6 +11,7 @@ containers (agents do).
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -170,7 +171,12 @@ class PassResult:
 
 
 class Scheduler:
-    def __init__(self, store: Store, config: SchedulerConfig) -> None:
+    def __init__(
+        self, store: Store, config: SchedulerConfig, on_bound: Callable[[str, str], None] | None = None
+    ) -> None:
+        """`on_bound(tenant, node)` is told of each binding as it commits: an agent in the same process
+        (`fleet up`) takes the tenant at once instead of when the store's change feed wakes it."""
+        self._on_bound = on_bound
         self.store = store
         self.nodes = NodeStore(store)
         self.config = config
@@ -259,6 +265,9 @@ class Scheduler:
         for start in range(0, len(placement.bindings), self.config.batch):
             result = self.nodes.bind_many(placement.bindings[start : start + self.config.batch])
             bound += len(result.bound)
+            if self._on_bound is not None:
+                for binding in result.bound:
+                    self._on_bound(binding.name, binding.node)
             retry_later.extend(b.name for b in result.no_room)
         self.bound_total += bound
         self._report_unschedulable(placement.unschedulable)

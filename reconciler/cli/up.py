@@ -100,7 +100,9 @@ def up(
         ),
     )
     scheduler = Scheduler(
-        store, SchedulerConfig(identity=f"{agent.identity}/scheduler", strategy=strategy, interval_seconds=0.05)
+        store,
+        SchedulerConfig(identity=f"{agent.identity}/scheduler", strategy=strategy, interval_seconds=0.05),
+        on_bound=agent.take,
     )
     stop = threading.Event()
 

@@ -176,3 +176,15 @@ def test_the_unbound_delete_loses_to_a_binding_made_meanwhile(store: Store) -> N
     assert not store.finalize_delete("racer", [], only_unbound=True)
     racer = store.get_tenant("racer")
     assert racer is not None and racer.deleting and store.events(tenant="racer") == []
+
+
+def test_each_binding_is_told_as_it_commits_so_an_agent_in_the_same_process_takes_it_at_once(store: Store) -> None:
+    nodes = NodeStore(store)
+    register(nodes, "a")
+    for i in range(3):
+        store.apply_tenant(tenant(f"t{i}"))
+    told: list[tuple[str, str]] = []
+    result = Scheduler(store, SchedulerConfig(identity="one"), on_bound=lambda t, n: told.append((t, n))).run_once()
+    assert result.bound == 3
+    assert sorted(told) == [("t0", "a"), ("t1", "a"), ("t2", "a")]
+    assert nodes.bindings() == {"t0": "a", "t1": "a", "t2": "a"}, "told only of what is committed"
