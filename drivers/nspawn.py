@@ -288,6 +288,7 @@ class NspawnDriver:
 
     @_at_edge
     def start(self, tenant: str) -> None:
+        began = time.perf_counter()
         self._require(tenant)
         if self.processes.find(tenant) is not None:
             return
@@ -299,6 +300,8 @@ class NspawnDriver:
         self.cgroups.create(tenant)
         # Leftovers of a container that died (payload children) would be charged with the new one.
         self.cgroups.kill(tenant)
+        prepared_ms = round((time.perf_counter() - began) * 1000, 1)
+        logger.bind(tenant=tenant, node=self.node, ms=prepared_ms).debug("Prepared start")
         self.processes.start(
             tenant,
             root=self.pool.tenant_path(tenant),
