@@ -1,4 +1,4 @@
-"""The access tables (issue 5): API tokens, idempotency keys, billing webhook events and subscriptions,
+"""The access tables: API tokens, idempotency keys, billing webhook events and subscriptions,
 plans, and claim signing keys. SQLModel classes: one definition for every engine.
 
 Unique constraints here carry the guarantees the API promises: one row per webhook event id (a replay
@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Index, Integer, PrimaryKeyConstraint, Text, text
 from sqlmodel import Field, SQLModel
 
-from specs import limits
 from state.dialects.sqlite import sqlite_access_checks
-from state.schema import _range
+from state.schema import resource_checks
 
 _NOW = text("CURRENT_TIMESTAMP")
 ROLES = ("billing", "operator", "viewer")
@@ -87,11 +86,7 @@ class SubscriptionRow(SQLModel, table=True):
 class PlanRow(SQLModel, table=True):
     __tablename__ = "plans"
     __table_args__ = (
-        _range("cpu_millicores", limits.CPU_MILLICORES_MIN, limits.CPU_MILLICORES_MAX),
-        _range("memory_bytes", limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX),
-        _range("disk_bytes", limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX),
-        _range("pids", limits.PIDS_MIN, limits.PIDS_MAX),
-        _range("io_bytes_per_second", limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
+        *resource_checks(),
     )
 
     id: str = Field(sa_column=Column(Text, primary_key=True))

@@ -14,16 +14,13 @@ import re
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from specs import FleetError, NotFound, PermanentError, TransientError
+from state.columns import RESOURCE_COLUMNS
 
 _COLUMN_TO_FIELD = {
     "name": "metadata.name",
     "labels": "metadata.labels",
     "template": "spec.template",
-    "cpu_millicores": "spec.resources.cpu",
-    "memory_bytes": "spec.resources.memory",
-    "disk_bytes": "spec.resources.disk",
-    "pids": "spec.resources.pids",
-    "io_bytes_per_second": "spec.resources.io",
+    **{column: f"spec.resources.{field}" for field, column in RESOURCE_COLUMNS.items()},
     "ingress_ports": "spec.network.ingress",
     "paused": "spec.paused",
     "deletion_requested_at": "metadata.deletion_requested_at",

@@ -8,18 +8,60 @@ statement (a UNION ALL) is one snapshot on both engines (on PostgreSQL each stat
 under READ COMMITTED), so a batch is always a prefix of the revision order. A reader resuming from a
 revision older than the pruned tombstones (the horizon) is refused with `RevisionCompacted`. What it must
 never do: hold a transaction open between reads.
+
+`RevisionFeed` is the reconciler's narrower feed: revisions of desired state and of deletions, read apart
+(a reconciler re-reads each tenant it is told about, so it needs no single snapshot).
 """
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, func, literal_column, null, or_, select, union_all
+from sqlalchemy import bindparam, case, func, literal_column, null, or_, select, union_all
 
+from state.dialects import Dialect
 from state.errors import RevisionCompacted
 from state.housekeeping_schema import WATCH_HORIZON
+from state.records import Change
 from state.schema import STATUS, TENANTS, TOMBSTONES
-from state.store import Store
+from state.session import Session
+
+if TYPE_CHECKING:
+    from state.store import Store
+
+_CHANGES = (
+    select(TENANTS.c.name, TENANTS.c.revision)
+    .where(TENANTS.c.revision > bindparam("revision"))
+    .order_by(TENANTS.c.revision)
+    .limit(bindparam("limit"))
+)
+
+
+class RevisionFeed:
+    """Revisions of desired state and of deletions, and the newest revision stamped."""
+
+    def __init__(self, session: Session, dialect: Dialect) -> None:
+        self.session = session
+        self.dialect = dialect
+
+    def changes_since(self, revision: int, *, limit: int = 10_000) -> list[Change]:
+        with self.session.read() as conn:
+            rows = conn.execute(_CHANGES, {"revision": revision, "limit": limit}).all()
+        return [Change(row.name, row.revision) for row in rows]
+
+    def deletions_since(self, revision: int, *, limit: int = 500) -> list[Change]:
+        with self.session.read() as conn:
+            rows = conn.execute(
+                select(TOMBSTONES.c.name, TOMBSTONES.c.revision)
+                .where(TOMBSTONES.c.revision > revision)
+                .order_by(TOMBSTONES.c.revision)
+                .limit(limit)
+            ).all()
+        return [Change(row.name, row.revision) for row in rows]
+
+    def current_revision(self) -> int:
+        with self.session.read() as conn:
+            return int(conn.exec_driver_sql(self.dialect.current_revision_sql()).scalar_one())
 
 
 class FeedKind(StrEnum):
@@ -40,10 +82,9 @@ class FeedEvent:
 class WatchFeed:
     """The feed of one store. Thread-safe as the store is: each call takes its own connection."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: "Store") -> None:
         self.store = store
-        greatest = func.max if store.dialect.name == "sqlite" else func.greatest  # the larger of two
-        self._newest = greatest(TENANTS.c.revision, func.coalesce(STATUS.c.revision, 0))
+        self._newest = store.dialect.greatest(TENANTS.c.revision, func.coalesce(STATUS.c.revision, 0))
 
     def _query(self, revision: int, limit: int) -> Any:
         changes = (
@@ -75,7 +116,7 @@ class WatchFeed:
         returned, so the next call continues from its revision. `revision` 0 is a fresh start (every
         tenant there is, and the deletions still kept); an older revision than the horizon raises
         `RevisionCompacted`."""
-        with self.store._read() as conn:
+        with self.store.session.read() as conn:
             rows = conn.execute(self._query(revision, limit)).all()
             # After the batch, not before: the horizon only grows, so one read after the batch covers it
             # (the tombstones it read were not yet pruned, or the horizon says they were).
@@ -92,7 +133,7 @@ class WatchFeed:
 
     def horizon(self) -> int:
         """The newest revision among pruned tombstones: a watcher may resume from it or later (or from 0)."""
-        with self.store._read() as conn:
+        with self.store.session.read() as conn:
             value = conn.execute(select(WATCH_HORIZON.c.revision).where(WATCH_HORIZON.c.id == 1)).scalar()
         return int(value or 0)
 
@@ -103,4 +144,4 @@ class WatchFeed:
             raise RevisionCompacted(revision, horizon)
 
 
-__all__ = ["FeedEvent", "FeedKind", "WatchFeed"]
+__all__ = ["FeedEvent", "FeedKind", "RevisionFeed", "WatchFeed"]

@@ -95,7 +95,7 @@ class Housekeeping:
             ))
         ).rowcount)
         tombstones = self._repeat(lambda conn: self._prune_tombstones(conn, _cutoff(now, retention.tombstones)))
-        with self.store._read() as conn:
+        with self.store.session.read() as conn:
             horizon = int(conn.execute(select(WATCH_HORIZON.c.revision).where(WATCH_HORIZON.c.id == 1)).scalar() or 0)
         return Pruned(events, webhook_events, idempotency_keys, tombstones, horizon)
 
@@ -123,7 +123,7 @@ class Housekeeping:
         """Run one batch per write transaction until a batch is short (nothing older is left)."""
         total = 0
         for _ in range(self.max_batches):
-            with self.store._write() as conn:
+            with self.store.session.write() as conn:
                 removed = int(prune_batch(conn))
             total += removed
             if removed < self.batch:

@@ -13,6 +13,7 @@ from sqlmodel import SQLModel
 
 from specs import Network, PermanentError, Resources, Template
 from state.access_schema import ACCESS_TABLES, ONE_SUBSCRIPTION_PER_TENANT
+from state.columns import ports_value, resource_values
 from state.dialects import Dialect
 from state.housekeeping_schema import AGE_INDEXES, WATCH_HORIZON
 from state.nodes_schema import NODE_TABLES
@@ -41,17 +42,12 @@ def _initial(conn: Connection, dialect: Dialect) -> None:
     SQLModel.metadata.create_all(conn, tables=tables)
     conn.execute(RevisionRow.__table__.insert().values(id=1, value=0))  # type: ignore[attr-defined]
     dialect.install_triggers(conn)
-    resources = BUILTIN_TEMPLATE.resources
     conn.execute(
         TEMPLATES.insert().values(
             name=BUILTIN_TEMPLATE.name,
             version=BUILTIN_TEMPLATE.version,
-            cpu_millicores=resources.cpu,
-            memory_bytes=resources.memory,
-            disk_bytes=resources.disk,
-            pids=resources.pids,
-            io_bytes_per_second=resources.io,
-            ingress_ports="[80]",
+            **resource_values(BUILTIN_TEMPLATE.resources),
+            ingress_ports=ports_value(BUILTIN_TEMPLATE.network),
             description=BUILTIN_TEMPLATE.description,
         )
     )

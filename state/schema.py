@@ -27,15 +27,22 @@ def _range(column: str, low: int, high: int) -> CheckConstraint:
     return CheckConstraint(f"{column} IS NULL OR ({column} BETWEEN {low} AND {high})", name=rule)
 
 
-class TenantRow(SQLModel, table=True):
-    __tablename__ = "tenants"
-    __table_args__ = (
-        CheckConstraint("length(name) BETWEEN 1 AND 63", name="name_must_be_1_to_63_characters"),
+def resource_checks() -> tuple[CheckConstraint, ...]:
+    """The range CHECK of every resource column (NULL: the template's default), fresh for each table."""
+    return (
         _range("cpu_millicores", limits.CPU_MILLICORES_MIN, limits.CPU_MILLICORES_MAX),
         _range("memory_bytes", limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX),
         _range("disk_bytes", limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX),
         _range("pids", limits.PIDS_MIN, limits.PIDS_MAX),
         _range("io_bytes_per_second", limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
+    )
+
+
+class TenantRow(SQLModel, table=True):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("length(name) BETWEEN 1 AND 63", name="name_must_be_1_to_63_characters"),
+        *resource_checks(),
     )
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
@@ -88,11 +95,7 @@ class TenantStatusRow(SQLModel, table=True):
 class TemplateRow(SQLModel, table=True):
     __tablename__ = "templates"
     __table_args__ = (
-        _range("cpu_millicores", limits.CPU_MILLICORES_MIN, limits.CPU_MILLICORES_MAX),
-        _range("memory_bytes", limits.MEMORY_BYTES_MIN, limits.MEMORY_BYTES_MAX),
-        _range("disk_bytes", limits.DISK_BYTES_MIN, limits.DISK_BYTES_MAX),
-        _range("pids", limits.PIDS_MIN, limits.PIDS_MAX),
-        _range("io_bytes_per_second", limits.IO_BYTES_PER_SECOND_MIN, limits.IO_BYTES_PER_SECOND_MAX),
+        *resource_checks(),
     )
 
     name: str = Field(sa_column=Column(Text, primary_key=True))

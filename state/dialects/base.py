@@ -1,9 +1,9 @@
 """What a dialect provides to the store."""
 
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import ColumnElement, Connection, Engine, Table
 
 
 class Dialect(Protocol):
@@ -46,6 +46,14 @@ class Dialect(Protocol):
 
     def epoch_now_sql(self) -> str:
         """A SQL expression: the database's clock in seconds since the epoch (leases use one clock)."""
+        ...
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT of this dialect on `table`, one that offers `on_conflict_do_nothing`."""
+        ...
+
+    def greatest(self, first: ColumnElement[Any], second: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The larger of two SQL values."""
         ...
 
     def change_listener(self, url: str) -> "ChangeListener":

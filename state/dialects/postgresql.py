@@ -21,7 +21,19 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
-from sqlalchemy import DDL, CheckConstraint, Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import (
+    DDL,
+    CheckConstraint,
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    func,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.engine import make_url
 
 from specs import limits
@@ -263,6 +275,12 @@ class PostgreSQLDialect:
 
     def epoch_now_sql(self) -> str:
         return "extract(epoch from clock_timestamp())::double precision"
+
+    def insert(self, table: Table) -> Any:
+        return postgresql_insert(table)
+
+    def greatest(self, first: ColumnElement[Any], second: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.greatest(first, second)
 
     def change_listener(self, url: str) -> "ChangeListener":
         return ChangeListener(libpq_url(url))

@@ -11,7 +11,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Connection, Engine, create_engine, event, make_url
+from sqlalchemy import CheckConstraint, ColumnElement, Connection, Engine, Table, create_engine, event, func, make_url
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from specs import limits
 from state.dialects.sqlite_listener import InotifyListener
@@ -192,6 +193,12 @@ class SQLiteDialect:
 
     def epoch_now_sql(self) -> str:
         return "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def insert(self, table: Table) -> Any:
+        return sqlite_insert(table)
+
+    def greatest(self, first: ColumnElement[Any], second: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.max(first, second)  # SQLite's max() of two or more arguments is scalar
 
     def change_listener(self, url: str) -> "SleepListener | InotifyListener":
         """inotify on the database file's directory: a commit from any process wakes the waiter at once."""
