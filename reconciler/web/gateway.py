@@ -30,11 +30,8 @@ import asyncio
 import contextlib
 import html
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_from_bytes, unquote_plus
 
 import httpx
 from loguru import logger
@@ -45,43 +42,19 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from reconciler.web.claims import ClaimRefused, ClaimSigner
 from reconciler.web.context import WebConfig, WebContext
+from reconciler.web.gateway_routes import Admitted, Routes, TenantBusy, TenantSlots
+from reconciler.web.gateway_seams import host_only, same_host_location, split_claim, without_claim_cookie
 from reconciler.web.tenants import CLAIM_PARAMETER
 from specs import Phase
-from state import Store
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-ROUTE_CACHE_SECONDS = 0.5
-ROUTE_CACHE_SIZE = 10_000
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "host"})
 SET_BY_GATEWAY = frozenset({"x-forwarded-host", "x-forwarded-proto"})
-# Characters a redirect's path keeps as they are; anything else (a backslash, a control character) is
-# percent-encoded, so no browser reads the Location as another host.
-_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
-
-
-@dataclass(frozen=True)
-class Route:
-    tenant: str
-    phase: Phase
-    address: str | None
-    port: int
-    created_revision: int | None  # which tenant of this name (claims are bound to it)
-
-
-@dataclass(frozen=True)
-class Admitted:
-    tenant: str
-    route: Route
-    query: str  # the query string to forward: the claim taken out
-
-
-class TenantBusy(Exception):
-    """All of a tenant's upstream connections stayed in use while this request waited."""
 
 
 class BodyTimedOut(Exception):
@@ -92,139 +65,6 @@ class BodyTimedOut(Exception):
 
 class VisitorLeft(Exception):
     """The visitor disconnected while sending the request body."""
-
-
-# -- what crosses the gateway: pure functions over header and query text ------------------------------
-def _names_claim(pair: str) -> bool:
-    return unquote_plus(pair.split("=", 1)[0]).strip().casefold() == CLAIM_PARAMETER
-
-
-def split_claim(query: str) -> tuple[str | None, str]:
-    """(the claim in a raw query string, the query string without it). Every `fleet_claim` parameter goes,
-    however a server might split or decode it (`&` or `;`, `%5F`, `+`); the others are kept as sent."""
-    claim, kept = None, []
-    for piece in query.split("&"):
-        pairs = piece.split(";")
-        if not any(_names_claim(pair) for pair in pairs):
-            if piece:
-                kept.append(piece)
-            continue
-        for pair in pairs:
-            name, _, value = pair.partition("=")
-            if _names_claim(name) and value:
-                claim = unquote_plus(value)
-    return claim, "&".join(kept)
-
-
-def without_claim_cookie(header: str) -> str:
-    """A Cookie header without any `fleet_claim`, split as browsers send it: `;`-separated `name=value`
-    pairs and no quoting, so `a="x; fleet_claim=..."` loses its second half rather than smuggling it."""
-    return ";".join(pair for pair in header.split(";") if not _names_claim(pair)).strip()
-
-
-def host_only(set_cookie: str) -> str:
-    """A container's Set-Cookie without a `Domain` attribute: the cookie stays on the tenant's own host
-    (split as browsers parse it: the name=value pair, then `;`-separated attributes)."""
-    pair, *attributes = set_cookie.split(";")
-    return ";".join([pair, *(a for a in attributes if a.split("=", 1)[0].strip().casefold() != "domain")])
-
-
-def same_host_location(raw_path: bytes, query: str) -> str:
-    """A path on this host to redirect to: percent-encoded as sent, one leading slash (`//evil.example/x`
-    becomes `/evil.example/x`, which no browser reads as another host)."""
-    path = "/" + quote_from_bytes(raw_path, safe=_PATH_SAFE).lstrip("/")
-    return path + (f"?{query}" if query else "")
-
-
-# -- where a tenant's container listens -------------------------------------------------------------
-class Routes:
-    """Tenant name -> where its container listens, read from the store in a worker thread (one read per
-    tenant at a time, however many requests wait for it) and cached briefly."""
-
-    def __init__(self, store: Store, ttl: float = ROUTE_CACHE_SECONDS, size: int = ROUTE_CACHE_SIZE) -> None:
-        self.store = store
-        self.ttl = ttl
-        self.size = size
-        self._cache: OrderedDict[str, tuple[float, Route | None]] = OrderedDict()
-        self._reading: dict[str, asyncio.Future[Route | None]] = {}
-
-    def read(self, tenant: str) -> Route | None:
-        """From the store (blocking)."""
-        record = self.store.desired(tenant)
-        if record is None or record.spec is None:
-            return None
-        status = record.status
-        phase = Phase.DELETING if record.spec.deleting else (status.phase if status else Phase.PENDING)
-        ports = record.spec.network.ingress or (80,)
-        return Route(tenant, phase, status.address if status else None, ports[0], record.created_revision)
-
-    async def lookup(self, tenant: str) -> Route | None:
-        cached = self._cache.get(tenant)
-        if cached is not None and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
-        reading = self._reading.get(tenant)
-        if reading is None:
-            reading = asyncio.ensure_future(asyncio.to_thread(self.read, tenant))
-            self._reading[tenant] = reading
-            reading.add_done_callback(lambda done: self._remember(tenant, done))
-        return await asyncio.shield(reading)
-
-    def _remember(self, tenant: str, done: "asyncio.Future[Route | None]") -> None:
-        self._reading.pop(tenant, None)
-        if done.cancelled() or done.exception() is not None:
-            return
-        self._cache[tenant] = (time.monotonic(), done.result())
-        self._cache.move_to_end(tenant)
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
-
-
-@dataclass
-class _Gate:
-    semaphore: asyncio.Semaphore
-    users: int = 0  # holding or waiting
-    held: int = 0
-
-
-class TenantSlots:
-    """At most `limit` upstream connections per tenant at once; a request beyond waits for a free one.
-    Only tenants with requests under way or waiting have an entry."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._gates: dict[str, _Gate] = {}
-
-    def in_use(self, tenant: str) -> int:
-        gate = self._gates.get(tenant)
-        return 0 if gate is None else gate.held
-
-    def visitors(self, tenant: str) -> int:
-        """Requests holding one of the tenant's connections or waiting for one."""
-        gate = self._gates.get(tenant)
-        return 0 if gate is None else gate.users
-
-    @contextlib.asynccontextmanager
-    async def hold(self, tenant: str, wait_seconds: float) -> AsyncIterator[None]:
-        gate = self._gates.get(tenant)
-        if gate is None:
-            gate = self._gates[tenant] = _Gate(asyncio.Semaphore(self.limit))
-        gate.users += 1
-        try:
-            try:
-                async with asyncio.timeout(wait_seconds):
-                    await gate.semaphore.acquire()
-            except TimeoutError as error:
-                raise TenantBusy(tenant) from error
-            gate.held += 1
-            try:
-                yield
-            finally:
-                gate.held -= 1
-                gate.semaphore.release()
-        finally:
-            gate.users -= 1
-            if gate.users == 0:
-                del self._gates[tenant]
 
 
 def _page(title: str, text: str) -> bytes:
