@@ -157,3 +157,29 @@ def describe_drift(spec: ResolvedSpec, observed: Observed | None) -> str:
     if not observed.running:
         found.append("the container is not running")
     return "; ".join(found) or "nothing"
+
+
+def failed_status(
+    *, generation: int, node: str | None, url: str, reason: str, message: str, now: datetime
+) -> TenantStatus:
+    """A failure before any action ran that retrying alone will not fix (e.g. its template is gone)."""
+    ready = Condition(type="Ready", status=F, reason=reason, message=message, last_transition_time=now)
+    return TenantStatus(
+        phase=Phase.FAILED, observed_generation=generation, node=node, url=url, conditions=(ready,),
+        last_error=message, updated_at=now,
+    )
+
+
+def unschedulable_status(why: str, now: datetime) -> TenantStatus:
+    """No node can take the tenant now; `why` names each node's reason."""
+    scheduled = Condition(type="Scheduled", status=F, reason="Unschedulable", message=why, last_transition_time=now)
+    return TenantStatus(phase=Phase.PENDING, conditions=(scheduled,), last_error=why, updated_at=now)
+
+
+def node_lost_status(status: TenantStatus, message: str, now: datetime) -> TenantStatus:
+    """The tenant's node stopped heartbeating: Ready turns Unknown, everything else is kept."""
+    ready = Condition(
+        type="Ready", status=ConditionStatus.UNKNOWN, reason="NodeNotReady", message=message, last_transition_time=now
+    )
+    conditions = (*(c for c in status.conditions if c.type != "Ready"), ready)
+    return status.model_copy(update={"conditions": conditions, "updated_at": now})

@@ -18,7 +18,7 @@ from loguru import logger
 
 from drivers import Driver
 from reconciler.actions import Delete
-from reconciler.conditions import derive_status, describe_drift, same_status
+from reconciler.conditions import derive_status, describe_drift, failed_status, same_status
 from reconciler.executor import Executor
 from reconciler.plan import plan
 from reconciler.queue import WorkQueue
@@ -215,25 +215,13 @@ class Controller:
         previous = record.status
         if previous is not None and previous.last_error == str(error) and (deleting or previous.phase == Phase.FAILED):
             return deleting  # already said (a failed delete's pass records its own Deleting status)
-        from specs import Condition, ConditionStatus, TenantStatus  # local: only this rare path
-
-        now = datetime.now(UTC)
-        status = TenantStatus(
-            phase=Phase.FAILED,
-            observed_generation=record.spec.generation if record.spec else 0,
+        status = failed_status(
+            generation=record.spec.generation if record.spec else 0,
             node=record.node,
             url=self.url_for(name),
-            conditions=(
-                Condition(
-                    type="Ready",
-                    status=ConditionStatus.FALSE,
-                    reason=error.reason,
-                    message=str(error),
-                    last_transition_time=now,
-                ),
-            ),
-            last_error=str(error),
-            updated_at=now,
+            reason=error.reason,
+            message=str(error),
+            now=datetime.now(UTC),
         )
         event = Event(tenant=name, node=self.config.node, type="Warning", reason=error.reason, message=str(error))
         if previous is None or previous.last_error != str(error):

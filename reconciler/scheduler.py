@@ -18,7 +18,8 @@ from enum import StrEnum
 
 from loguru import logger
 
-from specs import Condition, ConditionStatus, Event, FleetError, Phase, TenantStatus
+from reconciler.conditions import node_lost_status, unschedulable_status
+from specs import Event, FleetError, TenantStatus
 from state import Store
 from state.nodes import SCHEDULER_LEASE, Binding, NodeRecord, NodeStore, PendingTenant
 
@@ -241,12 +242,7 @@ class Scheduler:
             for name, status in self.nodes.statuses_on(node):
                 if status is None:
                     continue
-                ready = Condition(
-                    type="Ready", status=ConditionStatus.UNKNOWN, reason="NodeNotReady", message=message,
-                    last_transition_time=now,
-                )
-                conditions = (*(c for c in status.conditions if c.type != "Ready"), ready)
-                statuses.append((name, replace_status(status, conditions, now)))
+                statuses.append((name, node_lost_status(status, message, now)))
                 events.append(Event(tenant=name, node=node, type="Warning", reason="NodeNotReady", message=message))
             self.nodes.write_statuses(statuses, events)
             self._log.bind(node=node, tenants=len(statuses)).warning("Marked node NotReady")
@@ -283,21 +279,7 @@ class Scheduler:
         changed = [(name, why) for name, why in unschedulable.items() if self._said.get(name) != why]
         if not changed:
             return
-        statuses = [
-            (
-                name,
-                TenantStatus(
-                    phase=Phase.PENDING,
-                    conditions=(
-                        Condition(type="Scheduled", status=ConditionStatus.FALSE, reason="Unschedulable", message=why,
-                                  last_transition_time=now),
-                    ),
-                    last_error=why,
-                    updated_at=now,
-                ),
-            )
-            for name, why in changed
-        ]
+        statuses = [(name, unschedulable_status(why, now)) for name, why in changed]
         events = [Event(tenant=n, type="Warning", reason="FailedScheduling", message=why) for n, why in changed]
         self.nodes.write_statuses(statuses, events)
         self._said.update(changed)
@@ -333,10 +315,6 @@ class Scheduler:
                 self.nodes.release_lease(SCHEDULER_LEASE, self.config.identity)
             except FleetError as error:
                 self._log.warning("Could not release the scheduler lease: {}", error)
-
-
-def replace_status(status: TenantStatus, conditions: tuple[Condition, ...], now: datetime) -> TenantStatus:
-    return status.model_copy(update={"conditions": conditions, "updated_at": now})
 
 
 __all__ = [
