@@ -10,7 +10,6 @@ retried until the spec changes, not found -> success.
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -18,6 +17,7 @@ from loguru import logger
 
 from drivers import Driver
 from reconciler.actions import Delete
+from reconciler.clock import Clock
 from reconciler.conditions import derive_status, describe_drift, failed_status, same_status
 from reconciler.executor import Executor
 from reconciler.plan import plan
@@ -64,6 +64,7 @@ class Controller:
         self.driver = driver
         self.config = config or ControllerConfig()
         self.queue = queue if queue is not None else WorkQueue()  # not `or`: an empty queue is falsy (__len__)
+        self.clock: Clock = self.queue.clock  # one clock for backoff and for the times in statuses
         self.executor = Executor(driver, node=self.config.node)
         self.stats = Stats()
         self.last_seen_revision = 0
@@ -142,7 +143,7 @@ class Controller:
             error=execution.error,
             failed=execution.failed,
             url=self.url_for(name),
-            now=datetime.now(UTC),
+            now=self.clock.wall(),
         )
         if status.phase == Phase.RUNNING and (previous is None or previous.phase != Phase.RUNNING):
             events.append(
@@ -221,7 +222,7 @@ class Controller:
             url=self.url_for(name),
             reason=error.reason,
             message=str(error),
-            now=datetime.now(UTC),
+            now=self.clock.wall(),
         )
         event = Event(tenant=name, node=self.config.node, type="Warning", reason=error.reason, message=str(error))
         if previous is None or previous.last_error != str(error):

@@ -13,11 +13,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from loguru import logger
 
+from reconciler.clock import Clock, MonotonicClock
 from reconciler.conditions import node_lost_status, unschedulable_status
 from specs import Event, FleetError, TenantStatus
 from state import Store
@@ -173,11 +173,16 @@ class PassResult:
 
 class Scheduler:
     def __init__(
-        self, store: Store, config: SchedulerConfig, on_bound: Callable[[str, str], None] | None = None
+        self,
+        store: Store,
+        config: SchedulerConfig,
+        on_bound: Callable[[str, str], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """`on_bound(tenant, node)` is told of each binding as it commits: an agent in the same process
         (`fleet up`) takes the tenant at once instead of when the store's change feed wakes it."""
         self._on_bound = on_bound
+        self.clock: Clock = clock or MonotonicClock()
         self.store = store
         self.nodes = NodeStore(store)
         self.config = config
@@ -192,7 +197,7 @@ class Scheduler:
     def run_once(self) -> PassResult:
         """One pass: keep (or try to take) the leader lease; if leading, expire nodes and bind tenants."""
         result = PassResult()
-        now = time.monotonic()
+        now = self.clock.now()
         if self.leader and now - self._renewed < self.config.lease_seconds / 3:
             leader = True  # renewed recently: the lease is ours for at least two thirds of its time
         else:
@@ -234,7 +239,7 @@ class Scheduler:
         """Nodes whose heartbeat lease ran out become NotReady; their tenants' Ready turns Unknown. Their
         data stays where it is: nothing is rescheduled."""
         expired = self.nodes.expire_nodes()
-        now = datetime.now(UTC)
+        now = self.clock.wall()
         for node in expired:
             statuses: list[tuple[str, TenantStatus]] = []
             events: list[Event] = []
@@ -275,7 +280,7 @@ class Scheduler:
         return bound, len(placement.unschedulable)
 
     def _report_unschedulable(self, unschedulable: dict[str, str]) -> None:
-        now = datetime.now(UTC)
+        now = self.clock.wall()
         changed = [(name, why) for name, why in unschedulable.items() if self._said.get(name) != why]
         if not changed:
             return

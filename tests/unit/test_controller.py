@@ -293,3 +293,15 @@ def test_resources_equal_the_spec_after_convergence(store: Store, controller: Co
     assert fake.containers["acme"].resources == Resources.model_construct(
         cpu=250, memory=256 << 20, disk=1 << 30, pids=64, io=100 << 20
     )
+
+
+def test_status_times_come_from_the_injected_clock(store: Store, fake: FakeDriver, clock: ManualClock) -> None:
+    controller = make_controller(store, fake, clock)
+    clock.advance(90)
+    store.apply_tenant(tenant("acme"))
+    controller.poll_changes()
+    drain(controller, clock=clock)
+    got = store.get_tenant("acme")
+    assert got is not None and got.status is not None
+    # the store stamps updated_at itself (its own clock, for raw SQL readers); the reconciler's times are these
+    assert {c.last_transition_time for c in got.status.conditions} == {clock.wall()}
