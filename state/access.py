@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 
-from specs.plan import Plan
+from specs.billing_plan import Plan
 from state.billing import Billing, Subscription, SubscriptionTransaction, TenantStanding, WebhookEventRecord
 from state.idempotency import IN_PROGRESS, IdempotencyKeys, StoredResponse
 from state.plans import Plans

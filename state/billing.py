@@ -14,7 +14,7 @@ from sqlalchemy import Connection, and_, case, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from specs import Event, Tenant
-from specs.plan import Plan
+from specs.billing_plan import Plan
 from state.access_schema import PLANS, SUBSCRIPTIONS, WEBHOOK_EVENTS
 from state.columns import utc
 from state.errors import Conflict, TenantOwned

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from specs import NotFound
-from specs.plan import Plan
+from specs.billing_plan import Plan
 from state.access_schema import PLANS
 from state.columns import network_from_column, ports_value, resource_values, resources_from_row
 from state.errors import UnknownReference

@@ -70,21 +70,21 @@ def target(name: str) -> Callable[..., None] | typer.Typer:
 
             return _verb(fleet_nodes, name)
         case "agent" | "scheduler":
-            from reconciler.cli import agents
+            from reconciler.cli import fleet_daemons
 
-            return _verb(agents, name)
+            return _verb(fleet_daemons, name)
         case "api" | "gateway":
-            from reconciler.cli import web
+            from reconciler.cli import servers
 
-            return _verb(web, name)
+            return _verb(servers, name)
         case "template":
             from reconciler.cli import templates
 
             return templates.app
         case "node":
-            from reconciler.cli import node
+            from reconciler.cli import this_node
 
-            return node.app
+            return this_node.app
         case "token":
             from reconciler.cli import tokens
 

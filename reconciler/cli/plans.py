@@ -9,7 +9,7 @@ from reconciler.cli.documents import BadInput, describe_validation, load_documen
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings
 from specs import format_bytes, format_cpu
-from specs.plan import Plan
+from specs.billing_plan import Plan
 from state.access import Access
 
 app = typer.Typer(help="Billing plans: a price or product id -> template and resources.", no_args_is_help=True)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from drivers import Driver
 from reconciler.cli.documents import BadInput, describe_validation
-from reconciler.cli.hosts import DriverOptions, open_driver
+from reconciler.cli.driver_options import DriverOptions, open_driver
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings, this_node
 from specs import Template, TemplateSource, format_bytes, format_cpu

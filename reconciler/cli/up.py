@@ -10,8 +10,8 @@ import typer
 from loguru import logger
 
 from reconciler.agent import Agent, AgentConfig
-from reconciler.cli import web
-from reconciler.cli.hosts import DriverOptions, open_driver
+from reconciler.cli import servers as serving
+from reconciler.cli.driver_options import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
@@ -38,14 +38,16 @@ def up(
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5, help="How often to compare all with the host."),
     base_domain: str = typer.Option("fleet.localhost", "--base-domain", help="Tenant URLs are NAME.BASE-DOMAIN."),
-    public_port: int | None = typer.Option(None, "--public-port", help=web.PUBLIC_PORT_HELP),
-    public_scheme: str = typer.Option("http", "--public-scheme", help=web.PUBLIC_SCHEME_HELP),
-    tenant_connections: int = typer.Option(web.DEFAULT_LIMITS.upstream_connections_per_tenant, "--tenant-connections",
-                                           min=1, help=web.CONNECTIONS_HELP),
-    body_idle: float = typer.Option(web.DEFAULT_LIMITS.request_body_idle_seconds, "--body-idle-seconds", min=0.1,
-                                    help=web.BODY_IDLE_HELP),
-    body_seconds: float = typer.Option(web.DEFAULT_LIMITS.request_body_seconds, "--body-seconds", min=0.1,
-                                       help=web.BODY_SECONDS_HELP),
+    public_port: int | None = typer.Option(None, "--public-port", help=serving.PUBLIC_PORT_HELP),
+    public_scheme: str = typer.Option("http", "--public-scheme", help=serving.PUBLIC_SCHEME_HELP),
+    tenant_connections: int = typer.Option(
+        serving.DEFAULT_LIMITS.upstream_connections_per_tenant, "--tenant-connections", min=1,
+        help=serving.CONNECTIONS_HELP,
+    ),
+    body_idle: float = typer.Option(serving.DEFAULT_LIMITS.request_body_idle_seconds, "--body-idle-seconds", min=0.1,
+                                    help=serving.BODY_IDLE_HELP),
+    body_seconds: float = typer.Option(serving.DEFAULT_LIMITS.request_body_seconds, "--body-seconds", min=0.1,
+                                       help=serving.BODY_SECONDS_HELP),
     log_level: str = typer.Option("INFO", "--log-level"),
     api_listen: str = typer.Option("127.0.0.1:8080", "--api-listen", help="HOST:PORT of the HTTP API (port 0: any)."),
     gateway_listen: str = typer.Option("127.0.0.1:8081", "--gateway-listen", help="HOST:PORT of the tenant gateway."),
@@ -60,10 +62,10 @@ def up(
     """Run the operator (store, controller, driver, API, gateway) in this process until Ctrl-C."""
     configure(log_level)
     housekeeping = HousekeeperConfig(retention=parse_retention(retain))
-    api_at = None if no_api else web.listen(api_listen, "--api-listen")
-    gateway_at = None if no_api else web.listen(gateway_listen, "--gateway-listen")
-    config = web.web_config(base_domain, gateway_at, public_port, public_scheme,
-                            web.gateway_limits(tenant_connections, body_idle, body_seconds))
+    api_at = None if no_api else serving.listen(api_listen, "--api-listen")
+    gateway_at = None if no_api else serving.listen(gateway_listen, "--gateway-listen")
+    config = serving.web_config(base_domain, gateway_at, public_port, public_scheme,
+                            serving.gateway_limits(tenant_connections, body_idle, body_seconds))
     settings: Settings = ctx.obj
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -77,9 +79,9 @@ def up(
     servers = (
         []
         if no_api
-        else web.start_web(store, config, api_at, gateway_at, [web.NodeView(node, driver.name, None)])
+        else serving.start_web(store, config, api_at, gateway_at, [serving.NodeView(node, driver.name, None)])
     )
-    public = web.published(config, servers).public
+    public = serving.published(config, servers).public
     # The same parts as a fleet, in one process: this node's agent (registration, heartbeat, controller)
     # and the scheduler, which binds each new tenant to this node once it has room.
     agent = Agent(

@@ -16,7 +16,7 @@ from reconciler.scheduler import Strategy
 from reconciler.urls import PublicAddress
 from reconciler.web.body_limit import DEFAULT_MAX_BODY_BYTES
 from reconciler.web.claims import ClaimSigner
-from reconciler.web.writer import CreateWriter
+from reconciler.web.create_batcher import CreateWriter
 from specs import NodeCapacity, parse_bytes
 from state import Store
 from state.access import Access

@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from reconciler.web.context import ContextDep, WebConfig
 from reconciler.web.errors import ApiError, ErrorBody, validation_error
 from specs import Event, Metadata, Tenant, TenantSpec
+from specs.billing_plan import Plan
 from specs.names import validate_name
-from specs.plan import Plan
 from state import Conflict, Store, TenantOwned
 from state.access import Access, Subscription, SubscriptionTransaction, TenantStanding, WebhookEventRecord
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import httpx
 
+from reconciler.web.api_reference import openapi_document, render
 from reconciler.web.openapi import unresolved_references
-from reconciler.web.reference import openapi_document, render
 from tests.web.conftest import Web
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,5 +39,5 @@ def test_the_api_reference_is_generated_from_the_current_openapi_document(web: W
     document = httpx.get(f"{web.api}/api/v1/openapi.json", timeout=10).json()
     assert document == openapi_document()
     assert (ROOT / "docs" / "api-reference.md").read_text() == render(document), (
-        "docs/api-reference.md is stale: run `python -m reconciler.web.reference`"
+        "docs/api-reference.md is stale: run `python -m reconciler.web.api_reference`"
     )

@@ -13,7 +13,7 @@ from reconciler.web.context import WebConfig
 from reconciler.web.errors import ApiError
 from reconciler.web.webhooks import BillingWebhook, WebhookResult, sign, verify_signature
 from specs import Resources
-from specs.plan import Plan
+from specs.billing_plan import Plan
 from state import Store
 from state.access import Access
 from tests.helpers import wait_for

@@ -11,7 +11,7 @@ from reconciler.web.errors import ApiError
 from reconciler.web.openapi import link
 from reconciler.web.tenants import ERRORS
 from specs import Event, NodeCapacity, Template
-from specs.plan import PLAN_ID_PATTERN, Plan
+from specs.billing_plan import PLAN_ID_PATTERN, Plan
 from state.nodes import NodeRecord, NodeStore, Usage
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)

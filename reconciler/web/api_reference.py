@@ -1,6 +1,6 @@
 """docs/api-reference.md, rendered from the API's OpenAPI document so the two never disagree.
 
-Run `python -m reconciler.web.reference` after changing a route; a test fails while the file is stale.
+Run `python -m reconciler.web.api_reference` after changing a route; a test fails while the file is stale.
 """
 
 import json
@@ -47,7 +47,7 @@ def render(document: dict[str, Any]) -> str:
         "# API reference",
         "",
         f"{document['info']['title']} {document['info']['version']}. Generated from the OpenAPI document "
-        "(`GET /api/v1/openapi.json`, interactive at `/api/v1/docs`) by `python -m reconciler.web.reference`; "
+        "(`GET /api/v1/openapi.json`, interactive at `/api/v1/docs`) by `python -m reconciler.web.api_reference`; "
         "do not edit by hand.",
         "",
         document["info"].get("description", ""),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from reconciler.cli.hosts import DriverOptions, open_driver
+from reconciler.cli.driver_options import DriverOptions, open_driver
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings, this_node
 from specs import Template, format_bytes, format_cpu

@@ -16,7 +16,7 @@ import typer
 from loguru import logger
 
 from reconciler.agent import Agent, AgentConfig
-from reconciler.cli.hosts import DriverOptions, open_driver
+from reconciler.cli.driver_options import DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
