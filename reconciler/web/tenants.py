@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
 
+from reconciler.actions import Delete, Stop
 from reconciler.plan import plan as plan_actions
 from reconciler.web.auth import Reader, TenantWriter
 from reconciler.web.claims import DEFAULT_TTL_SECONDS
@@ -93,6 +94,16 @@ def _planned(result: ApplyResult) -> list[str]:
     if desired is None or desired.spec is None:
         return []
     return [action.describe() for action in plan_actions(desired.spec, result.observed)]
+
+
+def _delete_plan(store: Store, name: str) -> list[str]:
+    """What the reconciler will do for a delete, from plan() on the record marked deleting."""
+    desired, observed = store.desired(name), store.last_observed(name)
+    if desired is None or desired.spec is None:  # no spec to plan from (its template is gone): the same steps
+        steps: list[Stop | Delete] = [] if observed is None else [*([Stop()] if observed.running else []), Delete()]
+        return [action.describe() for action in steps]
+    deleting = desired.spec.model_copy(update={"deleting": True})
+    return [action.describe() for action in plan_actions(deleting, observed)]
 
 
 def _result(result: ApplyResult, dry_run: bool) -> WriteResult:
@@ -258,9 +269,7 @@ def delete_tenant(
 ) -> Any:
     def answer() -> tuple[int, BaseModel]:
         current = _existing(store, name)
-        observed = store.last_observed(name)
-        steps = [] if observed is None else (["stop the container"] if observed.running else []) + [
-            "delete everything the tenant has"]
+        steps = _delete_plan(store, name)
         if not dry_run:
             store.request_delete(name)
         return 202, WriteResult(name=name, outcome="deleting", generation=current.metadata.generation,

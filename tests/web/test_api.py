@@ -63,6 +63,10 @@ def test_a_tenant_is_created_read_listed_patched_and_deleted_through_the_api(web
         wait_for(lambda: web.driver.inspect("acme").resources.memory == 512 << 20,  # type: ignore[union-attr]
                  what="the new quota on the host")
         assert client.get("/api/v1/tenants/acme").json()["metadata"]["labels"] == {"tier": "gold"}
+        rehearsed = client.delete("/api/v1/tenants/acme", params={"dry_run": "true"})
+        assert rehearsed.status_code == 202 and rehearsed.json()["dry_run"] is True
+        assert rehearsed.json()["plan"] == ["stop the container", "delete everything the tenant has"]
+        assert client.get("/api/v1/tenants/acme").json()["status"]["phase"] == "Running", "a dry run writes nothing"
         deleted = client.delete("/api/v1/tenants/acme")
         assert deleted.status_code == 202 and deleted.json()["outcome"] == "deleting"
         wait_for(lambda: client.get("/api/v1/tenants/acme").status_code == 404, what="acme to be gone")
