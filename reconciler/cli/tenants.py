@@ -35,14 +35,17 @@ def apply(
     tenants = parse_tenants(load_documents(filename))
     store = _settings(ctx).open_store()
     results = store.apply_tenants(tenants, dry_run=dry_run)
+    labels = {tenant.metadata.name: tenant.metadata.labels for tenant in tenants}
     for result in results:
         suffix = " (dry run)" if dry_run else ""
         typer.echo(f"tenant/{result.name} {result.outcome.value}{suffix}, generation {result.generation}")
         if dry_run and result.desired is not None and result.desired.spec is not None:
             observed = store.last_observed(result.name) if result.desired.status else None
             actions = plan(result.desired.spec, observed)
-            node = result.desired.node or "the first node with room"
-            typer.echo(f"  would land on: {node}")
+            from reconciler.placement_preview import would_place  # the scheduler's code: only for dry runs
+
+            placement = would_place(store, result.desired, labels.get(result.name, {}))
+            typer.echo(f"  would land on: {placement.node or 'no node: ' + (placement.unschedulable or '')}")
             for action in actions or []:
                 typer.echo(f"  plan: {action.describe()}")
             if not actions:

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
 
 from reconciler.actions import Delete, Stop
+from reconciler.placement_preview import would_place
 from reconciler.plan import plan as plan_actions
 from reconciler.web.auth import Reader, TenantWriter
 from reconciler.web.claims import DEFAULT_TTL_SECONDS
@@ -21,7 +22,6 @@ from reconciler.web.context import ContextDep, StoreDep
 from reconciler.web.errors import ApiError, ErrorBody, validation_error
 from reconciler.web.idempotency import IdempotencyDep
 from reconciler.web.openapi import link
-from reconciler.web.placement import would_place
 from specs import Event, NotFound, Phase, Tenant
 from specs.names import NAME_PATTERN
 from specs.tenant import LABEL_SELECTOR_PATTERN, Labels, TenantSpecPatch
@@ -164,7 +164,11 @@ async def create_tenant(
         if not dry_run:
             return 201, _result(result, dry_run)
         assert result.desired is not None
-        placement = would_place(context, result.desired, tenant.metadata.labels)
+        local = context.nodes()
+        placement = would_place(
+            context.store, result.desired, tenant.metadata.labels, context.config.strategy,
+            local[0].name if local else None,
+        )
         return 200, _result(result, dry_run).model_copy(
             update={"node": placement.node, "unschedulable": placement.unschedulable})
 

@@ -1,4 +1,4 @@
-"""Where a tenant would land, for `POST /api/v1/tenants?dry_run=true`.
+"""Where a tenant would land, for the dry runs of `POST /api/v1/tenants` and `fleet apply --dry-run`.
 
 Why it exists: a billing system checking a signup wants to know, before writing anything, whether the
 tenant fits and where. On a fleet (nodes registered by `fleet agent`) the answer is what the scheduler's
@@ -8,9 +8,8 @@ What it must never do: write (no binding, no status), or decide differently from
 
 from dataclasses import dataclass
 
-from reconciler.scheduler import NodeSlot, place
-from reconciler.web.context import WebContext
-from state import DesiredRecord
+from reconciler.scheduler import NodeSlot, Strategy, place
+from state import DesiredRecord, Store
 from state.nodes import NodeStore, PendingTenant
 
 
@@ -20,21 +19,30 @@ class Placement:
     unschedulable: str | None = None  # why no node would take it, as the scheduler would report it
 
 
-def would_place(context: WebContext, desired: DesiredRecord, labels: dict[str, str]) -> Placement:
+def would_place(
+    store: Store,
+    desired: DesiredRecord,
+    labels: dict[str, str],
+    strategy: Strategy = Strategy.BINPACK,
+    local_node: str | None = None,
+) -> Placement:
+    """`local_node`: the node of a single `fleet up` whose nodes table may still be empty."""
     spec = desired.spec
     if spec is None:
         return Placement(None, "the template it names is gone")
-    records = NodeStore(context.store).list_nodes()
+    if desired.node is not None:
+        return Placement(desired.node)  # already bound: it stays where it is
+    records = NodeStore(store).list_nodes()
     if not records:
-        local = context.nodes()
-        if local:
-            return Placement(local[0].name)
+        if local_node is not None:
+            return Placement(local_node)
+        return Placement(None, "no node has registered yet: start fleet up or fleet agent")
     tenant = PendingTenant(
         name=spec.name, revision=desired.revision, template=f"{spec.template}@{spec.template_version}",
         cpu_millicores=spec.resources.cpu or 0, memory_bytes=spec.resources.memory or 0,
         disk_bytes=spec.resources.disk or 0, labels=labels,
     )
-    decision = place([tenant], [NodeSlot.of(record) for record in records], context.config.strategy)
+    decision = place([tenant], [NodeSlot.of(record) for record in records], strategy)
     if decision.bindings:
         return Placement(decision.bindings[0].node)
     return Placement(None, decision.unschedulable.get(spec.name))
