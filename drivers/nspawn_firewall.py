@@ -150,7 +150,6 @@ class Firewall:
     (`nspawn_nft`; the `nft` tool with an argument list where the library is missing, never a shell)."""
 
     def __init__(self, nft: str = "nft", table: str = TABLE) -> None:
-        self.nft = nft
         self._nft = Nft(nft)
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", table):
             raise PermanentError(f"nft table name {table!r} is not a plain identifier", reason="BadTable")

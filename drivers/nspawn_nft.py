@@ -59,10 +59,6 @@ class Nft:
         self.tool = tool
         self._library = _load()
 
-    @property
-    def in_process(self) -> bool:
-        return self._library is not None
-
     def run(self, commands: str, *, json: bool = False) -> Result:
         if self._library is None:
             return self._run_tool(commands, json=json)

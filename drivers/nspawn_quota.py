@@ -64,9 +64,6 @@ class TenantQuota:
         finally:
             self.set_disk_limit(tenant, limit)
 
-    def clear_disk_limit(self, tenant: str) -> None:
-        self.set_disk_limit(tenant, None)
-
     def _group_info(self, tenant: str) -> btrfs.QgroupInfo:
         subvolume = self._tenant_subvolume(tenant)
         try:

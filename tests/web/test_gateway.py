@@ -1,10 +1,12 @@
 """The gateway as a customer's browser meets it: a claim link, a cookie, their own container only."""
 
+import contextlib
 import select
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +136,9 @@ def test_an_unknown_host_is_404(web: Web) -> None:
         assert client.get("/").status_code == 404
 
 
-def test_websockets_are_relayed_to_the_container(web: Web) -> None:
+@contextlib.contextmanager
+def _echoing_tenant(web: Web) -> Iterator[tuple[str, str, str]]:
+    """Tenant `sockets` whose container runs a websocket echo server: (its claim, gateway host, gateway port)."""
     from websockets.sync.server import serve
 
     _tenant(web, "sockets")
@@ -152,8 +156,14 @@ def test_websockets_are_relayed_to_the_container(web: Web) -> None:
         with web.client() as client:
             assert client.patch("/api/v1/tenants/sockets", json={"spec": {"network": {"ingress": [port]}}}).is_success
         web.wait_running("sockets")
-        claim = _authorize(web, "sockets")["claim"]
         host, gateway_port = web.gateway.removeprefix("http://").split(":")
+        yield _authorize(web, "sockets")["claim"], host, gateway_port
+    finally:
+        server.shutdown()
+
+
+def test_websockets_are_relayed_to_the_container(web: Web) -> None:
+    with _echoing_tenant(web) as (claim, host, gateway_port):
         url = f"ws://sockets.{BASE_DOMAIN}:{gateway_port}/ws"  # the name, dialled at the gateway's address
         own_origin = f"http://sockets.{BASE_DOMAIN}:{gateway_port}"
         with connect(url, sock=socket.create_connection((host, int(gateway_port))), origin=Origin(own_origin),
@@ -162,8 +172,6 @@ def test_websockets_are_relayed_to_the_container(web: Web) -> None:
             assert websocket.recv(timeout=5) == "echo hi"
         with pytest.raises(InvalidStatus), connect(url, sock=socket.create_connection((host, int(gateway_port)))):
             pass
-    finally:
-        server.shutdown()
 
 
 # -- raw HTTP, for what httpx would tidy up (a `//` path, a body that trickles in) -----------------------
@@ -292,25 +300,7 @@ def test_a_slow_upload_flood_at_one_tenant_leaves_another_tenants_p99_within_20_
 
 # -- 6: tenants share a registrable domain --------------------------------------------------------------
 def test_a_websocket_from_any_origin_but_the_tenants_own_is_refused(web: Web) -> None:
-    from websockets.sync.server import serve
-
-    _tenant(web, "sockets")
-    web.wait_running("sockets")
-    address = web.store.get_tenant("sockets").status.address  # type: ignore[union-attr]
-
-    def echo(connection: object) -> None:
-        for message in connection:  # type: ignore[attr-defined]
-            connection.send(f"echo {message}")  # type: ignore[attr-defined]
-
-    server = serve(echo, str(address), 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.socket.getsockname()[1]
-        with web.client() as client:
-            assert client.patch("/api/v1/tenants/sockets", json={"spec": {"network": {"ingress": [port]}}}).is_success
-        web.wait_running("sockets")
-        claim = _authorize(web, "sockets")["claim"]
-        host, gateway_port = web.gateway.removeprefix("http://").split(":")
+    with _echoing_tenant(web) as (claim, host, gateway_port):
         url = f"ws://sockets.{BASE_DOMAIN}:{gateway_port}/ws"
         cookie = {"cookie": f"fleet_claim={claim}"}
         for origin in (f"http://other.{BASE_DOMAIN}:{gateway_port}", "http://evil.example", None,
@@ -325,8 +315,6 @@ def test_a_websocket_from_any_origin_but_the_tenants_own_is_refused(web: Web) ->
                      origin=Origin(f"http://sockets.{BASE_DOMAIN}:{gateway_port}")) as websocket:
             websocket.send("hi")
             assert websocket.recv(timeout=5) == "echo hi"
-    finally:
-        server.shutdown()
 
 
 def test_a_container_cannot_set_cookies_on_its_sibling_tenants(web: Web) -> None:
