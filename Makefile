@@ -4,7 +4,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: up test setup lint bench bench-fake bench-fleet bench-cli clean
+.PHONY: up test setup lint bench bench-fake bench-fleet bench-cli bench-metrics clean
 up: setup
 	$(VENV)/bin/fleet up $(ARGS)
 
@@ -24,7 +24,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy specs state drivers reconciler
 
-bench: bench-fake bench-fleet bench-cli
+bench: bench-fake bench-fleet bench-cli bench-metrics
 
 bench-fleet: setup
 	$(VENV)/bin/python -m tests.bench.bench_fleet
@@ -34,6 +34,9 @@ bench-fake: setup
 
 bench-cli: setup
 	$(VENV)/bin/python -m tests.bench.bench_cli
+
+bench-metrics: setup
+	$(VENV)/bin/python -m tests.bench.bench_metrics
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

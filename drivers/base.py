@@ -4,10 +4,21 @@ Every method is idempotent and safe to call again after a crash half-way through
 the half. Errors leave a driver only as `specs.errors` types.
 """
 
-from collections.abc import Callable
+import builtins
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from specs import DeleteReceipt, DriverInfo, Network, NodeCapacity, Observed, Resources, Template, TemplateSource
+from specs import (
+    DeleteReceipt,
+    DriverInfo,
+    Network,
+    NodeCapacity,
+    Observed,
+    Resources,
+    Template,
+    TemplateSource,
+    Usage,
+)
 
 
 @runtime_checkable
@@ -23,6 +34,12 @@ class Driver(Protocol):
         ...
 
     def inspect(self, tenant: str) -> Observed | None: ...
+
+    def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
+        """What each tenant uses now, read from the host (CPU seconds, memory now and at peak, exclusive
+        disk bytes, network bytes in and out): of `tenants` (those of them this node has; the others are
+        left out), or of every tenant it owns when None. Cheap enough to call on every metrics scrape."""
+        ...
 
     def ensure_template(self, template: Template) -> None: ...
 

@@ -12,7 +12,7 @@ import builtins
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from specs import (
@@ -27,6 +27,7 @@ from specs import (
     Template,
     TemplateSource,
     TransientError,
+    Usage,
 )
 from specs.errors import FleetError
 
@@ -75,6 +76,7 @@ class _Container:
     address: str | None = None
     firewall: bool = False
     pid: int | None = None
+    usage: Usage | None = None  # what `set_usage` said it uses; zeros until then
 
 
 class FakeDriver:
@@ -181,6 +183,21 @@ class FakeDriver:
         with self._lock:
             container = self.containers.get(tenant)
             return self._observe(tenant, container) if container else None
+
+    def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
+        self._enter("usage")
+        with self._lock:
+            names = sorted(self.containers) if tenants is None else [t for t in tenants if t in self.containers]
+            return [self._usage(name, self.containers[name]) for name in names]
+
+    @staticmethod
+    def _usage(tenant: str, container: _Container) -> Usage:
+        running = container.pid is not None
+        said = container.usage
+        if said is None:
+            return Usage.model_construct(tenant=tenant, running=running)
+        # Frozen, so the same object serves every read until it changes (the 10,000-tenant benchmark reads all).
+        return said if said.running == running else said.model_copy(update={"running": running})
 
     def ensure_template(self, template: Template) -> None:
         self._enter("ensure_template")
@@ -303,6 +320,12 @@ class FakeDriver:
     def change_resources_behind_back(self, tenant: str, resources: Resources) -> None:
         with self._lock:
             self._get(tenant).resources = resources
+
+    def set_usage(self, tenant: str, **usage: float) -> None:
+        """What the tenant's container is said to use from now on (cpu_seconds, memory_bytes, ...)."""
+        with self._lock:
+            container = self._get(tenant)
+            container.usage = Usage(tenant=tenant, running=container.pid is not None, **usage)
 
     def kill_behind_back(self, tenant: str) -> None:
         with self._lock:

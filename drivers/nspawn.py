@@ -18,7 +18,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -26,7 +26,14 @@ import psutil
 from loguru import logger
 from pyroute2 import NetlinkError
 
-from drivers import nspawn_cgroups, nspawn_firewall, nspawn_netns, nspawn_network, nspawn_process, nspawn_seccomp
+from drivers import (
+    nspawn_cgroups,
+    nspawn_firewall,
+    nspawn_network,
+    nspawn_process,
+    nspawn_seccomp,
+    nspawn_usage,
+)
 from drivers.nspawn_host import host_problems
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import (
@@ -49,6 +56,7 @@ from specs import (
     Template,
     TemplateSource,
     TransientError,
+    Usage,
     validate_name,
 )
 from specs.errors import FleetError
@@ -224,7 +232,25 @@ class NspawnDriver:
     @_at_edge
     def inspect(self, tenant: str) -> Observed | None:
         validate_name(tenant)
+        if not self.pool.tenant_exists(tenant):
+            return None  # a signup's first pass: no firewall table to read (it grows with the tenants)
         return self._observe(tenant, self.networks.firewall.read(), None)
+
+    @_at_edge
+    def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
+        """Read by `nspawn_usage` from the tenants' cgroups, qgroups and veths: nothing is cached."""
+        names = self.pool.list_tenants() if tenants is None else [t for t in tenants if self.pool.tenant_exists(t)]
+        running = self.processes.running()
+        return [
+            nspawn_usage.tenant_usage(
+                name,
+                cgroup_root=self.cgroups.root,
+                cgroup_version=self.cgroups.version,
+                disk_bytes=nspawn_usage.disk_bytes_or_zero(self.pool.disk_usage, name),
+                running=name in running,
+            )
+            for name in names
+        ]
 
     # -- provisioning -----------------------------------------------------------------------------------
     @_at_edge
@@ -292,8 +318,9 @@ class NspawnDriver:
         self._require(tenant)
         if self.processes.find(tenant) is not None:
             return
-        if not nspawn_netns.is_bound(nspawn_network.netns_path(tenant)):
-            raise TransientError(f"tenant {tenant} has no network namespace yet; apply its network first")
+        # The namespace alone, nothing that can carry a packet: the planner applies the network after the
+        # start, while nspawn boots (~100 ms), and the firewall is in place before the veth exists.
+        self.networks.ensure_namespace(tenant)
         # A tenant cloned by an older Fleet gets its range and its level-1 qgroup here, before it runs in them.
         uid_base = self.pool.uid_base(tenant)
         self.pool.ensure_group(tenant)

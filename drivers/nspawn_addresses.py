@@ -3,7 +3,9 @@
 The host end of the tenant's veth takes the first address, the tenant the second (with a default route
 through the host end). Leases live in one JSON file written atomically under an exclusive flock; allocation
 also skips any /30 a Fleet veth on the host still carries, so a lost or stale file never hands out an
-address twice.
+address twice. Addresses in use are read by `namespace_ipv4_addresses`: one raw netlink dump parsed
+for the two attributes needed (pyroute2 decoded every attribute of every address: ~20 ms at 50 tenants,
+growing with them, on every signup).
 """
 
 from __future__ import annotations
@@ -13,12 +15,57 @@ import fcntl
 import ipaddress
 import json
 import os
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from specs import PermanentError, TransientError
+
+_RTM_GETADDR, _NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_ERROR, _NLMSG_DONE = 22, 1, 0x300, 2, 3
+_IFA_ADDRESS, _IFA_LABEL = 1, 3
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
+
+
+def namespace_ipv4_addresses() -> list[tuple[str, str]]:
+    """(address, interface label) of every IPv4 address in the calling thread's network namespace."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        request = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+        sock.send(_HEADER.pack(_HEADER.size + len(request), _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + request)
+        found: list[tuple[str, str]] = []
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise OSError("netlink address dump ended early")
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, kind = _HEADER.unpack_from(data, offset)[:2]
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                    raise OSError(code, f"netlink address dump failed: {os.strerror(code)}")
+                found.append(_address_and_label(data, offset + _HEADER.size + _IFADDRMSG.size, offset + length))
+                offset += (length + 3) & ~3
+
+
+def _address_and_label(data: bytes, start: int, end: int) -> tuple[str, str]:
+    address = label = ""
+    while start + 4 <= end:
+        size, kind = struct.unpack_from("=HH", data, start)
+        if size < 4:
+            break
+        value = data[start + 4 : start + size]
+        if kind == _IFA_ADDRESS and len(value) == 4:
+            address = socket.inet_ntoa(value)
+        elif kind == _IFA_LABEL:
+            label = value.split(b"\0", 1)[0].decode(errors="replace")
+        start += (size + 3) & ~3
+    return address, label
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class Cgroups(Protocol):
     """What the driver needs from either cgroup layout."""
 
     version: int
+    root: Path  # the cgroup filesystem's mount, e.g. /sys/fs/cgroup
 
     def create(self, tenant: str) -> None: ...
 

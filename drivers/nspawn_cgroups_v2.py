@@ -52,7 +52,12 @@ class CgroupsV2(CgroupsBase):
         self.create(tenant)
         group = self._tenant_dirs(tenant)[0]
         quota = "max" if resources.cpu is None else str(max(1000, CPU_PERIOD_US * resources.cpu // 1000))
+        burst = group / "cpu.max.burst"  # one period's quota, as on v1 (see CgroupsV1.apply for why)
+        if burst.exists():
+            write_value(burst, "0")  # the kernel refuses a quota below the burst: clear it first
         write_value(group / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        if burst.exists() and quota != "max":
+            write_value(burst, quota)
         write_value(group / "memory.max", "max" if resources.memory is None else str(resources.memory))
         if (group / "memory.swap.max").exists():
             write_value(group / "memory.swap.max", "max" if resources.memory is None else "0")

@@ -81,8 +81,10 @@ def _shared_directory() -> None:
         _check(_libc.mount(b"", str(NETNS_DIR).encode(), b"none", MS_SHARED | MS_REC, None), f"share {NETNS_DIR}")
 
 
-def create(path: Path) -> None:
-    """Make a new network namespace and bind it at `path` (idempotent: an existing binding is kept)."""
+def create(path: Path, prepare: Callable[[], None] | None = None) -> bool:
+    """Make a new network namespace, run `prepare` inside it, then bind it at `path`: a namespace is never
+    found at `path` before `prepare` ran in it. Idempotent: an existing binding is kept and `prepare` is
+    not run (run it with `inside`). True when the namespace was made by this call."""
     if path.parent != NETNS_DIR:
         raise ValueError(f"{path} is not under {NETNS_DIR}")
     _shared_directory()
@@ -90,14 +92,17 @@ def create(path: Path) -> None:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     except FileExistsError:
         if is_bound(path):
-            return
+            return False
 
     def unshared() -> None:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        if prepare is not None:
+            prepare()
         source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
         _check(_libc.mount(source, str(path).encode(), b"none", MS_BIND, None), f"bind the namespace at {path}")
 
     in_thread(unshared)
+    return True
 
 
 def is_bound(path: Path) -> bool:

@@ -32,12 +32,13 @@ from loguru import logger
 from pyroute2 import IPRoute, NetlinkError
 
 from drivers import nspawn_netns
-from drivers.nspawn_addresses import Lease, Leases
+from drivers.nspawn_addresses import Lease, Leases, namespace_ipv4_addresses
 from drivers.nspawn_firewall import ALIAS_PREFIX, VETH, Firewall, FirewallState
 from drivers.reverter import Reverter
 from specs import PermanentError, TransientError, validate_name
 
 NETNS_DIR = Path("/run/netns")
+LOOPBACK_INDEX = 1  # the kernel gives lo this index in every network namespace
 NETNS_SYSCTLS = {
     "net/ipv4/ip_unprivileged_port_start": "0",
     "net/ipv4/ping_group_range": "0\t2147483647",
@@ -63,11 +64,9 @@ def netns_path(tenant: str) -> Path:
 
 
 def _eth0_address() -> str | None:
-    """Runs inside a tenant's namespace: the first IPv4 address of eth0."""
-    with IPRoute() as nsr:
-        eth0 = _link(nsr, "eth0")
-        addresses = _ipv4_addresses(nsr, eth0["index"]) if eth0 is not None else []
-        return str(addresses[0][0]) if addresses else None
+    """Runs inside a tenant's namespace: the first IPv4 address of eth0 (one raw dump of the namespace's
+    few addresses: pyroute2's socket and two requests cost several times more on every observation)."""
+    return next((address for address, label in namespace_ipv4_addresses() if label == "eth0"), None)
 
 
 def _write_namespace_sysctls() -> None:
@@ -138,16 +137,15 @@ class Networks:
                 found[alias.removeprefix(ALIAS_PREFIX)] = (link["index"], name)
         return found
 
-    def _host_indexes(self, ipr: IPRoute) -> dict[int, str]:
+    def _host_indexes(self) -> dict[int, str]:
         """/30 indexes carried by Fleet veths on the host, and the veth carrying each."""
         used: dict[int, str] = {}
         # One dump of every IPv4 address (its label is the interface's name), not a link dump plus one
         # request per veth: with hundreds of tenants those round trips dominated every network setup.
-        for message in ipr.get_addr(family=2):
-            label = message.get("IFA_LABEL") or ""
-            if not VETH.fullmatch(label):
+        for address, label in namespace_ipv4_addresses():
+            if not VETH.fullmatch(label) or not address:
                 continue
-            lease_index = self.leases.index_of(message.get("IFA_ADDRESS"))
+            lease_index = self.leases.index_of(address)
             if lease_index is not None:
                 used[lease_index] = label
         return used
@@ -160,24 +158,37 @@ class Networks:
         return sorted(names)
 
     # -- ensure -------------------------------------------------------------------------------------------
+    def ensure_namespace(self, tenant: str) -> bool:
+        """The tenant's namespace with its sysctls: all a container needs to be launched into (the driver
+        starts it before the veth exists, and `ensure` connects it while nspawn boots). True when made now.
+        The sysctls are written before the namespace is bound, so no bound namespace lacks them."""
+        return nspawn_netns.create(netns_path(tenant), prepare=_write_namespace_sysctls)
+
     def ensure(self, tenant: str, ports: tuple[int, ...]) -> str:
-        """Make the tenant's namespace, veth, addresses, route and firewall match; returns its address."""
+        """Make the tenant's namespace, veth, addresses, route and firewall match; returns its address.
+
+        The order keeps a tenant unreachable until it is isolated, even when its container already runs in
+        the namespace: the firewall lists the veth's name (sets match interface names, not links) before
+        the veth exists, so no packet crosses it unfiltered."""
         started = time.perf_counter()
         veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
         try:
-            # A first ensure that fails half way takes back what it made (lease, namespace, veth); a repair
-            # of an existing network keeps it, and the next pass converges either way.
+            # A first ensure that fails half way takes back what it made (lease, firewall elements, veth,
+            # and the namespace unless it was there before: a container may run in it); a repair of an
+            # existing network keeps it, and the next pass converges either way.
             with Reverter() as revert, IPRoute() as ipr:
+                existing = self._owned_link(ipr, tenant, veth)
                 lease = self.leases.get(tenant)
                 if lease is None:  # the host is searched for addresses in use only when a lease is made
-                    lease = self.leases.acquire(tenant, self._host_indexes(ipr), veth)
+                    lease = self.leases.acquire(tenant, self._host_indexes(), veth)
                     revert.add("release the address lease", lambda: self.leases.release(tenant))
-                    revert.add("remove the network namespace", lambda: nspawn_netns.remove(netns_path(tenant)))
+                    revert.add("remove the firewall elements", lambda: self._unfirewall_if_unlinked(veth))
                     revert.add("remove the veth", lambda: self._delete_link(veth, tenant))
-                nspawn_netns.create(netns_path(tenant))
-                self._ensure_host_end(ipr, tenant, veth, peer, ns, lease)
-                self._ensure_namespace_end(tenant, peer, lease)
                 self.firewall.ensure_tenant(tenant, veth, ports, lease.tenant_address, self._known_sources())
+                if self.ensure_namespace(tenant):
+                    revert.add("remove the network namespace", lambda: nspawn_netns.remove(netns_path(tenant)))
+                peer_index = self._ensure_host_end(ipr, tenant, veth, peer, ns, lease, existing)
+                self._ensure_namespace_end(tenant, peer, lease, peer_index)
                 revert.success()
         except NetlinkError as error:
             raise TransientError(f"netlink refused a change for tenant {tenant}: {error}") from error
@@ -194,10 +205,19 @@ class Networks:
             if link is not None and (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant:
                 ipr.link("del", index=link["index"])
 
+    def _unfirewall_if_unlinked(self, veth: str) -> None:
+        """Undo of a failed first ensure: the firewall elements go only once the veth is gone (an undo that
+        could not delete it must not leave it reachable unfiltered)."""
+        with IPRoute() as ipr:
+            if _link(ipr, veth) is None:
+                self.firewall.remove_tenant(veth)
+
     def _known_sources(self) -> dict[tuple[str, str], str]:
         return {(veth_name(name), lease.tenant_address): name for name, lease in self.leases.all().items()}
 
-    def _ensure_host_end(self, ipr: IPRoute, tenant: str, veth: str, peer: str, ns: str, lease: Lease) -> None:
+    def _owned_link(self, ipr: IPRoute, tenant: str, veth: str) -> Any | None:
+        """The tenant's host end if it exists; NotOwned (before anything is changed) if an interface of that
+        name lacks the tenant's alias."""
         link = _link(ipr, veth)
         if link is not None:
             alias = link.get("IFLA_IFALIAS") or ""
@@ -206,10 +226,17 @@ class Networks:
                     f"interface {veth} exists with alias {alias!r}, not {ALIAS_PREFIX}{tenant}; refusing to adopt it",
                     reason="NotOwned",
                 )
-            if not self._namespace_end(ns, peer):
-                # The namespace was recreated and took the old peer with it: a veth without its other end.
-                ipr.link("del", index=link["index"])
-                link = None
+        return link
+
+    def _ensure_host_end(
+        self, ipr: IPRoute, tenant: str, veth: str, peer: str, ns: str, lease: Lease, link: Any | None
+    ) -> int | None:
+        """The host end up with its address; returns the peer's index in the namespace when the pair was
+        made just now (nothing there to look up or compare), else None."""
+        if link is not None and not self._namespace_end(ns, peer):
+            # The namespace was recreated and took the old peer with it: a veth without its other end.
+            ipr.link("del", index=link["index"])
+            link = None
         created = link is None
         if link is None:
             ipr.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
@@ -220,6 +247,7 @@ class Networks:
         ipr.link("set", index=index, ifalias=ALIAS_PREFIX + tenant, state="up")
         # A link made just now has no address to compare (each netlink round trip costs ~1 ms in pyroute2).
         _ensure_address(ipr, index, lease.host_address, fresh=created)
+        return link.get("IFLA_LINK") if created else None
 
     def _namespace_end(self, ns: str, peer: str) -> bool:
         def found() -> bool:
@@ -231,28 +259,32 @@ class Networks:
         except FileNotFoundError:
             return False
 
-    def _ensure_namespace_end(self, tenant: str, peer: str, lease: Lease) -> None:
-        nspawn_netns.inside(netns_path(tenant), lambda: self._configure_namespace_end(netns_name(tenant), peer, lease))
+    def _ensure_namespace_end(self, tenant: str, peer: str, lease: Lease, peer_index: int | None) -> None:
+        nspawn_netns.inside(
+            netns_path(tenant), lambda: self._configure_namespace_end(netns_name(tenant), peer, lease, peer_index)
+        )
 
-    def _configure_namespace_end(self, ns: str, peer: str, lease: Lease) -> None:
-        """Runs inside the tenant's namespace: eth0, its address, lo, the default route, the sysctls."""
+    def _configure_namespace_end(self, ns: str, peer: str, lease: Lease, peer_index: int | None) -> None:
+        """Runs inside the tenant's namespace: the sysctls again (a repair costs nothing here), eth0, its
+        address, lo, the default route. `peer_index`: the peer made just now, under its temporary name."""
         _write_namespace_sysctls()
         with IPRoute() as nsr:
-            link = _link(nsr, "eth0")
-            renamed = link is None
-            if link is None:
-                link = _link(nsr, peer)
+            if peer_index is not None:
+                index, renamed = peer_index, True
+            else:
+                link = _link(nsr, "eth0")
+                renamed = link is None
                 if link is None:
-                    raise TransientError(f"veth end {peer} vanished from namespace {ns}")
-            index = link["index"]
+                    link = _link(nsr, peer)
+                    if link is None:
+                        raise TransientError(f"veth end {peer} vanished from namespace {ns}")
+                index = link["index"]
             if renamed:  # one message: the rename happens before the link comes up (as `ip link set ... name eth0 up`)
                 nsr.link("set", index=index, ifname="eth0", state="up")
             else:
                 nsr.link("set", index=index, state="up")
             _ensure_address(nsr, index, lease.tenant_address, fresh=renamed)
-            loopback = _link(nsr, "lo")
-            if loopback is not None:
-                nsr.link("set", index=loopback["index"], state="up")
+            nsr.link("set", index=LOOPBACK_INDEX, state="up")
             nsr.route("replace", dst="0.0.0.0/0", gateway=lease.host_address, oif=index)
 
     # -- observe ----------------------------------------------------------------------------------------

@@ -6,11 +6,19 @@ import importlib
 from typing import Any
 
 from drivers.base import Driver
-from specs import PermanentError
+from specs import HostCheck, PermanentError
 
-_PROBLEMS: dict[str, str] = {"nspawn": "drivers.nspawn_host:host_problems"}
+_PROBLEMS: dict[str, str] = {
+    "nspawn": "drivers.nspawn_host:host_problems",
+    "lxd": "drivers.lxd_host:host_problems",
+}
+_CHECKS: dict[str, str] = {
+    "nspawn": "drivers.nspawn_doctor:host_checks",
+    "lxd": "drivers.lxd_host:host_checks",
+}
 _DRIVERS: dict[str, str] = {
     "fake": "drivers.fake:FakeDriver",
+    "lxd": "drivers.lxd:LxdDriver",
     "nspawn": "drivers.nspawn:NspawnDriver",
 }
 
@@ -41,3 +49,14 @@ def host_problems(name: str, **options: Any) -> list[str]:
     module_name, function_name = target.split(":")
     problems: list[str] = getattr(importlib.import_module(module_name), function_name)(**options)
     return problems
+
+
+def host_checks(name: str, **options: Any) -> list[HostCheck]:
+    """Everything `fleet doctor` checks on this host for driver `name`, good and bad, each with its fix.
+    A driver with nothing to check on the host (fake) has no checks."""
+    target = _CHECKS.get(name)
+    if target is None:
+        return []
+    module_name, function_name = target.split(":")
+    checks: list[HostCheck] = getattr(importlib.import_module(module_name), function_name)(**options)
+    return checks

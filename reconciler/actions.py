@@ -2,15 +2,15 @@
 
 from dataclasses import dataclass
 
-from specs import Network, Resources
+from specs import Network, Resources, Template
 
 
 @dataclass(frozen=True)
 class Clone:
-    template: str  # name@version
+    template: Template  # resolved when the desired state was read: the executor clones exactly this one
 
     def describe(self) -> str:
-        return f"clone from template {self.template}"
+        return f"clone from template {self.template.ref}"
 
 
 @dataclass(frozen=True)

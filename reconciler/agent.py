@@ -17,6 +17,7 @@ from loguru import logger
 
 from drivers import Driver
 from reconciler.controller import Controller, ControllerConfig
+from reconciler.metrics import Metrics
 from specs import FleetError, NodeCapacity, PermanentError, TransientError
 from state import Store
 from state.nodes import Allocatable, NodeRegistration, NodeStore
@@ -58,7 +59,14 @@ def allocatable(capacity: NodeCapacity, config: AgentConfig) -> Allocatable:
 
 
 class Agent:
-    def __init__(self, store: Store, driver: Driver, config: AgentConfig, identity: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        driver: Driver,
+        config: AgentConfig,
+        identity: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.driver = driver
         self.config = config
@@ -77,6 +85,7 @@ class Agent:
                 public_port=config.public_port,
                 self_bind=False,
             ),
+            metrics=metrics,
         )
         self.templates: set[str] = set()
         self.missing_templates: dict[str, str] = {}  # ref -> why the driver could not make it here

@@ -71,7 +71,7 @@ def derive_status(
         cond(
             "Provisioned",
             provisioned,
-            ("Cloned", f"cloned from {spec.template}@{spec.template_version}"),
+            ("Cloned", f"cloned from {spec.template.ref}"),
             ("NotCloned", "no container yet"),
             Clone,
         ),

@@ -20,6 +20,7 @@ from reconciler.actions import Delete
 from reconciler.clock import Clock
 from reconciler.conditions import derive_status, describe_drift, failed_status, same_status
 from reconciler.executor import Executor
+from reconciler.metrics import Metrics
 from reconciler.plan import plan
 from reconciler.queue import WorkQueue
 from reconciler.urls import PublicAddress
@@ -58,14 +59,23 @@ class Stats:
 
 class Controller:
     def __init__(
-        self, store: Store, driver: Driver, config: ControllerConfig | None = None, queue: WorkQueue | None = None
+        self,
+        store: Store,
+        driver: Driver,
+        config: ControllerConfig | None = None,
+        queue: WorkQueue | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """`metrics`: where outcomes, durations and the queue are counted (a private set when None)."""
         self.store = store
         self.driver = driver
         self.config = config or ControllerConfig()
-        self.queue = queue if queue is not None else WorkQueue()  # not `or`: an empty queue is falsy (__len__)
+        self.metrics = metrics if metrics is not None else Metrics()
+        # not `or`: an empty queue is falsy (__len__)
+        self.queue = queue if queue is not None else WorkQueue(on_wait=self.metrics.queue_wait.observe)
+        self.metrics.watch_queue(self.config.node, self.queue.__len__, self.queue.waiting)
         self.clock: Clock = self.queue.clock  # one clock for backoff and for the times in statuses
-        self.executor = Executor(driver, node=self.config.node)
+        self.executor = Executor(driver, node=self.config.node, metrics=self.metrics)
         self.stats = Stats()
         self.last_seen_revision = 0
         self._stop = threading.Event()
@@ -103,7 +113,7 @@ class Controller:
         if spec.deleting and not actions:
             # Nothing observed, but a crash mid-delete may have left parts inspect cannot see (an address
             # lease, a firewall rule): the driver's delete is idempotent and verifies all is gone.
-            sweep = self.executor.run(name, spec.generation, [Delete()], record.template)
+            sweep = self.executor.run(name, spec.generation, [Delete()])
             if sweep.error is not None:
                 self.store.record(name, None, None, sweep.events)
                 raise sweep.error
@@ -128,7 +138,7 @@ class Controller:
                 )
             )
             self._log.bind(tenant=name).warning("Detected drift: {}", drift)
-        execution = self.executor.run(name, spec.generation, actions, record.template)
+        execution = self.executor.run(name, spec.generation, actions)
         events.extend(execution.events)
         self.stats.actions += len(execution.events)
         after: Observed | None = self.driver.inspect(name) if actions else observed
@@ -193,6 +203,8 @@ class Controller:
             outcome = Outcome.RETRY
             self._log.bind(tenant=name).exception("Reconcile raised an unexpected error: {}", error)
         self.stats.reconciles += 1
+        self.metrics.reconciles.labels(result=outcome.value).inc()
+        self.metrics.reconcile_duration.observe(time.perf_counter() - started)
         if outcome == Outcome.RETRY:
             self.stats.retries += 1
             delay = self.queue.add_rate_limited(name)

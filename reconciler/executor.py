@@ -11,7 +11,8 @@ from loguru import logger
 
 from drivers import Driver
 from reconciler.actions import Action, ApplyNetwork, ApplyResources, Clone, Delete, Start, Stop
-from specs import DeleteReceipt, Event, FleetError, NotFound, Template
+from reconciler.metrics import Metrics
+from specs import DeleteReceipt, Event, FleetError, NotFound
 
 _DONE = {
     Clone: "Cloned",
@@ -36,15 +37,14 @@ class Execution:
 
 
 class Executor:
-    def __init__(self, driver: Driver, *, node: str) -> None:
+    def __init__(self, driver: Driver, *, node: str, metrics: Metrics | None = None) -> None:
         self.driver = driver
         self.node = node
+        self.metrics = metrics if metrics is not None else Metrics()
 
-    def _call(self, tenant: str, action: Action, template: Template | None) -> DeleteReceipt | None:
+    def _call(self, tenant: str, action: Action) -> DeleteReceipt | None:
         match action:
-            case Clone():
-                if template is None:
-                    raise FleetError(f"no template to clone {tenant} from")
+            case Clone(template=template):
                 self.driver.ensure_template(template)
                 self.driver.clone(tenant, template)
             case ApplyResources(resources=resources):
@@ -59,13 +59,13 @@ class Executor:
                 return self.driver.delete(tenant)
         return None
 
-    def run(self, tenant: str, generation: int, actions: list[Action], template: Template | None) -> Execution:
+    def run(self, tenant: str, generation: int, actions: list[Action]) -> Execution:
         execution = Execution()
         for action in actions:
             kind = type(action).__name__
             started = time.perf_counter()
             try:
-                receipt = self._call(tenant, action, template)
+                receipt = self._call(tenant, action)
             except NotFound as error:
                 if not isinstance(action, (Delete, Stop)):
                     execution.error, execution.failed = error, action
@@ -75,8 +75,11 @@ class Executor:
             except FleetError as error:
                 execution.error, execution.failed = error, action
                 receipt = None
-            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            seconds = time.perf_counter() - started
+            duration_ms = round(seconds * 1000, 3)
+            self.metrics.action_duration.labels(action=kind, driver=self.driver.name).observe(seconds)
             if execution.error is not None:
+                self.metrics.action_failures.labels(action=kind, driver=self.driver.name).inc()
                 execution.events.append(
                     Event(
                         tenant=tenant,

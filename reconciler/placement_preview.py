@@ -38,7 +38,7 @@ def would_place(
             return Placement(local_node)
         return Placement(None, "no node has registered yet: start fleet up or fleet agent")
     tenant = PendingTenant(
-        name=spec.name, revision=desired.revision, template=f"{spec.template}@{spec.template_version}",
+        name=spec.name, revision=desired.revision, template=spec.template.ref,
         cpu_millicores=spec.resources.cpu or 0, memory_bytes=spec.resources.memory or 0,
         disk_bytes=spec.resources.disk or 0, labels=labels,
     )

@@ -16,20 +16,22 @@ def plan(desired: ResolvedSpec, observed: Observed | None) -> list[Action]:
         return [Stop(), Delete()] if observed.running else [Delete()]
     if desired.paused:
         return []  # paused: observe only
+    # Start comes before the network: a container needs only its (empty) network namespace to start, so
+    # its network is set up while it boots; the driver keeps it unreachable until its firewall is in place.
     if observed is None:
         return [
-            Clone(f"{desired.template}@{desired.template_version}"),
+            Clone(desired.template),
             ApplyResources(desired.resources),
-            ApplyNetwork(desired.network),
             Start(),
+            ApplyNetwork(desired.network),
         ]
     actions: list[Action] = []
     if observed.resources != desired.resources:
         actions.append(ApplyResources(desired.resources))
-    if observed.network != desired.network or observed.address is None:
-        actions.append(ApplyNetwork(desired.network))
     if observed.running and observed.restart_reason:
         actions += [Stop(), Start()]
     elif not observed.running:
         actions.append(Start())
+    if observed.network != desired.network or observed.address is None:
+        actions.append(ApplyNetwork(desired.network))
     return actions

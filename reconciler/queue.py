@@ -14,6 +14,7 @@ import itertools
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from reconciler.clock import Clock, MonotonicClock
@@ -104,11 +105,21 @@ def default_rate_limiter(clock: Clock | None = None, rng: random.Random | None =
 
 
 class WorkQueue:
-    def __init__(self, *, clock: Clock | None = None, rate_limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        rate_limiter: RateLimiter | None = None,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        """`on_wait(seconds)` is told, as a worker takes a key, how long it waited in the queue since it
+        became due (the queue latency a metric shows)."""
         self.clock = clock or MonotonicClock()
         self.rate_limiter = rate_limiter or default_rate_limiter(self.clock)
+        self._on_wait = on_wait
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
+        self._queued_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._waiting: dict[str, float] = {}  # key -> earliest deadline
@@ -121,13 +132,18 @@ class WorkQueue:
         with self._cond:
             self._add_locked(key)
 
-    def _add_locked(self, key: str) -> None:
+    def _add_locked(self, key: str, due: float | None = None) -> None:
         if self._shutting_down or key in self._dirty:
             return
         self._dirty.add(key)
         if key not in self._processing:
-            self._queue.append(key)
-            self._cond.notify()
+            self._enqueue_locked(key, due)
+
+    def _enqueue_locked(self, key: str, due: float | None = None) -> None:
+        self._queue.append(key)
+        if self._on_wait is not None:
+            self._queued_at[key] = self.clock.now() if due is None else due
+        self._cond.notify()
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -167,7 +183,7 @@ class WorkQueue:
                 return deadline - now
             heapq.heappop(self._heap)
             del self._waiting[key]
-            self._add_locked(key)
+            self._add_locked(key, deadline)
         return None
 
     def get(self, timeout: float | None = None) -> str | None:
@@ -182,6 +198,8 @@ class WorkQueue:
                     key = self._queue.popleft()
                     self._processing.add(key)
                     self._dirty.discard(key)
+                    if self._on_wait is not None:
+                        self._on_wait(max(0.0, self.clock.now() - self._queued_at.pop(key, self.clock.now())))
                     return key
                 if remaining is not None and remaining <= 0:
                     return None
@@ -195,8 +213,7 @@ class WorkQueue:
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty:
-                self._queue.append(key)
-                self._cond.notify()
+                self._enqueue_locked(key)
 
     def shutdown(self) -> None:
         with self._cond:

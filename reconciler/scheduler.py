@@ -19,6 +19,7 @@ from loguru import logger
 
 from reconciler.clock import Clock, MonotonicClock
 from reconciler.conditions import node_lost_status, unschedulable_status
+from reconciler.metrics import Metrics
 from specs import Event, FleetError, TenantStatus
 from state import Store
 from state.nodes import SCHEDULER_LEASE, Binding, NodeRecord, NodeStore, PendingTenant
@@ -178,10 +179,13 @@ class Scheduler:
         config: SchedulerConfig,
         on_bound: Callable[[str, str], None] | None = None,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`on_bound(tenant, node)` is told of each binding as it commits: an agent in the same process
-        (`fleet up`) takes the tenant at once instead of when the store's change feed wakes it."""
+        (`fleet up`) takes the tenant at once instead of when the store's change feed wakes it. `metrics`:
+        where bindings and failures are counted (a private set when None)."""
         self._on_bound = on_bound
+        self.metrics = metrics if metrics is not None else Metrics()
         self.clock: Clock = clock or MonotonicClock()
         self.store = store
         self.nodes = NodeStore(store)
@@ -255,6 +259,7 @@ class Scheduler:
 
     def schedule(self) -> tuple[int, int]:
         pending = self.nodes.pending()
+        self.metrics.scheduler_pending.set(len(pending))
         if not pending:
             return 0, 0
         records = self.nodes.list_nodes()
@@ -266,6 +271,10 @@ class Scheduler:
         for start in range(0, len(placement.bindings), self.config.batch):
             result = self.nodes.bind_many(placement.bindings[start : start + self.config.batch])
             bound += len(result.bound)
+            for binding in result.bound:
+                self.metrics.scheduler_bindings.labels(node=binding.node).inc()
+            if result.no_room:
+                self.metrics.scheduler_failures.labels(reason="no_room").inc(len(result.no_room))
             if self._on_bound is not None:
                 for binding in result.bound:
                     self._on_bound(binding.name, binding.node)
@@ -284,6 +293,7 @@ class Scheduler:
         changed = [(name, why) for name, why in unschedulable.items() if self._said.get(name) != why]
         if not changed:
             return
+        self.metrics.scheduler_failures.labels(reason="unschedulable").inc(len(changed))
         statuses = [(name, unschedulable_status(why, now)) for name, why in changed]
         events = [Event(tenant=n, type="Warning", reason="FailedScheduling", message=why) for n, why in changed]
         self.nodes.write_statuses(statuses, events)

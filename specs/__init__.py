@@ -5,28 +5,32 @@ other layer (state, drivers, reconciler) can share these types.
 """
 
 from specs.errors import FleetError, NotFound, PermanentError, TransientError
+from specs.host_check import CheckStatus, HostCheck
 from specs.names import validate_name
 from specs.observed import DeleteReceipt, DriverInfo, NodeCapacity, Observed
 from specs.quantity import format_bytes, format_cpu, parse_bytes, parse_cpu
+from specs.resolved import ResolvedSpec
 from specs.status import Condition, ConditionStatus, Event, Phase, TenantStatus
 from specs.template import Template
 from specs.template_source import TemplateSource
 from specs.tenant import (
     Metadata,
     Network,
-    ResolvedSpec,
     Resources,
     Tenant,
     TenantSpec,
 )
+from specs.usage import Usage
 
 __all__ = [
+    "CheckStatus",
     "Condition",
     "ConditionStatus",
     "DeleteReceipt",
     "DriverInfo",
     "Event",
     "FleetError",
+    "HostCheck",
     "Metadata",
     "Network",
     "NodeCapacity",
@@ -42,6 +46,7 @@ __all__ = [
     "TenantSpec",
     "TenantStatus",
     "TransientError",
+    "Usage",
     "format_bytes",
     "format_cpu",
     "parse_bytes",

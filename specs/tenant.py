@@ -261,16 +261,3 @@ class Tenant(_Strict):
     @property
     def deleting(self) -> bool:
         return self.metadata.deletion_requested_at is not None
-
-
-class ResolvedSpec(_Strict):
-    """Desired state with every default filled in: what the planner compares with the host."""
-
-    name: Name
-    generation: int
-    template: Name
-    template_version: str
-    resources: Resources
-    network: Network
-    paused: bool = False
-    deleting: bool = False

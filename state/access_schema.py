@@ -1,123 +1,102 @@
 """The access tables: API tokens, idempotency keys, billing webhook events and subscriptions,
-plans, and claim signing keys. SQLModel classes: one definition for every engine.
+plans, and claim signing keys. Core tables on `state.schema.METADATA`: one definition for every engine.
 
 Unique constraints here carry the guarantees the API promises: one row per webhook event id (a replay
 changes nothing) and one stored answer per idempotency key. Secrets of API tokens are never stored, only
 their SHA-256.
 """
 
-from datetime import datetime
-from typing import Any
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Index, Integer, PrimaryKeyConstraint, Text, text
-from sqlmodel import Field, SQLModel
+from state.schema import METADATA, resource_checks, resource_columns, timestamp
 
-from state.dialects.sqlite import sqlite_access_checks
-from state.schema import resource_checks
-
-_NOW = text("CURRENT_TIMESTAMP")
 ROLES = ("billing", "operator", "viewer")
 
+API_TOKENS = Table(
+    "api_tokens", METADATA,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    timestamp(),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("role IN ('billing', 'operator', 'viewer')", name="role_must_be_billing_operator_or_viewer"),
+    CheckConstraint("length(name) BETWEEN 1 AND 63", name="token_name_must_be_1_to_63_characters"),
+)
 
-def _created() -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW))
+IDEMPOTENCY_KEYS = Table(
+    "idempotency_keys", METADATA,
+    Column("principal", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response_body", Text, nullable=False),
+    timestamp(),
+    PrimaryKeyConstraint("principal", "key"),
+)
 
-
-class ApiTokenRow(SQLModel, table=True):
-    __tablename__ = "api_tokens"
-    __table_args__ = (
-        CheckConstraint("role IN ('billing', 'operator', 'viewer')", name="role_must_be_billing_operator_or_viewer"),
-        CheckConstraint("length(name) BETWEEN 1 AND 63", name="token_name_must_be_1_to_63_characters"),
-    )
-
-    name: str = Field(sa_column=Column(Text, primary_key=True))
-    role: str = Field(sa_column=Column(Text, nullable=False))
-    token_hash: str = Field(sa_column=Column(Text, nullable=False, unique=True))
-    created_at: datetime | None = _created()
-    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-
-
-class IdempotencyKeyRow(SQLModel, table=True):
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (PrimaryKeyConstraint("principal", "key"),)
-
-    principal: str = Field(sa_column=Column(Text, nullable=False))
-    key: str = Field(sa_column=Column(Text, nullable=False))
-    request_hash: str = Field(sa_column=Column(Text, nullable=False))
-    status_code: int = Field(sa_column=Column(Integer, nullable=False))
-    response_body: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime | None = _created()
-
-
-class WebhookEventRow(SQLModel, table=True):
-    __tablename__ = "webhook_events"
-
-    event_id: str = Field(sa_column=Column(Text, primary_key=True))
-    type: str = Field(sa_column=Column(Text, nullable=False))
-    tenant: str | None = Field(default=None, sa_column=Column(Text))
-    outcome: str = Field(sa_column=Column(Text, nullable=False))
-    received_at: datetime | None = _created()
-
+WEBHOOK_EVENTS = Table(
+    "webhook_events", METADATA,
+    Column("event_id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("tenant", Text),
+    Column("outcome", Text, nullable=False),
+    timestamp("received_at"),
+)
 
 # A subscription binds its tenant from the first plan applied until it is deleted; a row without a plan
 # (a subscription Fleet never provisioned) binds nothing. At most one binding per tenant (migration 7).
 BINDS_TENANT = "plan IS NOT NULL AND deleted_at IS NULL"
 ONE_SUBSCRIPTION_PER_TENANT = "billing_subscriptions_one_per_tenant"
 
-
-class SubscriptionRow(SQLModel, table=True):
-    """The last billing state applied per subscription: what makes out-of-order events harmless, and which
-    subscription a tenant belongs to (exactly one)."""
-
-    __tablename__ = "billing_subscriptions"
-    __table_args__ = (
-        Index(ONE_SUBSCRIPTION_PER_TENANT, "tenant", unique=True, sqlite_where=text(BINDS_TENANT),
-              postgresql_where=text(BINDS_TENANT)),
-    )
-
-    subscription_id: str = Field(sa_column=Column(Text, primary_key=True))
-    tenant: str = Field(sa_column=Column(Text, nullable=False, index=True))
-    customer: str | None = Field(default=None, sa_column=Column(Text))
-    plan: str | None = Field(default=None, sa_column=Column(Text))
-    last_event_created: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    deleted_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+# The last billing state applied per subscription: what makes out-of-order events harmless, and which
+# subscription a tenant belongs to (exactly one).
+SUBSCRIPTIONS = Table(
+    "billing_subscriptions", METADATA,
+    Column("subscription_id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False, index=True),
+    Column("customer", Text),
+    Column("plan", Text),
+    Column("last_event_created", BigInteger, nullable=False, server_default="0"),
+    Column("deleted_at", DateTime(timezone=True)),
+)
 
 
-class PlanRow(SQLModel, table=True):
-    __tablename__ = "plans"
-    __table_args__ = (
-        *resource_checks(),
-    )
+def attach_partial_indexes() -> None:
+    """The partial unique index of SUBSCRIPTIONS, attached by `state.migrations` before it creates tables.
+    Not in the table's definition: its per-dialect WHERE loads SQLAlchemy's PostgreSQL dialect, which a
+    command that only opens a SQLite store never needs."""
+    Index(ONE_SUBSCRIPTION_PER_TENANT, SUBSCRIPTIONS.c.tenant, unique=True, sqlite_where=text(BINDS_TENANT),
+          postgresql_where=text(BINDS_TENANT))
 
-    id: str = Field(sa_column=Column(Text, primary_key=True))
-    template: str = Field(sa_column=Column(Text, nullable=False))
-    cpu_millicores: int | None = Field(default=None, sa_column=Column(BigInteger))
-    memory_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
-    disk_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
-    pids: int | None = Field(default=None, sa_column=Column(BigInteger))
-    io_bytes_per_second: int | None = Field(default=None, sa_column=Column(BigInteger))
-    ingress_ports: str | None = Field(default=None, sa_column=Column(Text))
-    description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
-    created_at: datetime | None = _created()
+PLANS = Table(
+    "plans", METADATA,
+    Column("id", Text, primary_key=True),
+    Column("template", Text, nullable=False),
+    *resource_columns(),
+    Column("ingress_ports", Text),
+    Column("description", Text, nullable=False, server_default=""),
+    timestamp(),
+    *resource_checks(),
+)
 
+SIGNING_KEYS = Table(
+    "signing_keys", METADATA,
+    Column("kid", Text, primary_key=True),
+    Column("secret", Text, nullable=False),
+    timestamp(),
+    Column("retired_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
 
-class SigningKeyRow(SQLModel, table=True):
-    __tablename__ = "signing_keys"
-
-    kid: str = Field(sa_column=Column(Text, primary_key=True))
-    secret: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime | None = _created()
-    retired_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-
-
-API_TOKENS = ApiTokenRow.__table__  # type: ignore[attr-defined]
-IDEMPOTENCY_KEYS = IdempotencyKeyRow.__table__  # type: ignore[attr-defined]
-WEBHOOK_EVENTS = WebhookEventRow.__table__  # type: ignore[attr-defined]
-SUBSCRIPTIONS = SubscriptionRow.__table__  # type: ignore[attr-defined]
-PLANS = PlanRow.__table__  # type: ignore[attr-defined]
-SIGNING_KEYS = SigningKeyRow.__table__  # type: ignore[attr-defined]
 ACCESS_TABLES = ("api_tokens", "idempotency_keys", "webhook_events", "billing_subscriptions", "plans", "signing_keys")
-
-for _table_name, _constraint in sqlite_access_checks():
-    SQLModel.metadata.tables[_table_name].append_constraint(_constraint)

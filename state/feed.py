@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, case, func, literal_column, null, or_, select, union_all
+from sqlalchemy import bindparam, case, func, literal_column, null, select, union, union_all
 
 from state.dialects import Dialect
 from state.errors import RevisionCompacted
@@ -87,6 +87,10 @@ class WatchFeed:
         self._newest = store.dialect.greatest(TENANTS.c.revision, func.coalesce(STATUS.c.revision, 0))
 
     def _query(self, revision: int, limit: int) -> Any:
+        changed = union(
+            select(TENANTS.c.name).where(TENANTS.c.revision > revision),
+            select(STATUS.c.name).where(STATUS.c.revision > revision),
+        ).subquery()
         changes = (
             select(
                 literal_column("'tenant'").label("kind"),
@@ -97,8 +101,11 @@ class WatchFeed:
                 case((TENANTS.c.deletion_requested_at.is_(None), 0), else_=1).label("deleting"),
             )
             .select_from(TENANTS)
+            # The names changed after `revision`, each side by its revision index: an OR across the two
+            # tables would scan every tenant on every poll (about 13 ms at 10,000 tenants, ten times a
+            # second per open watch).
+            .join(changed, changed.c.name == TENANTS.c.name)
             .outerjoin(STATUS, STATUS.c.name == TENANTS.c.name)
-            .where(or_(TENANTS.c.revision > revision, STATUS.c.revision > revision))
         )
         deletions = select(
             literal_column("'deleted'").label("kind"),

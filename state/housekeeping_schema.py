@@ -7,21 +7,16 @@ could miss a deletion, so the feed refuses it (410 Gone at the API) instead of a
 What it must never do: hold desired state.
 """
 
-from sqlalchemy import BigInteger, Column, Index, Integer
-from sqlmodel import Field, SQLModel
+from sqlalchemy import BigInteger, Column, Index, Integer, Table
 
 from state.access_schema import IDEMPOTENCY_KEYS, WEBHOOK_EVENTS
-from state.schema import EVENTS, TOMBSTONES
+from state.schema import EVENTS, METADATA, TOMBSTONES
 
-
-class WatchHorizonRow(SQLModel, table=True):
-    __tablename__ = "watch_horizon"
-
-    id: int = Field(sa_column=Column(Integer, primary_key=True))
-    revision: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-
-
-WATCH_HORIZON = WatchHorizonRow.__table__  # type: ignore[attr-defined]
+WATCH_HORIZON = Table(
+    "watch_horizon", METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+)
 
 # Pruning reads the oldest rows first: each of these makes that an index range, not a table scan.
 AGE_INDEXES = (

@@ -2,22 +2,26 @@
 
 An equivalent of alembic kept small: each migration is a function of (connection, dialect). A store
 newer than this code is refused rather than written to.
+
+The only code that creates tables, so the dialects' own CHECKs (and PostgreSQL's functions they call) are
+attached to the tables here, and only once a migration is to run: a command opening a store that is up to
+date checks its version with one read (no write lock) and loads neither those rules nor the logger.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
-from loguru import logger
-from sqlalchemy import CheckConstraint, Connection, Engine, and_, inspect, select
-from sqlmodel import SQLModel
+from sqlalchemy import CheckConstraint, Connection, Engine, and_, func, inspect, select
 
 from specs import Network, PermanentError, Resources, Template
-from state.access_schema import ACCESS_TABLES, ONE_SUBSCRIPTION_PER_TENANT
+from state.access_schema import ACCESS_TABLES, ONE_SUBSCRIPTION_PER_TENANT, attach_partial_indexes
 from state.columns import ports_value, resource_values
 from state.dialects import Dialect
 from state.housekeeping_schema import AGE_INDEXES, WATCH_HORIZON
+from state.ledger import NODE_SETTINGS
 from state.nodes_schema import NODE_TABLES
-from state.schema import TEMPLATES, TOMBSTONES, MigrationRow, RevisionRow
+from state.schema import METADATA, MIGRATIONS_TABLE, REVISION, TEMPLATES, TOMBSTONES
 
 BUILTIN_TEMPLATE = Template(
     name="base",
@@ -37,10 +41,10 @@ class Migration:
 
 def _initial(conn: Connection, dialect: Dialect) -> None:
     tables = [
-        SQLModel.metadata.tables[name] for name in ("tenants", "tenant_status", "templates", "events", "fleet_revision")
+        METADATA.tables[name] for name in ("tenants", "tenant_status", "templates", "events", "fleet_revision")
     ]
-    SQLModel.metadata.create_all(conn, tables=tables)
-    conn.execute(RevisionRow.__table__.insert().values(id=1, value=0))  # type: ignore[attr-defined]
+    METADATA.create_all(conn, tables=tables)
+    conn.execute(REVISION.insert().values(id=1, value=0))
     dialect.install_triggers(conn)
     conn.execute(
         TEMPLATES.insert().values(
@@ -55,7 +59,7 @@ def _initial(conn: Connection, dialect: Dialect) -> None:
 
 def _access(conn: Connection, dialect: Dialect) -> None:
     """Issue 5: API tokens, idempotency keys, webhook events, billing subscriptions, plans, signing keys."""
-    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[name] for name in ACCESS_TABLES])
+    METADATA.create_all(conn, tables=[METADATA.tables[name] for name in ACCESS_TABLES])
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -66,7 +70,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 def _nodes(conn: Connection, dialect: Dialect) -> None:
     """Issue 6: the nodes of a fleet and the leases (scheduler leadership, node heartbeats)."""
-    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[name] for name in NODE_TABLES])
+    METADATA.create_all(conn, tables=[METADATA.tables[name] for name in NODE_TABLES])
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(3, "nodes and leases (scheduler, heartbeats)", _nodes))
@@ -74,22 +78,49 @@ MIGRATIONS = (*MIGRATIONS, Migration(3, "nodes and leases (scheduler, heartbeats
 
 def _tombstones(conn: Connection, dialect: Dialect) -> None:
     """The watch stream's deletions: one tombstone per finalized name, stamped with a revision."""
-    SQLModel.metadata.create_all(conn, tables=[TOMBSTONES])
+    METADATA.create_all(conn, tables=[TOMBSTONES])
     dialect.install_tombstone_triggers(conn)
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(4, "tenant tombstones (deletions in the watch feed)", _tombstones))
 
 
+@cache  # once per process: the constraints stay attached to the shared tables
+def _attach_dialect_rules() -> None:
+    """The dialects' own CHECKs, each with `ddl_if` (only its dialect creates it), the PostgreSQL functions
+    they call (created before any table on PostgreSQL), and the partial indexes."""
+    from state.dialects.postgresql import install_functions, postgresql_checks
+    from state.dialects.sqlite import sqlite_access_checks, sqlite_checks
+
+    for table_name, constraint in [*sqlite_checks(), *sqlite_access_checks(), *postgresql_checks()]:
+        METADATA.tables[table_name].append_constraint(constraint)
+    install_functions(METADATA)
+    attach_partial_indexes()
+
+
+def _up_to_date(engine: Engine) -> bool:
+    """Every migration is applied, as read without the write lock."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(MIGRATIONS_TABLE.name):
+            return False
+        versions = MIGRATIONS_TABLE.c.version
+        count, newest = conn.execute(select(func.count(versions), func.max(versions))).one()
+    return bool(count == len(MIGRATIONS) and newest == max(migration.version for migration in MIGRATIONS))
+
+
 def migrate(engine: Engine, dialect: Dialect) -> int:
     """Bring the schema to the newest version; return it."""
     newest = max(migration.version for migration in MIGRATIONS)
+    if _up_to_date(engine):
+        return newest  # the common case, every time a command opens a store
+    from loguru import logger  # here: a command that only opens an up-to-date store never loads it
+
+    _attach_dialect_rules()
     with engine.connect().execution_options(**dialect.write_options()) as conn, conn.begin():
         dialect.lock_for_migration(conn)
-        migrations_table = MigrationRow.__table__  # type: ignore[attr-defined]
         if not inspect(conn).has_table("schema_migrations"):
-            migrations_table.create(conn)
-        applied = set(conn.execute(select(migrations_table.c.version)).scalars())
+            MIGRATIONS_TABLE.create(conn)
+        applied = set(conn.execute(select(MIGRATIONS_TABLE.c.version)).scalars())
         if applied and max(applied) > newest:
             raise PermanentError(
                 f"the store is at schema version {max(applied)}, newer than this Fleet ({newest}); upgrade Fleet"
@@ -98,7 +129,7 @@ def migrate(engine: Engine, dialect: Dialect) -> int:
             if migration.version in applied:
                 continue
             migration.apply(conn, dialect)
-            conn.execute(migrations_table.insert().values(version=migration.version, description=migration.description))
+            conn.execute(MIGRATIONS_TABLE.insert().values(version=migration.version, description=migration.description))
             logger.info("Applied migration", version=migration.version, description=migration.description)
     return newest
 
@@ -119,7 +150,7 @@ def _io_limits(conn: Connection, dialect: Dialect) -> None:
     for name in ("tenants", "templates", "plans"):
         if column in {c["name"] for c in inspect(conn).get_columns(name)}:
             continue  # a store created since: migrations 1 and 2 made the table with it
-        table = SQLModel.metadata.tables[name]
+        table = METADATA.tables[name]
         check = next(
             c for c in table.constraints if isinstance(c, CheckConstraint) and str(c.name).startswith(f"{column}_")
         )
@@ -153,7 +184,7 @@ def _one_subscription_per_tenant(conn: Connection, dialect: Dialect) -> None:
     the oldest last event (the first to provision it, as far as the store can tell); the others are
     unbound (their plan cleared: they own nothing, and their cancellation deletes nothing), with a warning
     naming them."""
-    table = SQLModel.metadata.tables["billing_subscriptions"]
+    table = METADATA.tables["billing_subscriptions"]
     index = next(i for i in table.indexes if i.name == ONE_SUBSCRIPTION_PER_TENANT)
     if index.name in {i["name"] for i in inspect(conn).get_indexes("billing_subscriptions")}:
         return  # a store created since: migration 2 made the table with it
@@ -162,6 +193,8 @@ def _one_subscription_per_tenant(conn: Connection, dialect: Dialect) -> None:
         .where(and_(table.c.plan.is_not(None), table.c.deleted_at.is_(None)))
         .order_by(table.c.tenant, table.c.last_event_created, table.c.subscription_id)
     ).all()
+    from loguru import logger  # only when this migration runs
+
     owners: dict[str, str] = {}
     for row in bound:
         if row.tenant not in owners:
@@ -192,7 +225,7 @@ MIGRATIONS = (*MIGRATIONS, Migration(8, "tenant identity (created_revision)", _t
 def _housekeeping(conn: Connection, dialect: Dialect) -> None:
     """Issue 10: records pruned by age get an index on their age, and the watch feed a horizon (the newest
     revision among pruned tombstones; a watcher resuming from before it is told to list again)."""
-    SQLModel.metadata.create_all(conn, tables=[WATCH_HORIZON])
+    METADATA.create_all(conn, tables=[WATCH_HORIZON])
     if conn.execute(select(WATCH_HORIZON.c.id).where(WATCH_HORIZON.c.id == 1)).first() is None:
         conn.execute(WATCH_HORIZON.insert().values(id=1, revision=0))
     for index in AGE_INDEXES:
@@ -200,3 +233,11 @@ def _housekeeping(conn: Connection, dialect: Dialect) -> None:
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(9, "pruning by age: age indexes and the watch horizon", _housekeeping))
+
+
+def _node_settings(conn: Connection, dialect: Dialect) -> None:
+    """Issue 13: operators' settings per node (the fleet ledger's flat monthly price), in `state.ledger`."""
+    METADATA.create_all(conn, tables=[NODE_SETTINGS])
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(10, "node settings (monthly price, for the fleet ledger)", _node_settings))

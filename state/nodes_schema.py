@@ -5,55 +5,46 @@ seconds since the epoch on the database's clock (`Dialect.epoch_now_sql`), never
 machines with skewed clocks still agree on who holds a lease. What it must never do: hold desired state.
 """
 
-from datetime import datetime
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Float, Integer, Table, Text, false
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, DateTime, Float, Integer, Text, false, text
-from sqlmodel import Field, SQLModel
-
-_NOW = text("CURRENT_TIMESTAMP")
+from state.schema import METADATA, timestamp
 
 
-class NodeRow(SQLModel, table=True):
-    __tablename__ = "nodes"
-    __table_args__ = (
-        CheckConstraint("length(name) BETWEEN 1 AND 63", name="node_name_must_be_1_to_63_characters"),
-        CheckConstraint("alloc_tenants >= 0", name="alloc_tenants_must_not_be_negative"),
-    )
-
-    name: str = Field(sa_column=Column(Text, primary_key=True))
-    labels: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
-    driver: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
-    driver_info: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
-    cpu_millicores: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    memory_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    disk_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    max_tenants: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    alloc_cpu_millicores: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    alloc_memory_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    alloc_disk_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    alloc_tenants: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    templates: str = Field(default="[]", sa_column=Column(Text, nullable=False, server_default="[]"))
-    ksm_pages_shared: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    ksm_pages_sharing: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    cordoned: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
-    ready: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
-    not_ready_reason: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
-    heartbeat_at: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
-    registered_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
+def _count(name: str) -> Column[int]:
+    return Column(name, BigInteger, nullable=False, server_default="0")
 
 
-class LeaseRow(SQLModel, table=True):
-    __tablename__ = "leases"
-
-    name: str = Field(sa_column=Column(Text, primary_key=True))
-    holder: str = Field(sa_column=Column(Text, nullable=False))
-    renewed_at: float = Field(sa_column=Column(Float, nullable=False))
-    expires_at: float = Field(sa_column=Column(Float, nullable=False))
-    transitions: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+def _text(name: str, default: str) -> Column[str]:
+    return Column(name, Text, nullable=False, server_default=default)
 
 
-NODES = NodeRow.__table__  # type: ignore[attr-defined]
-LEASES = LeaseRow.__table__  # type: ignore[attr-defined]
+NODES = Table(
+    "nodes", METADATA,
+    Column("name", Text, primary_key=True),
+    _text("labels", "{}"),
+    _text("driver", ""),
+    _text("driver_info", "{}"),
+    *(_count(name) for name in ("cpu_millicores", "memory_bytes", "disk_bytes", "max_tenants", "alloc_cpu_millicores",
+                                "alloc_memory_bytes", "alloc_disk_bytes", "alloc_tenants")),
+    _text("templates", "[]"),
+    _count("ksm_pages_shared"),
+    _count("ksm_pages_sharing"),
+    Column("cordoned", Boolean, nullable=False, server_default=false()),
+    Column("ready", Boolean, nullable=False, server_default=false()),
+    _text("not_ready_reason", ""),
+    Column("heartbeat_at", Float, nullable=False, server_default="0"),
+    timestamp("registered_at"),
+    CheckConstraint("length(name) BETWEEN 1 AND 63", name="node_name_must_be_1_to_63_characters"),
+    CheckConstraint("alloc_tenants >= 0", name="alloc_tenants_must_not_be_negative"),
+)
+
+LEASES = Table(
+    "leases", METADATA,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("transitions", Integer, nullable=False, server_default="0"),
+)
+
 NODE_TABLES = ("nodes", "leases")

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
-from specs import Observed, ResolvedSpec, Template, Tenant, TenantStatus
+from specs import Observed, ResolvedSpec, Tenant, TenantStatus
 
 
 class ApplyOutcome(StrEnum):
@@ -14,13 +14,12 @@ class ApplyOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class DesiredRecord:
-    """One tenant as the reconciler needs it: the resolved spec, its template, its binding, its status."""
+    """One tenant as the reconciler needs it: the resolved spec (with its template), its binding, its status."""
 
     name: str
     revision: int
     node: str | None
     spec: ResolvedSpec | None  # None when the template it names is gone
-    template: Template | None
     status: TenantStatus | None
     missing_template: str | None = None
     # The revision the tenant was created at: which tenant of this name it is (claims are bound to it).

@@ -1,22 +1,41 @@
-"""The tables, as SQLModel classes: one definition for both engines.
+"""The tables, as SQLAlchemy Core `Table`s on one `MetaData`: one definition for both engines.
+
+Why Core and not SQLModel classes: nothing in Fleet maps rows to objects (every module reads and writes
+with Core statements and turns rows into the `specs` models itself), and SQLModel with the ORM beneath it
+cost a short-lived command such as `fleet get tenants` about half its run time just to import.
 
 CHECK constraints that SQL can state portably live here; the ones that need a dialect's own functions
-(GLOB and json_* in SQLite, regular expressions in PostgreSQL) are attached with `ddl_if` from
-`state/dialects/`. Triggers (generation, revision, soft delete, template existence) are per dialect too.
-Resource columns are in base units; NULL means "the template's default" (on a template, a NULL
-`io_bytes_per_second` means no bandwidth limit).
+(GLOB and json_* in SQLite, regular expressions in PostgreSQL) are attached by `state.migrations` from
+`state/dialects/`, the only code that creates tables, so a command that only reads never imports them.
+Triggers (generation, revision, soft delete, template existence) are per dialect too. Resource columns are
+in base units; NULL means "the template's default" (on a template, a NULL `io_bytes_per_second` means no
+bandwidth limit).
 """
 
-from datetime import datetime
-
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, DateTime, Float, Integer, Text, false, text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    false,
+    text,
+)
 
 from specs import format_bytes, limits
-from state.dialects.postgresql import install_functions, postgresql_checks
-from state.dialects.sqlite import sqlite_checks
+from state.columns import RESOURCE_COLUMNS
 
-_NOW = text("CURRENT_TIMESTAMP")
+METADATA = MetaData()
+
+
+def timestamp(name: str = "created_at") -> Column[object]:
+    """A timestamp column the database fills in when a row is inserted (CURRENT_TIMESTAMP)."""
+    return Column(name, DateTime(timezone=True), nullable=False, server_default=text("CURRENT_TIMESTAMP"))
 
 
 def _range(column: str, low: int, high: int) -> CheckConstraint:
@@ -25,6 +44,16 @@ def _range(column: str, low: int, high: int) -> CheckConstraint:
     if column == "cpu_millicores" or column == "pids":
         rule = f"{column}_must_be_between_{low}_and_{high}"
     return CheckConstraint(f"{column} IS NULL OR ({column} BETWEEN {low} AND {high})", name=rule)
+
+
+def resource_columns(*, required: bool = False) -> list[Column[int]]:
+    """The resource columns of a table, in base units (`io_bytes_per_second` each way), in the order of
+    `RESOURCE_COLUMNS`. NULL is "the template's default"; a template, `required`, has every default but
+    io, whose NULL there means no bandwidth limit."""
+    return [
+        Column(column, BigInteger, nullable=not required or column == RESOURCE_COLUMNS["io"])
+        for column in RESOURCE_COLUMNS.values()
+    ]
 
 
 def resource_checks() -> tuple[CheckConstraint, ...]:
@@ -38,136 +67,91 @@ def resource_checks() -> tuple[CheckConstraint, ...]:
     )
 
 
-class TenantRow(SQLModel, table=True):
-    __tablename__ = "tenants"
-    __table_args__ = (
-        CheckConstraint("length(name) BETWEEN 1 AND 63", name="name_must_be_1_to_63_characters"),
-        *resource_checks(),
-    )
-
-    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
-    name: str = Field(sa_column=Column(Text, nullable=False, unique=True))
-    labels: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
-    template: str = Field(sa_column=Column(Text, nullable=False))
-    cpu_millicores: int | None = Field(default=None, sa_column=Column(BigInteger))
-    memory_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
-    disk_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
-    pids: int | None = Field(default=None, sa_column=Column(BigInteger))
-    io_bytes_per_second: int | None = Field(default=None, sa_column=Column(BigInteger))  # each way (migration 6)
-    ingress_ports: str | None = Field(default=None, sa_column=Column(Text))  # JSON array, e.g. '[80, 443]'
-    paused: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
-    node: str | None = Field(default=None, sa_column=Column(Text))
-    generation: int = Field(default=1, sa_column=Column(BigInteger, nullable=False, server_default="1"))
-    revision: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0", index=True))
-    created_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
-    updated_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
-    deletion_requested_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+TENANTS = Table(
+    "tenants", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("labels", Text, nullable=False, server_default="{}"),
+    Column("template", Text, nullable=False),
+    *resource_columns(),  # io since migration 6
+    Column("ingress_ports", Text),  # JSON array, e.g. '[80, 443]'
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("node", Text),
+    Column("generation", BigInteger, nullable=False, server_default="1"),
+    Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    timestamp(),
+    timestamp("updated_at"),
+    Column("deletion_requested_at", DateTime(timezone=True)),
     # Set only by the reconciler once the driver confirmed everything gone; lets the row really go.
-    finalized: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    Column("finalized", Boolean, nullable=False, server_default=false()),
     # The revision the tenant was created at, stamped by the insert trigger and never changed: its identity,
     # unlike `id` (SQLite reuses a deleted row's id) or the name (migration 8).
-    created_revision: int | None = Field(default=None, sa_column=Column(BigInteger))
+    Column("created_revision", BigInteger),
+    CheckConstraint("length(name) BETWEEN 1 AND 63", name="name_must_be_1_to_63_characters"),
+    *resource_checks(),
+)
 
+STATUS = Table(
+    "tenant_status", METADATA,
+    Column("name", Text, primary_key=True),
+    Column("phase", Text, nullable=False),
+    Column("observed_generation", BigInteger, nullable=False, server_default="0"),
+    Column("node", Text),
+    Column("url", Text),
+    Column("address", Text),
+    Column("template", Text),
+    Column("conditions", Text, nullable=False, server_default="[]"),
+    Column("last_error", Text),
+    Column("observed", Text),  # last Observed, as JSON
+    Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    timestamp("updated_at"),
+)
 
-class TenantStatusRow(SQLModel, table=True):
-    __tablename__ = "tenant_status"
+TEMPLATES = Table(
+    "templates", METADATA,
+    Column("name", Text, primary_key=True),
+    Column("version", Text, nullable=False),
+    *resource_columns(required=True),
+    Column("ingress_ports", Text, nullable=False, server_default="[80]"),
+    Column("description", Text, nullable=False, server_default=""),
+    timestamp(),
+    *resource_checks(),
+)
 
-    name: str = Field(sa_column=Column(Text, primary_key=True))
-    phase: str = Field(sa_column=Column(Text, nullable=False))
-    observed_generation: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    node: str | None = Field(default=None, sa_column=Column(Text))
-    url: str | None = Field(default=None, sa_column=Column(Text))
-    address: str | None = Field(default=None, sa_column=Column(Text))
-    template: str | None = Field(default=None, sa_column=Column(Text))
-    conditions: str = Field(default="[]", sa_column=Column(Text, nullable=False, server_default="[]"))
-    last_error: str | None = Field(default=None, sa_column=Column(Text))
-    observed: str | None = Field(default=None, sa_column=Column(Text))  # last Observed, as JSON
-    revision: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0", index=True))
-    updated_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
+EVENTS = Table(
+    "events", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", Text, nullable=False, index=True),
+    Column("node", Text),
+    Column("type", Text, nullable=False, server_default="Normal"),
+    Column("reason", Text, nullable=False),
+    Column("action", Text),
+    Column("message", Text, nullable=False, server_default=""),
+    Column("duration_ms", Float),
+    Column("generation", BigInteger),
+    Column("details", Text, nullable=False, server_default="{}"),
+    timestamp(),
+)
 
+# The last deletion of each name, stamped with a revision from the same counter as tenants: a watcher
+# resuming from an older revision learns that the tenant is gone (migration 4).
+TOMBSTONES = Table(
+    "tenant_tombstones", METADATA,
+    Column("name", Text, primary_key=True),
+    Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    timestamp("deleted_at"),
+)
 
-class TemplateRow(SQLModel, table=True):
-    __tablename__ = "templates"
-    __table_args__ = (
-        *resource_checks(),
-    )
+# One row holding the last revision stamped (SQLite; PostgreSQL uses a sequence).
+REVISION = Table(
+    "fleet_revision", METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
 
-    name: str = Field(sa_column=Column(Text, primary_key=True))
-    version: str = Field(sa_column=Column(Text, nullable=False))
-    cpu_millicores: int = Field(sa_column=Column(BigInteger, nullable=False))
-    memory_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
-    disk_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
-    pids: int = Field(sa_column=Column(BigInteger, nullable=False))
-    io_bytes_per_second: int | None = Field(default=None, sa_column=Column(BigInteger))  # NULL: unlimited
-    ingress_ports: str = Field(default="[80]", sa_column=Column(Text, nullable=False, server_default="[80]"))
-    description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
-    created_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
-
-
-class EventRow(SQLModel, table=True):
-    __tablename__ = "events"
-
-    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
-    tenant: str = Field(sa_column=Column(Text, nullable=False, index=True))
-    node: str | None = Field(default=None, sa_column=Column(Text))
-    type: str = Field(default="Normal", sa_column=Column(Text, nullable=False, server_default="Normal"))
-    reason: str = Field(sa_column=Column(Text, nullable=False))
-    action: str | None = Field(default=None, sa_column=Column(Text))
-    message: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
-    duration_ms: float | None = Field(default=None, sa_column=Column(Float))
-    generation: int | None = Field(default=None, sa_column=Column(BigInteger))
-    details: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
-    created_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
-
-
-class TenantTombstoneRow(SQLModel, table=True):
-    """The last deletion of each name, stamped with a revision from the same counter as tenants: a watcher
-    resuming from an older revision learns that the tenant is gone (migration 4)."""
-
-    __tablename__ = "tenant_tombstones"
-
-    name: str = Field(sa_column=Column(Text, primary_key=True))
-    revision: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0", index=True))
-    deleted_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
-
-
-class RevisionRow(SQLModel, table=True):
-    """One row holding the last revision stamped (SQLite; PostgreSQL uses a sequence)."""
-
-    __tablename__ = "fleet_revision"
-
-    id: int = Field(sa_column=Column(Integer, primary_key=True))
-    value: int = Field(sa_column=Column(BigInteger, nullable=False))
-
-
-class MigrationRow(SQLModel, table=True):
-    __tablename__ = "schema_migrations"
-
-    version: int = Field(sa_column=Column(Integer, primary_key=True))
-    description: str = Field(sa_column=Column(Text, nullable=False))
-    applied_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=_NOW)
-    )
-
-
-TENANTS = TenantRow.__table__  # type: ignore[attr-defined]
-STATUS = TenantStatusRow.__table__  # type: ignore[attr-defined]
-TEMPLATES = TemplateRow.__table__  # type: ignore[attr-defined]
-EVENTS = EventRow.__table__  # type: ignore[attr-defined]
-TOMBSTONES = TenantTombstoneRow.__table__  # type: ignore[attr-defined]
-
-for _table_name, _constraint in [*sqlite_checks(), *postgresql_checks()]:
-    SQLModel.metadata.tables[_table_name].append_constraint(_constraint)
-install_functions(SQLModel.metadata)
+MIGRATIONS_TABLE = Table(
+    "schema_migrations", METADATA,
+    Column("version", Integer, primary_key=True),
+    Column("description", Text, nullable=False),
+    timestamp("applied_at"),
+)

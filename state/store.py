@@ -62,7 +62,7 @@ class Store:
     def create_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
         """Create one tenant, or raise `AlreadyExists` when the name is taken (even by a tenant being
         deleted). The check, the write and the read-back are one transaction, so two creates of one name
-        never both succeed. Creates from concurrent threads share that transaction (group commit)."""
+        never both succeed. (The API batches concurrent creates into one `create_tenants_each`.)"""
         return self._writes.create_tenant(tenant, dry_run=dry_run)
 
     def create_tenants_each(self, tenants: Sequence[Tenant]) -> list[ApplyResult | Exception]:

@@ -65,7 +65,7 @@ def desired_from_row(
     pass: ten thousand tenants of one template then cost one template object, not ten thousand."""
     status = status_from_row(row, conditions=conditions)
     if row.tpl_version is None:
-        return DesiredRecord(row.name, row.revision, row.node, None, None, status, row.template,
+        return DesiredRecord(row.name, row.revision, row.node, None, status, row.template,
                              created_revision=row.created_revision)
     key = (row.template, row.tpl_version)
     template = templates.get(key) if templates is not None else None
@@ -91,15 +91,13 @@ def desired_from_row(
     spec = ResolvedSpec.model_construct(
         name=row.name,
         generation=row.generation,
-        template=row.template,
-        template_version=row.tpl_version,
+        template=template,
         resources=resources,
         network=network,
         paused=bool(row.paused),
         deleting=row.deletion_requested_at is not None,
     )
-    return DesiredRecord(row.name, row.revision, row.node, spec, template, status,
-                         created_revision=row.created_revision)
+    return DesiredRecord(row.name, row.revision, row.node, spec, status, created_revision=row.created_revision)
 
 
 class TenantReads:

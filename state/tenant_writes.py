@@ -1,4 +1,4 @@
-"""Writing tenants' desired state: apply, create (with group commit), pause, delete, finalize, bind.
+"""Writing tenants' desired state: apply, create (one or a batch), pause, delete, finalize, bind.
 
 Each call is one write transaction: checks, writes and the read-back commit together, so two creates of
 one name never both succeed and a compare-and-set (a precondition, a binding) cannot be interleaved.
@@ -17,7 +17,6 @@ from specs import Event, FleetError, NotFound, Observed, Tenant
 from state.columns import ports_value, resource_values
 from state.errors import AlreadyExists, Conflict, StaleWrite, UnknownReference, translate
 from state.events import append_events
-from state.group_commit import GroupCommit
 from state.records import ApplyOutcome, ApplyResult, Precondition
 from state.schema import STATUS, TEMPLATES, TENANTS, TOMBSTONES
 from state.session import Session
@@ -57,11 +56,10 @@ def _unknown_template(template: str) -> UnknownReference:
 
 
 class TenantWrites:
-    """Writes of tenants over one session. Creates from concurrent threads share a transaction."""
+    """Writes of tenants over one session."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._creates: GroupCommit[Tenant, ApplyResult] = GroupCommit(self.create_tenants_each)
 
     def apply_tenants(self, tenants: Sequence[Tenant], *, dry_run: bool = False) -> list[ApplyResult]:
         return self._apply_all(tenants, dry_run=dry_run, create_only=False)
@@ -74,7 +72,10 @@ class TenantWrites:
     def create_tenant(self, tenant: Tenant, *, dry_run: bool = False) -> ApplyResult:
         if dry_run:
             return self._apply_all([tenant], dry_run=True, create_only=True)[0]
-        return self._creates.submit(tenant)
+        answer = self.create_tenants_each([tenant])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def create_tenants_each(self, tenants: Sequence[Tenant]) -> list[ApplyResult | Exception]:
         """Create each tenant that can be, in one transaction; answer each with its result or its error.

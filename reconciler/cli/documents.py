@@ -1,11 +1,12 @@
-"""Reading tenant documents (YAML or JSON, one or many) and saying exactly what is wrong with one."""
+"""Reading tenant documents (YAML or JSON, one or many) and saying exactly what is wrong with one.
+
+YAML is loaded only to read a file: `fleet get` imports this module for `BadInput` alone."""
 
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from specs import Tenant
@@ -37,6 +38,8 @@ def load_documents(source: str) -> list[Any]:
         if not path.is_file():
             raise BadInput(f"-f: no such file {source}")
         text, origin = path.read_text(), source
+    import yaml
+
     try:
         if text.lstrip().startswith(("{", "[")):
             loaded = json.loads(text)

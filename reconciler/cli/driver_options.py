@@ -15,6 +15,12 @@ class DriverOptions:
     pool_size: str = "20Gi"
     address_range: str = "10.213.0.0/16"
     node: str = "local"
+    lxd_socket: Path | None = None  # the LXD (or Incus) API socket; None: LXD's, else Incus's default path
+
+
+LXD_SOCKET_HELP = (
+    "The LXD API socket for --driver lxd (default /var/lib/lxd/unix.socket, else Incus's /var/lib/incus/unix.socket)."
+)
 
 
 def real_driver_problems(pool: Path | None) -> list[str]:
@@ -46,6 +52,19 @@ def open_driver(options: DriverOptions) -> tuple[Driver, str]:
         size = parse_bytes(options.pool_size)
     except ValueError as error:
         raise PermanentError(f"--pool-size: {error}") from error
+    if name == "lxd":
+        # The LXD driver keeps tenants in LXD's own storage pool (made on a loop image of --pool-size when
+        # absent); --pool names a btrfs filesystem for nspawn and means nothing here.
+        if options.pool is not None:
+            raise PermanentError("--pool is for the nspawn driver; LXD keeps tenants in its storage pool 'fleet'")
+        problems = host_problems("lxd", socket=options.lxd_socket)
+        if problems:
+            raise PermanentError("the lxd driver cannot run: " + "; ".join(problems), reason="HostUnsupported")
+        driver = create_driver(
+            "lxd", socket=options.lxd_socket, pool_size=size, address_range=options.address_range, node=options.node
+        )
+        info = driver.info()
+        return driver, f"lxd ({info.version}, {info.storage})"
     driver = create_driver(
         name,
         data_dir=options.data_dir,

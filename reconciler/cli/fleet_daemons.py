@@ -11,18 +11,24 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from loguru import logger
 
 from reconciler.agent import Agent, AgentConfig
-from reconciler.cli.driver_options import DriverOptions, open_driver
+from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 from specs import PermanentError, TransientError
 from state import Store
+
+if TYPE_CHECKING:
+    from drivers import Driver
+    from reconciler.metrics import Metrics
+    from reconciler.web.server import BackgroundServer
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -62,7 +68,8 @@ def _until_signal() -> threading.Event:
 def agent(
     ctx: typer.Context,
     node: str = typer.Option(this_node(), "--node", help="This node's name."),
-    driver_name: str = typer.Option("auto", "--driver", help="auto (the real driver), nspawn, or fake."),
+    driver_name: str = typer.Option("auto", "--driver", help="auto (the real driver, nspawn), nspawn, lxd, or fake."),
+    lxd_socket: Path | None = typer.Option(None, "--lxd-socket", help=LXD_SOCKET_HELP),
     pool: Path | None = typer.Option(None, "--pool", help="A btrfs filesystem for this node's containers."),
     pool_size: str = typer.Option("20Gi", "--pool-size"),
     address_range: str = typer.Option("10.213.0.0/16", "--address-range"),
@@ -78,6 +85,9 @@ def agent(
     public_port: int | None = typer.Option(None, "--public-port", help="Port customers reach the gateway on."),
     public_scheme: str = typer.Option("http", "--public-scheme", help="http, or https behind a TLS proxy."),
     log_level: str = typer.Option("INFO", "--log-level"),
+    metrics_listen: str | None = typer.Option(
+        None, "--metrics-listen", help="HOST:PORT to serve this node's /metrics on (port 0: any): its reconciles, "
+        "queue, actions and tenants' usage, for a viewer token."),
 ) -> None:
     """Run this node's agent: register the node, heartbeat, reconcile the tenants bound to it."""
     configure(log_level)
@@ -87,7 +97,8 @@ def agent(
     store = _open_store(settings)
     driver, described = open_driver(
         DriverOptions(
-            name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node
+            name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node,
+            lxd_socket=lxd_socket,
         )
     )
     config = AgentConfig(
@@ -104,17 +115,35 @@ def agent(
         url_scheme=public_scheme,
         public_port=public_port,
     )
-    runner = Agent(store, driver, config)
+    from reconciler.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch_usage(node, driver)
+    runner = Agent(store, driver, config, metrics=metrics)
+    server = None if metrics_listen is None else _serve_metrics(store, metrics, node, driver, metrics_listen)
     stop = _until_signal()
     runner.start()
-    typer.echo(f"Fleet agent is up. Node: {node}. Driver: {described}. Store: {store.dialect.name}.", err=True)
+    where = f" Metrics: http://{server.listen}/metrics." if server is not None else ""
+    typer.echo(f"Fleet agent is up. Node: {node}. Driver: {described}. Store: {store.dialect.name}.{where}", err=True)
     while not stop.wait(0.5):
         if runner.lost.is_set():
             break
+    if server is not None:
+        server.stop()
     runner.stop()
     driver.close()
     store.close()
     typer.echo("Fleet agent stopped. Containers keep running.", err=True)
+
+
+def _serve_metrics(store: Store, metrics: "Metrics", node: str, driver: "Driver", listen_on: str) -> "BackgroundServer":
+    from reconciler.cli.servers import listen
+    from reconciler.web.context import LocalUsage, WebContext
+    from reconciler.web.observability import create_node_app
+    from reconciler.web.server import BackgroundServer
+
+    context = WebContext(store, metrics=metrics, usage=LocalUsage(node, driver.usage))
+    return BackgroundServer(create_node_app(context), listen(listen_on, "--metrics-listen"), name="metrics").start()
 
 
 def scheduler(

@@ -10,6 +10,7 @@ import typer
 from reconciler.cli.render import as_json, table
 from reconciler.cli.settings import Settings
 from specs import format_bytes, format_cpu
+from state.ledger import NodeSettings
 from state.nodes import NodeStore
 
 
@@ -17,10 +18,13 @@ def nodes(
     ctx: typer.Context,
     output: str = typer.Option("table", "-o", "--output", help="table or json"),
 ) -> None:
-    """Every registered node: Ready, cordoned, tenants and allocatable room, driver, KSM savings."""
+    """Every registered node: Ready, cordoned, tenants and allocatable room, driver, KSM savings.
+
+    Also its flat monthly price when one is set (`fleet node configure NODE --monthly-price`)."""
     settings: Settings = ctx.obj
     store = settings.open_store()
     records = NodeStore(store).list_nodes()
+    prices = NodeSettings(store.session).monthly_prices()  # cents; `fleet node configure --monthly-price`
     if output == "json":
         typer.echo(as_json([
             {
@@ -32,6 +36,7 @@ def nodes(
                 "memory_bytes": {"used": n.used.memory_bytes, "allocatable": n.allocatable.memory_bytes},
                 "disk_bytes": {"used": n.used.disk_bytes, "allocatable": n.allocatable.disk_bytes},
                 "ksm_saved_bytes": n.capacity.ksm_pages_sharing * 4096,
+                "monthly_price": None if n.name not in prices else prices[n.name] / 100,
             }
             for n in records
         ]))
@@ -47,11 +52,12 @@ def nodes(
             n.driver,
             format_bytes(n.capacity.ksm_pages_sharing * 4096),
             f"{n.heartbeat_age:.0f}s",
+            "-" if n.name not in prices else f"{prices[n.name] / 100:.2f}",
         ]
         for n in records
     ]
-    typer.echo(table(["NAME", "STATUS", "TENANTS", "CPU", "MEMORY", "DISK", "DRIVER", "KSM SAVED", "HEARTBEAT"],
-                     rows))
+    typer.echo(table(["NAME", "STATUS", "TENANTS", "CPU", "MEMORY", "DISK", "DRIVER", "KSM SAVED", "HEARTBEAT",
+                      "PRICE/MONTH"], rows))
 
 
 def cordon(ctx: typer.Context, node: str = typer.Argument(..., help="The node's name.")) -> None:

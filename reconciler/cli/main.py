@@ -8,9 +8,9 @@ kubectl accepts its global flags. What it must never do: import a command's modu
 """
 
 import copy
+import os
 import sys
 from collections.abc import Callable
-from difflib import get_close_matches
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -27,15 +27,17 @@ COMMANDS = {
     "up": "Run the operator (store, controller, driver, API, gateway) in this process until Ctrl-C.",
     "apply": "Create or update tenants from a file: all documents or none.",
     "get": "List tenants, or show one.",
-    "describe": "Everything about one tenant: spec, status, conditions, the last events.",
+    "describe": "Everything about one tenant or node: spec, status, conditions, the last events; a node's room.",
     "delete": "Delete a tenant and everything it has (the reconciler does it and records a receipt).",
     "pause": "Stop reconciling a tenant: the reconciler only observes it until resumed.",
     "resume": "Reconcile a paused tenant again.",
-    "events": "What the reconciler did, newest last.",
+    "events": "What the reconciler did, newest last; --watch keeps printing new events until Ctrl-C.",
     "nodes": "Every registered node: Ready, cordoned, tenants and allocatable room, driver, KSM savings.",
     "cordon": "Stop new bindings to NODE; its tenants keep running.",
     "uncordon": "Allow new bindings to NODE again.",
     "drain": "Cordon NODE and list its tenants.",
+    "top": "What tenants and nodes use now: CPU, memory, disk, network, read from this node's host.",
+    "doctor": "Check this host and the store: kernel features, tools, cgroups, KSM, the pool; say what to fix.",
     "agent": "Run this node's agent: register the node, heartbeat, reconcile the tenants bound to it.",
     "scheduler": "Run a scheduler: one is active at a time (a leader lease); it binds unbound tenants to nodes, "
     "finishes the deletes of tenants deleted before they were bound, and prunes old records.",
@@ -56,15 +58,34 @@ def target(name: str) -> Callable[..., None] | typer.Typer:
         from reconciler.cli.logs import quiet
 
         quiet()
+        # pydantic scans every installed package's entry points for plugins when the first model is built
+        # (tens of ms); a short-lived command runs none. `PYDANTIC_DISABLE_PLUGINS=` (empty) turns them on.
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     match name:
         case "up":
             from reconciler.cli.up import up
 
             return up
-        case "apply" | "get" | "describe" | "delete" | "pause" | "resume" | "events":
+        case "apply" | "get" | "delete" | "pause" | "resume":
             from reconciler.cli import tenants
 
             return _verb(tenants, name)
+        case "describe":
+            from reconciler.cli import describe
+
+            return describe.describe
+        case "events":
+            from reconciler.cli import events
+
+            return events.events
+        case "top":
+            from reconciler.cli import top
+
+            return top.top
+        case "doctor":
+            from reconciler.cli import doctor
+
+            return doctor.doctor
         case "nodes" | "cordon" | "uncordon" | "drain":
             from reconciler.cli import fleet_nodes
 
@@ -150,6 +171,8 @@ class FleetCommands(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name = args[0]
         if name not in COMMANDS and not name.startswith("-"):
+            from difflib import get_close_matches  # only for a mistyped command
+
             close = ", ".join(repr(match) for match in get_close_matches(name, COMMANDS))
             ctx.fail(f"No such command {name!r}." + (f" Did you mean {close}?" if close else ""))
         return super().resolve_command(ctx, args)

@@ -1,11 +1,9 @@
-"""How the CLI shows things: aligned tables, ages, JSON and YAML."""
+"""How the CLI shows things: aligned tables, ages, JSON and YAML (loaded only for `-o yaml`)."""
 
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-
-import yaml
 
 from specs import Tenant
 
@@ -44,6 +42,8 @@ def as_json(data: Any) -> str:
 
 
 def as_yaml(data: Any) -> str:
+    import yaml
+
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 

@@ -11,10 +11,13 @@ import typer
 from reconciler.cli.documents import BadInput
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
+from reconciler.metrics import Metrics
 from reconciler.web.app import create_app
-from reconciler.web.context import GatewayLimits, NodeView, WebConfig, WebContext
+from reconciler.web.context import GatewayLimits, LocalUsage, NodeView, WebConfig, WebContext
 
-__all__ = ["NodeView", "api", "gateway", "gateway_limits", "listen", "published", "start_web", "web_config"]
+__all__ = [
+    "LocalUsage", "NodeView", "api", "gateway", "gateway_limits", "listen", "published", "start_web", "web_config",
+]
 from reconciler.web.gateway import create_gateway
 from reconciler.web.server import BackgroundServer, Listen
 from state import Store
@@ -65,10 +68,12 @@ def published(config: WebConfig, servers: list[BackgroundServer]) -> WebConfig:
 
 
 def start_web(store: Store, config: WebConfig, api: Listen | None, gateway: Listen | None,
-              nodes: list[NodeView] | None = None) -> list[BackgroundServer]:
-    """Start the API and/or the gateway in background threads; returns them, started."""
+              nodes: list[NodeView] | None = None, metrics: Metrics | None = None,
+              usage: LocalUsage | None = None) -> list[BackgroundServer]:
+    """Start the API and/or the gateway in background threads; returns them, started. `metrics`: the
+    process's (`/metrics`); `usage`: this node's driver, when it runs in this process."""
     known = nodes or []
-    context = WebContext(store, config, nodes=lambda: known)
+    context = WebContext(store, config, nodes=lambda: known, metrics=metrics, usage=usage)
     servers = []
     if api is not None:
         servers.append(BackgroundServer(create_app(context), api, name="API").start())

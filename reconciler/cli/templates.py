@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from drivers import Driver
 from reconciler.cli.documents import BadInput, describe_validation
-from reconciler.cli.driver_options import DriverOptions, open_driver
+from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings, this_node
 from specs import Template, TemplateSource, format_bytes, format_cpu
@@ -16,6 +16,8 @@ from specs import Template, TemplateSource, format_bytes, format_cpu
 app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=True)
 
 _POOL = typer.Option(None, "--pool", help="The btrfs pool (default: DATA_DIR/pool.img, as fleet up uses).")
+_DRIVER = typer.Option("nspawn", "--driver", help="The node's driver: nspawn or lxd.")
+_LXD_SOCKET = typer.Option(None, "--lxd-socket", help=LXD_SOCKET_HELP)
 
 
 def _template(
@@ -37,11 +39,12 @@ def _template(
         raise BadInput(describe_validation(error)) from error
 
 
-def _node_driver(settings: Settings, pool: Path | None) -> Driver:
+def _node_driver(settings: Settings, pool: Path | None, driver_name: str = "nspawn",
+                 lxd_socket: Path | None = None) -> Driver:
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     driver, _ = open_driver(
-        DriverOptions(name="nspawn", data_dir=data_dir, pool=pool, node=this_node())
+        DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, node=this_node(), lxd_socket=lxd_socket)
     )
     return driver
 
@@ -99,6 +102,8 @@ def import_template(
     ports: list[int] = _D["ports"],
     description: str = _D["description"],
     pool: Path | None = _POOL,
+    driver_name: str = _DRIVER,
+    lxd_socket: Path | None = _LXD_SOCKET,
 ) -> None:
     """Import a root filesystem as a read-only template on this node and record it in the store.
 
@@ -109,7 +114,7 @@ def import_template(
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
     source = TemplateSource(kind="rootfs", path=rootfs) if rootfs else TemplateSource(kind="tarball", path=tarball)
-    driver = _node_driver(settings, pool)
+    driver = _node_driver(settings, pool, driver_name, lxd_socket)
     try:
         made = driver.make_template(template, source)
     finally:
@@ -132,6 +137,8 @@ def build_template(
     ports: list[int] = _D["ports"],
     description: str = _D["description"],
     pool: Path | None = _POOL,
+    driver_name: str = _DRIVER,
+    lxd_socket: Path | None = _LXD_SOCKET,
 ) -> None:
     """Build a template on this node (with progress) and record it in the store."""
     if busybox == (debootstrap is not None):
@@ -139,7 +146,7 @@ def build_template(
     template = _template(ref, cpu, memory, disk, pids, io, ports, description)
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
-    driver = _node_driver(settings, pool)
+    driver = _node_driver(settings, pool, driver_name, lxd_socket)
 
     def progress(line: str) -> None:
         typer.echo(f"  {line}", err=True)

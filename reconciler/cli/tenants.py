@@ -1,8 +1,8 @@
-"""Verbs on tenants: apply, get, describe, delete, pause, resume, events."""
+"""Verbs on tenants: apply, get, describe, delete, pause, resume (events: `events.py`)."""
 
 import time
-from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -12,6 +12,9 @@ from reconciler.cli.settings import Settings
 from reconciler.plan import plan
 from specs import NotFound, Template, Tenant, format_bytes, format_cpu
 from state import Store
+
+if TYPE_CHECKING:
+    from reconciler.cli.selectors import FieldRequirement
 
 
 class Output(StrEnum):
@@ -111,11 +114,17 @@ def get(
     output: Output = typer.Option(Output.table, "-o", "--output"),
     watch: bool = typer.Option(False, "-w", "--watch", help="Keep printing tenants as they change."),
     selector: str | None = typer.Option(None, "-l", "--selector", help="Only tenants with these labels: k=v,k2=v2"),
+    field_selector: str | None = typer.Option(
+        None, "--field-selector", help="Only tenants whose fields match: phase, node, template, plan with = or !=, "
+        "e.g. phase!=Running,node=n1"),
 ) -> None:
     """List tenants, or show one."""
     if kind not in ("tenants", "tenant"):
         raise BadInput(f"kind: must be 'tenants' or 'tenant', not {kind!r}")
-    labels = dict(part.split("=", 1) for part in selector.split(",")) if selector else None
+    from reconciler.cli.selectors import parse_field_selector, parse_label_selector
+
+    labels = parse_label_selector(selector) if selector else None
+    fields = parse_field_selector(field_selector) if field_selector else []
     store = _settings(ctx).open_store()
     if name:
         tenant = store.get_tenant(name)
@@ -127,7 +136,8 @@ def get(
         else:
             _print_tenants(store, [tenant], output)
         return
-    tenants = store.list_tenants(labels=labels).items
+    everything = store.list_tenants(labels=labels).items
+    tenants = _by_fields(store, everything, fields)
     _print_tenants(store, tenants, output)
     if not watch:
         return
@@ -135,17 +145,29 @@ def get(
     try:
         while True:
             time.sleep(0.2)  # a display refresh, not a synchronisation
-            current = store.list_tenants(labels=labels).items
+            everything = store.list_tenants(labels=labels).items
+            current = _by_fields(store, everything, fields)
             changed = [t for t in current if seen.get(t.metadata.name) != t.metadata.revision]
-            names = {t.metadata.name for t in current}
+            names = {t.metadata.name for t in everything}
             for gone in sorted(set(seen) - names):
                 typer.echo(f"{gone}   (deleted)")
                 seen.pop(gone)
+            for left in set(seen) - {t.metadata.name for t in current}:  # no longer matches the field selector
+                seen.pop(left)
             if changed:
                 _print_tenants(store, changed, output, header=False)
                 seen.update({t.metadata.name: t.metadata.revision for t in changed})
     except KeyboardInterrupt:
         return
+
+
+def _by_fields(store: Store, tenants: list[Tenant], fields: list["FieldRequirement"]) -> list[Tenant]:
+    if not fields:
+        return tenants
+    from reconciler.cli.selectors import needs_plans, select
+    from state.aggregates import Aggregates
+
+    return select(tenants, fields, Aggregates(store).plans_by_tenant() if needs_plans(fields) else {})
 
 
 def describe(
@@ -255,30 +277,3 @@ def resume(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     """Reconcile a paused tenant again."""
     _set_paused(ctx, name, False)
 
-
-def events(
-    ctx: typer.Context,
-    name: str | None = typer.Argument(None, help="Only this tenant's events."),
-    limit: int = typer.Option(50, "--limit", "-n"),
-    output: Output = typer.Option(Output.table, "-o", "--output"),
-) -> None:
-    """What the reconciler did, newest last."""
-    store = _settings(ctx).open_store()
-    found = store.events(tenant=name, limit=limit)
-    if output in (Output.json, Output.yaml):
-        data = [e.model_dump(mode="json") for e in found]
-        typer.echo(as_json(data) if output == Output.json else as_yaml(data))
-        return
-    now = datetime.now(UTC)
-    rows = [
-        [
-            age(e.created_at, now),
-            e.tenant,
-            e.type,
-            e.reason,
-            f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "",
-            e.message,
-        ]
-        for e in found
-    ]
-    typer.echo(table(["AGE", "TENANT", "TYPE", "REASON", "TOOK", "MESSAGE"], rows))

@@ -11,10 +11,11 @@ from loguru import logger
 
 from reconciler.agent import Agent, AgentConfig
 from reconciler.cli import servers as serving
-from reconciler.cli.driver_options import DriverOptions, open_driver
+from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
+from reconciler.metrics import Metrics
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
 
 
@@ -23,9 +24,10 @@ def up(
     driver_name: str = typer.Option(
         "auto",
         "--driver",
-        help="auto (the real driver; says what is missing where "
-        "the host cannot run it), nspawn, or fake (simulated, in memory).",
+        help="auto (the real driver, nspawn; says what is missing where "
+        "the host cannot run it), nspawn, lxd, or fake (simulated, in memory).",
     ),
+    lxd_socket: Path | None = typer.Option(None, "--lxd-socket", help=LXD_SOCKET_HELP),
     pool: Path | None = typer.Option(
         None,
         "--pool",
@@ -72,14 +74,20 @@ def up(
     store = settings.open_store(create=True)
     driver, described = open_driver(
         DriverOptions(
-            name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node
+            name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node,
+            lxd_socket=lxd_socket,
         )
     )
+    # One set of metrics for every part of this process: the store and this node's usage read at scrape time.
+    metrics = Metrics()
+    metrics.watch_store(store)
+    metrics.watch_usage(node, driver)
     # The API and the gateway first: a gateway asked for a free port (":0") then says which, for tenant URLs.
     servers = (
         []
         if no_api
-        else serving.start_web(store, config, api_at, gateway_at, [serving.NodeView(node, driver.name, None)])
+        else serving.start_web(store, config, api_at, gateway_at, [serving.NodeView(node, driver.name, None)],
+                               metrics, serving.LocalUsage(node, driver.usage))
     )
     public = serving.published(config, servers).public
     # The same parts as a fleet, in one process: this node's agent (registration, heartbeat, controller)
@@ -100,11 +108,13 @@ def up(
             memory_overcommit=memory_overcommit,
             disk_overcommit=disk_overcommit,
         ),
+        metrics=metrics,
     )
     scheduler = Scheduler(
         store,
         SchedulerConfig(identity=f"{agent.identity}/scheduler", strategy=strategy, interval_seconds=0.05),
         on_bound=agent.take,
+        metrics=metrics,
     )
     stop = threading.Event()
 

@@ -6,18 +6,19 @@ state. Never holds a secret in a log line.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from reconciler.metrics import Metrics
 from reconciler.scheduler import Strategy
 from reconciler.urls import PublicAddress
 from reconciler.web.body_limit import DEFAULT_MAX_BODY_BYTES
 from reconciler.web.claims import ClaimSigner
 from reconciler.web.create_batcher import CreateWriter
-from specs import NodeCapacity, parse_bytes
+from specs import NodeCapacity, Usage, parse_bytes
 from state import Store
 from state.access import Access
 
@@ -30,6 +31,15 @@ class NodeView:
     name: str
     driver: str
     capacity: NodeCapacity | None
+
+
+@dataclass(frozen=True)
+class LocalUsage:
+    """Usage of the tenants of the node whose driver runs in this process (`fleet up`): `read` is the
+    driver's `usage`. A process without a driver (`fleet api`) has none."""
+
+    node: str
+    read: Callable[[Sequence[str] | None], list[Usage]]
 
 
 @dataclass(frozen=True)
@@ -90,11 +100,17 @@ class WebContext:
     config: WebConfig = field(default_factory=WebConfig)
     nodes: Callable[[], list[NodeView]] = field(default=lambda: [])
     clock: Callable[[], float] | None = None
+    # The process's metrics (`/metrics`); None: a set of its own that reads the store at scrape time.
+    metrics: Metrics | None = None
+    usage: LocalUsage | None = None
     access: Access = field(init=False)
     signer: ClaimSigner = field(init=False)
     creates: CreateWriter = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.metrics is None:
+            self.metrics = Metrics()
+            self.metrics.watch_store(self.store)
         self.access = Access(self.store)
         self.creates = CreateWriter(self.store)
         self.signer = ClaimSigner(self.access) if self.clock is None else ClaimSigner(self.access, clock=self.clock)

@@ -1,11 +1,13 @@
-"""Tenant creates from the event loop, written by one thread in batches (group commit).
+"""Tenant creates from the event loop, written by one thread in batches (group commit): the one path
+every API create takes, sent with an `Idempotency-Key` or without.
 
 Why it exists: a create's route would otherwise hop to the threadpool and take the store's write lock
 alone, one transaction per request; under load most of its time is that hand-off. Here the event loop
 queues the create and awaits a future; one writer thread takes everything queued, writes it in one
 transaction (`Store.create_tenants_each`) and settles the futures in one call back to the loop. The
-thread exits after a second without work and is started again by the next create. What it must never
-do: block the event loop, or let one create's failure fail another's.
+thread exits after a second without work and is started again by the next create. A create with an
+idempotency key holds its key in a worker thread and awaits the same queue from there. What it must
+never do: block the event loop, or let one create's failure fail another's.
 """
 
 import asyncio

@@ -71,11 +71,13 @@ def _local(view: NodeView, used: Usage) -> Node:
     )
 
 
-def nodes_of(context: WebContext) -> list[Node]:
-    """Registered nodes, then the local node of `fleet up` if it is not one of them, by name."""
+def nodes_of(context: WebContext, usage: dict[str, Usage] | None = None) -> list[Node]:
+    """Registered nodes, then the local node of `fleet up` if it is not one of them, by name. `usage`: what
+    the tenants bound to each node ask for, when the caller has read it already (the dashboard has)."""
     store = NodeStore(context.store)
     registered = {record.name: _registered(record) for record in store.list_nodes()}
-    usage = store.usage()
+    if usage is None:
+        usage = store.usage()
     local = {view.name: _local(view, usage.get(view.name, Usage())) for view in context.nodes()
              if view.name not in registered}
     return [node for _, node in sorted({**local, **registered}.items())]

@@ -9,6 +9,7 @@ store; they never write SQL and never touch the host.
 from datetime import datetime
 from typing import Annotated, Any
 
+from anyio import from_thread
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
@@ -18,7 +19,7 @@ from reconciler.placement_preview import would_place
 from reconciler.plan import plan as plan_actions
 from reconciler.web.auth import Reader, TenantWriter
 from reconciler.web.claims import DEFAULT_TTL_SECONDS
-from reconciler.web.context import ContextDep, StoreDep
+from reconciler.web.context import ContextDep, StoreDep, WebContext
 from reconciler.web.errors import ApiError, ErrorBody, validation_error
 from reconciler.web.idempotency import IdempotencyDep
 from reconciler.web.openapi import link
@@ -138,7 +139,19 @@ TENANT_LINKS = {
     "DeleteTenant": link(_TENANT, "delete", "Delete it", name=_CREATED),
     "AuthorizeTenant": link(f"{_TENANT}/authorize", "post", "Let a customer in", name=_CREATED),
     "TenantEvents": link(f"{_TENANT}/events", "get", "What happened to it", name=_CREATED),
+    "TenantUsage": link(f"{_TENANT}/usage", "get", "What it uses now", name=_CREATED),
 }
+
+
+def _taken(name: str) -> ApiError:
+    return ApiError(409, "metadata.name", f"tenant {name} already exists; PATCH it instead")
+
+
+async def _create(context: WebContext, tenant: Tenant) -> ApplyResult:
+    try:
+        return await context.creates.create(tenant)
+    except AlreadyExists as error:
+        raise _taken(tenant.name) from error
 
 
 @router.post("/tenants", status_code=201, response_model=WriteResult, summary="Create a tenant",
@@ -148,21 +161,19 @@ async def create_tenant(
     tenant: Annotated[Tenant, Body(openapi_examples=TENANT_EXAMPLES)], context: ContextDep, token: TenantWriter,
     once: IdempotencyDep, dry_run: DryRun = False,
 ) -> Any:
+    fresh = tenant.model_copy(update={"status": None})
     if once.key is None and not dry_run:
         # The common case: queued for the writer thread, written with the creates arriving meanwhile.
-        try:
-            created = await context.creates.create(tenant.model_copy(update={"status": None}))
-        except AlreadyExists as error:
-            raise ApiError(409, "metadata.name", f"tenant {tenant.name} already exists; PATCH it instead") from error
-        return once.respond(201, _result(created, False))
+        return once.respond(201, _result(await _create(context, fresh), False))
 
     def answer() -> tuple[int, BaseModel]:
-        try:
-            result = context.store.create_tenant(tenant.model_copy(update={"status": None}), dry_run=dry_run)
-        except AlreadyExists as error:
-            raise ApiError(409, "metadata.name", f"tenant {tenant.name} already exists; PATCH it instead") from error
         if not dry_run:
-            return 201, _result(result, dry_run)
+            # The same writer as above, from this worker thread: a create sent with a key is batched too.
+            return 201, _result(from_thread.run(_create, context, fresh), False)
+        try:
+            result = context.store.create_tenant(fresh, dry_run=True)
+        except AlreadyExists as error:
+            raise _taken(tenant.name) from error
         assert result.desired is not None
         local = context.nodes()
         placement = would_place(

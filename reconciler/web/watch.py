@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from reconciler.web.auth import Reader
-from reconciler.web.context import ContextDep
+from reconciler.web.context import ContextDep, WebContext
 from reconciler.web.errors import ApiError, ErrorBody
 from reconciler.web.tenants import ERRORS
 from state.errors import RevisionCompacted
@@ -85,6 +85,12 @@ async def watch(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{0,18}$")] = None,
 ) -> StreamingResponse:
     start = revision if revision is not None else int(last_event_id) if last_event_id else 0
+    return await event_stream(context, request, start)
+
+
+async def event_stream(context: WebContext, request: Request, start: int) -> StreamingResponse:
+    """The stream from revision `start` (410 when it is older than the pruned deletions): the API's watch,
+    and the dashboard's (which authenticates by its cookie, as a browser's EventSource cannot send a header)."""
     feed = WatchFeed(context.store)
     try:
         await run_in_threadpool(feed.check, start)

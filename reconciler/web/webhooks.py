@@ -324,10 +324,23 @@ async def billing_webhook(request: Request, context: ContextDep) -> WebhookResul
     # body as soon as it passes the limit (413): at most the limit is ever held here.
     payload = await request.body()
     handler = BillingWebhook(context.store, context.access, context.config, context.clock or time.time)
+    assert context.metrics is not None  # WebContext makes one when none is given
+    counted = context.metrics.webhook_events
     try:
-        return await run_in_threadpool(handler.handle, payload, request.headers.get(SIGNATURE_HEADER))
+        result = await run_in_threadpool(handler.handle, payload, request.headers.get(SIGNATURE_HEADER))
     except Conflict as error:
         # The tenant is still being deleted: not applied, so the billing system retries it later.
+        counted.labels(outcome="conflict").inc()
         raise ApiError(409, "metadata.name", str(error).partition(": ")[2] or str(error)) from error
+    except ApiError as error:
+        counted.labels(outcome=_REFUSED.get(error.status, "invalid")).inc()
+        raise
+    ignored = result.outcome.startswith("ignored")
+    counted.labels(outcome="replayed" if result.replayed else "ignored" if ignored else "applied").inc()
+    return result
+
+
+# How a refused delivery is counted (fleet_webhook_events_total{outcome}), by the status it got.
+_REFUSED = {400: "rejected_signature", 409: "conflict", 422: "invalid", 503: "unavailable"}
 
 

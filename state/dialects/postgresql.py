@@ -20,7 +20,6 @@ import re
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
 from sqlalchemy import (
     DDL,
     CheckConstraint,
@@ -315,6 +314,8 @@ class ChangeListener:
                 return True
             return False
         except psycopg.Error as error:
+            from loguru import logger  # here: a command that only opens the store never loads it
+
             logger.debug("Lost the LISTEN connection, will reconnect: {}", error)
             self.close()
             time.sleep(min(timeout, 0.5))

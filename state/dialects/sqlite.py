@@ -9,13 +9,15 @@ import re
 import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import CheckConstraint, ColumnElement, Connection, Engine, Table, create_engine, event, func, make_url
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from specs import limits
-from state.dialects.sqlite_listener import InotifyListener
+
+if TYPE_CHECKING:  # imported where a listener is made: a command that only reads never waits on one
+    from state.dialects.sqlite_listener import InotifyListener
 
 NAME_CHECK = "{col} NOT GLOB '*[^a-z0-9-]*' AND {col} NOT GLOB '-*' AND {col} NOT GLOB '*-'"
 
@@ -202,6 +204,8 @@ class SQLiteDialect:
 
     def change_listener(self, url: str) -> "SleepListener | InotifyListener":
         """inotify on the database file's directory: a commit from any process wakes the waiter at once."""
+        from state.dialects.sqlite_listener import InotifyListener
+
         database = make_url(url).database
         if not database or database == ":memory:" or database.startswith("file:"):
             return SleepListener()

@@ -53,7 +53,7 @@ def pss_kib(pid: int) -> int:
 
 def tenant_pids() -> list[int]:
     """nspawn and everything in Fleet's tenant cgroups."""
-    pids = set()
+    pids: set[int] = set()
     for procs in Path("/sys/fs/cgroup/memory/fleet").rglob("cgroup.procs"):
         pids.update(int(p) for p in procs.read_text().split())
     for process in psutil.process_iter(["name"]):
@@ -94,6 +94,7 @@ def main() -> None:
         floors: list[physical.Sample] = []
         floors_without_userns: list[physical.Sample] = []
         pool, template = DATA / "pool", DATA / "pool/templates/base@1"
+        load_before = os.getloadavg()[0]
         for i in range(args.signups):
             if i:  # the first signup builds the template
                 floors.append(physical.measure(pool, template, "10.217.255.1", "10.217.255.2", userns=True))
@@ -108,6 +109,7 @@ def main() -> None:
             assert address is not None
             wait(lambda address=address: physical.answers(address), 10, f"{name} page")
             latencies.append((time.perf_counter() - started) * 1000)
+        load_after = os.getloadavg()[0]
         names = [f"d{i:03d}" for i in range(max(0, args.density - args.signups))]
         with db:
             db.executemany("INSERT INTO tenants (name, template, memory_bytes) VALUES (?, 'base', 67108864)",
@@ -153,6 +155,9 @@ def main() -> None:
         ("nspawn to port 80, p50: with / without a user namespace",
          f"{median(floors, 'start_to_http_ms'):.1f} / {median(floors_without_userns, 'start_to_http_ms'):.1f} ms"),
         ("physical floor without a user namespace, p50", f"{median(floors_without_userns, 'total_ms'):.0f} ms"),
+        ("load average (1 min) before / after the signups",
+         f"{load_before:.1f} / {load_after:.1f} on {os.cpu_count()} CPUs (the bench alone adds about 1; more is "
+         "other work on the machine)"),
         ("idle tenants running", str(n)),
         ("PSS of nspawn + tenant processes, per tenant", f"{pss_total / n / 1024:.2f} MiB (goal: < 5 MiB)"),
         ("host MemAvailable drop, per tenant", f"{(free_before - free_after) / n / (1 << 20):.2f} MiB"),

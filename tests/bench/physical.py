@@ -44,7 +44,7 @@ def answers(address: str) -> bool:
     """The tenant's page answers 200 over HTTP from the host."""
     try:
         with urllib.request.urlopen(f"http://{address}/", timeout=1) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except OSError:
         return False
 

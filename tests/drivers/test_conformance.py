@@ -1,4 +1,4 @@
-"""The Driver contract, run against every driver: the fake (always) and nspawn (where the host can).
+"""The Driver contract, run against every driver: the fake (always), nspawn and LXD (where the host can).
 
 A driver that passes here can stand in for another under the reconciler; the fake's semantics are the
 reference, the real driver must not differ from them in anything the planner can observe.
@@ -6,62 +6,33 @@ reference, the real driver must not differ from them in anything the planner can
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from drivers.base import Driver
-from drivers.fake import FakeDriver
-from specs import Network, NotFound, PermanentError, Resources, TemplateSource
+from specs import NotFound, Observed, PermanentError, TemplateSource, TransientError
+from tests.helpers import wait_for
 
-pytest.register_assert_rewrite("tests.integration.conftest_runtime")  # before the import: its asserts are rewritten
-from tests.integration.conftest_runtime import BASE, TEST_PREFIX  # noqa: E402
+pytest.register_assert_rewrite("tests.integration.conftest_runtime", "tests.drivers.subjects")  # before the import
+from tests.drivers.subjects import (  # noqa: E402
+    BASE,
+    CRASH_STEPS,
+    LARGE,
+    PREFIX,
+    SMALL,
+    SUBJECTS,
+    WEB,
+    Subject,
+)
 
-pytest_plugins = ["tests.integration.conftest_runtime"]
-
-PREFIX = f"{TEST_PREFIX}conf-"
-SMALL = Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi")
-LARGE = Resources(cpu="1.5", memory="192Mi", pids=256, disk="256Mi")
-WEB = Network(ingress=(80,))
-
-
-@dataclass
-class Subject:
-    driver: Driver
-    made: list[str] = field(default_factory=list)
-    # Puts things on the host that look like a tenant but lack Fleet's marker; returns their names.
-    make_foreign: Callable[[], list[str]] = lambda: []
-
-    def provision(self, suffix: str, resources: Resources = SMALL, network: Network = WEB) -> str:
-        name = PREFIX + suffix
-        self.made.append(name)
-        self.driver.clone(name, BASE)
-        self.driver.apply_resources(name, resources)
-        self.driver.apply_network(name, network)
-        self.driver.start(name)
-        return name
+pytest_plugins = ["tests.integration.conftest_runtime", "tests.lxd.runtime"]
 
 
-def _nspawn_subject(request: pytest.FixtureRequest) -> Subject:
-    from drivers.nspawn import NspawnDriver
-
-    driver = request.getfixturevalue("nspawn_driver")
-    assert isinstance(driver, NspawnDriver)
-
-    def make_foreign() -> list[str]:
-        stranger = driver.pool.tenants_dir / f"{PREFIX}stranger"  # a plain directory: no subvolume, no marker
-        stranger.mkdir(exist_ok=True)
-        request.addfinalizer(stranger.rmdir)
-        return [stranger.name]
-
-    return Subject(driver, make_foreign=make_foreign)
-
-
-@pytest.fixture(params=["fake", pytest.param("nspawn", marks=[pytest.mark.root])])
+@pytest.fixture(params=["fake", pytest.param("nspawn", marks=[pytest.mark.root]),
+                        pytest.param("lxd", marks=[pytest.mark.root])])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
-    made = Subject(FakeDriver(node="conformance")) if request.param == "fake" else _nspawn_subject(request)
+    made = SUBJECTS[request.param](request)
     made.driver.ensure_template(BASE)
     try:
         yield made
@@ -162,3 +133,52 @@ def test_make_template_from_a_missing_source_is_a_permanent_error(subject: Subje
     template = BASE.model_copy(update={"name": "confmissing", "version": "1"})
     with pytest.raises(PermanentError):
         subject.driver.make_template(template, TemplateSource(kind="tarball", path=tmp_path / "absent.tar"))
+
+
+def _converge(subject: Subject, name: str) -> Observed:
+    """Reconcile passes, as the controller makes them (a transient error is retried), until the tenant
+    is what the spec says."""
+
+    def one_pass() -> Observed | None:
+        try:
+            subject.driver.clone(name, BASE)
+            subject.driver.apply_resources(name, SMALL)
+            subject.driver.apply_network(name, WEB)
+            subject.driver.start(name)
+        except TransientError:
+            return None
+        seen = subject.driver.inspect(name)
+        return seen if seen is not None and seen.running and not seen.problems else None
+
+    observed = wait_for(one_pass, timeout=60, interval=0.1, what=f"{name} to converge")
+    assert observed.resources == SMALL and observed.network == WEB and observed.address is not None
+    return observed
+
+
+def test_drift_behind_the_drivers_back_is_seen_and_repaired(subject: Subject) -> None:
+    name = subject.provision("drift")
+    subject.kill_behind_back(name)
+    killed = subject.driver.inspect(name)
+    assert killed is not None and not killed.running and killed.pid is None
+    subject.driver.start(name)
+    subject.raise_cpu_behind_back(name)
+    changed = subject.driver.inspect(name)
+    assert changed is not None and changed.running and changed.resources.cpu == 2000
+    subject.driver.apply_resources(name, SMALL)
+    repaired = subject.driver.inspect(name)
+    assert repaired is not None and repaired.resources == SMALL and repaired.pid == changed.pid
+    subject.remove_behind_back(name)
+    assert subject.driver.inspect(name) is None
+    _converge(subject, name)
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+def test_a_crash_in_each_step_converges_and_delete_leaves_nothing(subject: Subject, step: str) -> None:
+    name = f"{PREFIX}crash-{CRASH_STEPS.index(step)}"
+    subject.made.append(name)
+    subject.crash_at(name, step)
+    _converge(subject, name)
+    receipt = subject.driver.delete(name)
+    assert receipt.removed
+    assert subject.driver.inspect(name) is None and name not in {o.name for o in subject.driver.list()}
+    assert subject.leftovers(name) == []

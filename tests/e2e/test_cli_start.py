@@ -46,6 +46,25 @@ def test_store_commands_import_the_store_and_not_the_servers(fleet: Fleet, tmp_p
     assert imported & SERVERS_ONLY == set()
 
 
+# What a store command on an up-to-date SQLite store never needs: an ORM, the logger (nothing is logged),
+# PostgreSQL's dialect and driver, and the rules only a migration uses.
+NEVER_FOR_A_SQLITE_READ = {"sqlmodel", "sqlalchemy.orm", "loguru", "sqlalchemy.dialects.postgresql",
+                           "state.dialects.postgresql", "psycopg"}
+
+
+@pytest.mark.parametrize("verb", ["get", "apply"])
+def test_store_commands_on_an_up_to_date_sqlite_store_load_no_orm_logger_or_postgresql(
+    fleet: Fleet, tmp_path: Path, verb: str
+) -> None:
+    url = _store(tmp_path / "fleet.db")
+    file = tmp_path / "tenant.yaml"
+    file.write_text(TENANT)
+    args = ["get", "tenants"] if verb == "get" else ["apply", "-f", str(file)]
+    imported = imported_by(*args, "--db", url, env=fleet.env)
+    assert imported & NEVER_FOR_A_SQLITE_READ == set()
+    assert ("yaml" in imported) == (verb == "apply"), "YAML only to read a file"
+
+
 def test_db_after_the_command_is_the_store_used(fleet: Fleet, tmp_path: Path) -> None:
     url = _store(tmp_path / "elsewhere.db")  # FLEET_DATA_DIR has no store: only --db finds this one
     applied = fleet.run("apply", "-f", "-", "--db", url, stdin=TENANT)

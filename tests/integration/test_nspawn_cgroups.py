@@ -67,6 +67,24 @@ def test_requota_changes_values_and_none_means_unlimited(cgroups: nspawn_cgroups
 
 
 @pytest.mark.root
+def test_a_cpu_limit_carries_a_burst_of_one_period_and_lowering_it_lowers_the_burst(
+    cgroups: nspawn_cgroups.Cgroups,
+) -> None:
+    cpu = Path("/sys/fs/cgroup/cpu/fleet/tenant-" + TENANT)
+    if not (cpu.parent.parent / "cpu.cfs_burst_us").exists():
+        pytest.skip("this kernel has no CPU burst (5.14+)")
+    cgroups.apply(TENANT, Resources(cpu="2"))
+    assert (cpu / "cpu.cfs_burst_us").read_text().strip() == "200000"
+    # The kernel refuses a quota below the burst: the driver lowers both without an error.
+    cgroups.apply(TENANT, Resources(cpu="100m"))
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "10000"
+    assert (cpu / "cpu.cfs_burst_us").read_text().strip() == "10000"
+    cgroups.apply(TENANT, Resources())
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
+    assert (cpu / "cpu.cfs_burst_us").read_text().strip() == "0"
+
+
+@pytest.mark.root
 def test_remove_kills_tasks_and_removes_nested_groups_deepest_first(cgroups: nspawn_cgroups.Cgroups) -> None:
     cgroups.apply(TENANT, Resources(pids=20))
     child = _spawn_in(cgroups, "import time; time.sleep(60)")
@@ -144,6 +162,10 @@ def test_v2_writes_cpu_max_memory_max_pids_max_in_kernel_format(tmp_path: Path) 
     layout.apply("alpha", Resources(cpu="1.5", memory="256Mi", pids=100))
     group = root / "fleet.slice" / "tenant-alpha"
     assert (group / "cpu.max").read_text() == "150000 100000"
+    assert not (group / "cpu.max.burst").exists()  # a kernel without the burst file: the quota alone
+    (group / "cpu.max.burst").write_text("0")
+    layout.apply("alpha", Resources(cpu="1.5", memory="256Mi", pids=100))
+    assert (group / "cpu.max.burst").read_text() == "150000"
     assert (group / "memory.max").read_text() == str(256 << 20)
     assert (group / "pids.max").read_text() == "100"
     assert (root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids +io"

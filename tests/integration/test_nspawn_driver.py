@@ -81,9 +81,14 @@ def test_tenant_page_answers_over_http_from_the_host(driver: NspawnDriver) -> No
         started = time.perf_counter()
         driver.clone(name, BASE)
         driver.apply_resources(name, Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi"))
-        driver.apply_network(name, Network(ingress=(80,)))
         launched = time.perf_counter()
+        # The planner's order: start first (into the bare namespace), the network while nspawn boots.
         driver.start(name)
+        before_network = driver.inspect(name)
+        assert before_network is not None and before_network.running
+        assert before_network.address is None and "network namespace" not in " ".join(before_network.problems)
+        assert not Path(f"/sys/class/net/{veth_name(name)}").exists(), "no link a packet could cross yet"
+        driver.apply_network(name, Network(ingress=(80,)))
         observed = driver.inspect(name)
         assert observed is not None and observed.address is not None
         body = wait_http(observed.address)

@@ -185,6 +185,32 @@ def test_a_first_ensure_that_fails_half_way_takes_back_what_it_made(runtime_stat
     assert subprocess.run(["ip", "link", "show", veth_name(A)], capture_output=True).returncode != 0
 
 
+def test_no_link_exists_before_the_firewall_holds_the_tenant_and_a_started_namespace_is_kept(
+    runtime_state: Path,
+) -> None:
+    # As the driver starts a container: the namespace first (with its sysctls), the network afterwards.
+    networks = Networks(runtime_state, "10.213.0.0/16", firewall=nspawn_firewall.Firewall(table="fleettest"))
+    assert networks.ensure_namespace(A) and not networks.ensure_namespace(A)
+    try:
+        unprivileged = subprocess.run(
+            ["ip", "netns", "exec", f"fleet-{A}", "sysctl", "-n", "net.ipv4.ip_unprivileged_port_start"],
+            capture_output=True,
+            text=True,
+        )
+        assert unprivileged.stdout.strip() == "0"
+        _nft("add", "table", "inet", "fleettest")  # not Fleet's: the firewall step fails
+        try:
+            with pytest.raises(PermanentError, match="lacks Fleet's marker"):
+                networks.ensure(A, (80,))
+        finally:
+            _nft("delete", "table", "inet", "fleettest")
+        assert subprocess.run(["ip", "link", "show", veth_name(A)], capture_output=True).returncode != 0
+        assert networks.leases.get(A) is None
+        assert netns_path(A).exists(), "a container may run in it: only its maker removes it"
+    finally:
+        networks.remove(A)
+
+
 def test_a_half_made_network_is_finished_by_the_next_call(networks: Networks) -> None:
     # As a crash would leave it: the namespace made, the veth made with its peer still under the temporary name.
     veth = veth_name(A)

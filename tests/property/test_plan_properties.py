@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from reconciler.actions import Action, ApplyNetwork, ApplyResources, Clone, Delete, Start, Stop
 from reconciler.plan import plan
-from specs import Network, Observed, ResolvedSpec, Resources
+from specs import Network, Observed, ResolvedSpec, Resources, Template
 
 resources = st.builds(
     Resources.model_construct,
@@ -22,8 +22,7 @@ specs_ = st.builds(
     ResolvedSpec.model_construct,
     name=st.just("acme"),
     generation=st.integers(1, 5),
-    template=st.just("base"),
-    template_version=st.just("1"),
+    template=st.just(Template(name="base", version="1")),
     resources=resources,
     network=networks,
     paused=st.booleans(),
@@ -51,7 +50,7 @@ def apply(actions: list[Action], observed: Observed | None) -> Observed | None:
     for action in actions:
         match action:
             case Clone(template=template):
-                observed = observed or Observed(name="acme", template=template)
+                observed = observed or Observed(name="acme", template=template.ref)
             case ApplyResources(resources=r):
                 assert observed is not None, "resources applied to nothing"
                 observed = observed.model_copy(update={"resources": r})

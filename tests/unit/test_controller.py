@@ -33,7 +33,7 @@ def test_a_new_tenant_converges_to_running_with_conditions_and_events(
     }
     assert fake.containers["acme"].resources.memory == 512 << 20
     reasons = [e.reason for e in store.events(tenant="acme")]
-    assert reasons == ["Scheduled", "Cloned", "ResourcesApplied", "NetworkApplied", "Started", "Running"]
+    assert reasons == ["Scheduled", "Cloned", "ResourcesApplied", "Started", "NetworkApplied", "Running"]
 
 
 def test_a_spec_change_is_reapplied_and_observed_generation_follows(

@@ -1,14 +1,15 @@
 from reconciler.actions import ApplyNetwork, ApplyResources, Clone, Delete, Start, Stop
 from reconciler.plan import plan
-from specs import Network, Observed, ResolvedSpec, Resources
+from specs import Network, Observed, ResolvedSpec, Resources, Template
 
 RESOURCES = Resources.model_validate({"cpu": "500m", "memory": "256Mi", "disk": "1Gi", "pids": 256})
 NETWORK = Network(ingress=(80,))
+BASE = Template(name="base", version="1", resources=RESOURCES, network=NETWORK)
 
 
 def spec(**changes: object) -> ResolvedSpec:
     base = ResolvedSpec(
-        name="acme", generation=1, template="base", template_version="1", resources=RESOURCES, network=NETWORK
+        name="acme", generation=1, template=BASE, resources=RESOURCES, network=NETWORK
     )
     return base.model_copy(update=changes)
 
@@ -21,7 +22,8 @@ def running(**changes: object) -> Observed:
 
 
 def test_a_new_tenant_is_cloned_quota_d_networked_and_started_in_that_order() -> None:
-    assert plan(spec(), None) == [Clone("base@1"), ApplyResources(RESOURCES), ApplyNetwork(NETWORK), Start()]
+    assert plan(spec(), None) == [Clone(BASE), ApplyResources(RESOURCES), Start(), ApplyNetwork(NETWORK)]
+    assert plan(spec(), None)[0].describe() == "clone from template base@1"
 
 
 def test_a_converged_tenant_needs_nothing() -> None:

@@ -91,3 +91,20 @@ def test_shutdown_wakes_waiting_workers() -> None:
     queue.shutdown()
     thread.join(5)
     assert not thread.is_alive() and got == [None]
+
+
+def test_the_wait_reported_is_from_when_a_key_became_due_to_when_a_worker_took_it() -> None:
+    clock = ManualClock()
+    waits: list[float] = []
+    queue = WorkQueue(clock=clock, on_wait=waits.append)
+    queue.add("a")
+    clock.advance(2.0)
+    assert queue.get(timeout=0) == "a"
+    queue.add_after("b", 5.0)  # a retry: due in 5 s, its wait counts from then
+    clock.advance(6.0)
+    queue.add("a")  # added while processed: due again only once done
+    clock.advance(1.0)
+    queue.done("a")
+    clock.advance(0.5)
+    assert {queue.get(timeout=0), queue.get(timeout=0)} == {"a", "b"}
+    assert waits[0] == 2.0 and sorted(waits[1:]) == [0.5, 2.5]  # b waited from its due time, a from done

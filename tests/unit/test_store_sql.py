@@ -249,6 +249,24 @@ def test_the_schema_is_migrated_once_and_reopening_keeps_data(tmp_path: Path) ->
     second.close()
 
 
+def test_an_up_to_date_store_opens_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """Opening a store only reads its schema version when there is nothing to migrate: `fleet get` answers
+    while the operator (or a raw SQL writer) is in the middle of a write."""
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    first = Store(url)
+    first.apply_tenant(tenant("acme"))
+    first.close()
+    writer = sqlite3.connect(tmp_path / "f.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock until the end of the test
+    try:
+        second = Store(url)
+        assert second.get_tenant("acme") is not None
+        second.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 @needs_shell
 def test_a_store_made_before_disk_bandwidth_is_migrated_once_and_gets_it(
     store_engine: str, tmp_path: Path, request: pytest.FixtureRequest

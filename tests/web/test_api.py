@@ -169,8 +169,8 @@ def test_dry_run_returns_the_plan_and_writes_nothing(web: Web) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["dry_run"] is True
         assert response.json()["plan"] == ["clone from template base@1", "apply resources cpu=500m memory=256Mi "
-                                           "disk=1Gi pids=256 io=100Mi", "apply network (ingress ports 80)",
-                                           "start the container"]
+                                           "disk=1Gi pids=256 io=100Mi", "start the container",
+                                           "apply network (ingress ports 80)"]
         assert client.get("/api/v1/tenants/dry").status_code == 404
     assert web.store.current_revision() == 0
 

@@ -1,0 +1,392 @@
+"""The LXD driver: each tenant is an unprivileged LXD container, driven through LXD's REST API.
+
+Glue only: requests and error mapping are `lxd_api`, limits `lxd_config`, templates `lxd_images`, the
+bridge, addresses and ingress ACL `lxd_network`, host checks and the storage pool `lxd_host`. A tenant is
+an instance marked `user.fleet.managed=true` and `user.fleet.role=tenant`; anything else (instances
+without the marker, Fleet's template instances) is never listed and never touched. Every method reads
+LXD (never a cache) and is idempotent: LXD finishes an operation it started even when Fleet is killed
+half-way, and the next pass finishes what is left. Delete removes the instance last, so a crash mid-delete
+leaves something inspect sees. Containers stay unprivileged, each with an id map of its own
+(`security.idmap.isolated`), and run `/fleet/init` as their init, as nspawn tenants run it as their payload.
+
+This module lets only `specs` errors out (LXD's are mapped in `lxd_api`, the host's here).
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import psutil
+from loguru import logger
+from pyroute2 import NetlinkError
+
+from drivers import lxd_images
+from drivers.lxd_api import Instance, LxdClient
+from drivers.lxd_config import (
+    MARKER,
+    NIC_DEVICE,
+    ROLE,
+    ROOT_DEVICE,
+    TEMPLATE,
+    TENANT,
+    resource_config,
+    root_device,
+)
+from drivers.lxd_host import DEFAULT_NETWORK, DEFAULT_POOL, ensure_storage_pool, host_problems, pool_space
+from drivers.lxd_network import Bridge, IngressRule, configure_inside
+from drivers.lxd_observe import observe, usage_of
+from specs import (
+    DeleteReceipt,
+    DriverInfo,
+    Network,
+    NodeCapacity,
+    NotFound,
+    Observed,
+    PermanentError,
+    Resources,
+    Template,
+    TemplateSource,
+    TransientError,
+    Usage,
+    validate_name,
+)
+from specs.errors import FleetError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+TENANT_CONFIG = {
+    "raw.lxc": "lxc.init.cmd = /fleet/init",  # Fleet's template contract: /fleet/init is the service
+    "security.privileged": "false",
+    "security.idmap.isolated": "true",  # a host uid range of its own, disjoint from every other tenant's
+    "security.nesting": "false",
+}
+
+
+def _at_edge(method: Callable[P, R]) -> Callable[P, R]:
+    """Map host errors (netlink, /proc) to specs errors; LXD's are mapped in lxd_api."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except FleetError:
+            raise
+        except ValueError as error:  # a name that is not a DNS label, from validate_name
+            raise PermanentError(str(error), reason="InvalidName") from error
+        except (OSError, NetlinkError) as error:
+            raise TransientError(f"{method.__name__} failed on the host: {error}") from error
+
+    return wrapper
+
+
+class LxdDriver:
+    name = "lxd"
+
+    def __init__(
+        self,
+        socket: Path | None = None,
+        storage_pool: str = DEFAULT_POOL,
+        network: str = DEFAULT_NETWORK,
+        pool_size: int = 20 << 30,
+        address_range: str = "10.214.0.0/16",
+        node: str = "local",
+    ) -> None:
+        problems = host_problems(socket=socket, storage_pool=storage_pool)
+        if problems:
+            raise PermanentError("; ".join(problems), reason="HostUnsupported")
+        self.node = node
+        self.client = LxdClient(socket)
+        self.storage_pool = storage_pool
+        ensure_storage_pool(self.client, storage_pool, pool_size)
+        # The bridge is made when the first tenant needs it, not here: `fleet template import` opens a driver
+        # too, and must not claim an address range for a bridge nobody asked for yet.
+        self.bridge = Bridge(self.client, network, address_range)
+        self._bridge_checked = False
+        self._template_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fleet-lxd")
+        self._info: DriverInfo | None = None
+
+    # -- node-level -------------------------------------------------------------------------------------
+    def info(self) -> DriverInfo:
+        if self._info is None:
+            environment = self.client.server().get("environment") or {}
+            tools = {
+                "lxd": str(environment.get("server_version", "unknown")),
+                "lxc": str(environment.get("driver_version", "unknown")),
+                "storage": f"{environment.get('storage', '')} {environment.get('storage_version', '')}".strip(),
+                "firewall": str(environment.get("firewall", "")),
+                "kernel": str(environment.get("kernel_version", "")),
+            }
+            self._info = DriverInfo(
+                name=self.name,
+                version=f"LXD {tools['lxd']}",
+                capabilities=("lxd-api", "copy-on-write-copy", "network-acl", "port-isolation", "idmap-isolated"),
+                tools=tools,
+                storage=f"LXD pool {self.storage_pool}, bridge {self.bridge.name}",
+            )
+        return self._info
+
+    def capacity(self) -> NodeCapacity:
+        total, _used = pool_space(self.client, self.storage_pool)
+        return NodeCapacity(
+            cpu_millicores=(psutil.cpu_count() or 1) * 1000,
+            memory_bytes=psutil.virtual_memory().total,
+            disk_bytes=total,
+            max_tenants=min(300, self.bridge.range.num_addresses - 3),
+        )
+
+    # -- observation ------------------------------------------------------------------------------------
+    @staticmethod
+    def _owned_tenant(instance: Instance | None) -> bool:
+        return (instance is not None and instance.config.get(MARKER) == "true"
+                and instance.config.get(ROLE) == "tenant")
+
+    def _observe(self, instance: Instance, rules: dict[str, IngressRule]) -> Observed:
+        return observe(instance, rules.get(instance.name), self.bridge)
+
+    @_at_edge
+    def list(self) -> builtins.list[Observed]:
+        rules = self.bridge.rules()
+        return [self._observe(i, rules) for i in sorted(self.client.instances(), key=lambda i: i.name)
+                if self._owned_tenant(i)]
+
+    @_at_edge
+    def inspect(self, tenant: str) -> Observed | None:
+        instance = self.client.instance(validate_name(tenant))
+        if instance is None or not self._owned_tenant(instance):
+            return None
+        return self._observe(instance, self.bridge.rules())
+
+    @_at_edge
+    def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
+        """From LXD's instance state: cgroup CPU time and memory, the root volume's usage, eth0's counters."""
+        wanted = None if tenants is None else set(tenants)
+        return [usage_of(i) for i in sorted(self.client.instances(), key=lambda i: i.name)
+                if self._owned_tenant(i) and (wanted is None or i.name in wanted)]
+
+    def _require(self, tenant: str, *, state: bool = False) -> Instance:
+        instance = self.client.instance(validate_name(tenant), state=state)
+        if instance is None:
+            raise NotFound(f"tenant {tenant} has no container on node {self.node}")
+        if not self._owned_tenant(instance):
+            raise PermanentError(f"instance {tenant} exists but is not Fleet's; Fleet never touches it",
+                                 reason="NotOwned")
+        return instance
+
+    def _ensure_bridge(self) -> None:
+        for made in self.bridge.ensure():
+            logger.bind(node=self.node, made=made).info("Created LXD network part")
+        self._bridge_checked = True
+
+    # -- templates --------------------------------------------------------------------------------------
+    @_at_edge
+    def ensure_template(self, template: Template) -> None:
+        if lxd_images.find(self.client, template.ref):
+            return
+        if template.name not in lxd_images.BUILTIN_NAMES:
+            raise PermanentError(f"template {template.ref} is not on node {self.node}; import a rootfs or "
+                                 "tarball for it", reason="TemplateMissing")
+        with self._template_lock:  # workers cloning the first tenants all find it missing at once
+            lxd_images.make(self.client, template, TemplateSource(kind="busybox"), self.storage_pool)
+
+    @_at_edge
+    def make_template(
+        self, template: Template, source: TemplateSource, progress: Callable[[str], None] = lambda line: None
+    ) -> bool:
+        with self._template_lock:
+            return lxd_images.make(self.client, template, source, self.storage_pool, progress)
+
+    # -- provisioning -----------------------------------------------------------------------------------
+    @_at_edge
+    def clone(self, tenant: str, template: Template) -> None:
+        """One `copy` of the template's snapshot, with its address, NIC and default limits; meanwhile the
+        tenant's ingress rule for the template's default ports is written (LXD does both at once), so a
+        tenant that keeps its template's defaults needs no further write before it starts."""
+        validate_name(tenant)
+        if not self._bridge_checked:
+            self._ensure_bridge()
+        limits = {key: value for key, value in resource_config(template.resources).items() if value is not None}
+        started = time.perf_counter()
+        with self.bridge.address_lock:  # the address is chosen and taken in one step per process
+            instances = self.client.instances(state=False)
+            existing = next((i for i in instances if i.name == tenant), None)
+            if existing is not None:
+                if not self._owned_tenant(existing):
+                    raise PermanentError(f"instance {tenant} exists but is not Fleet's; Fleet never touches it",
+                                         reason="NotOwned")
+                return
+            address = self.bridge.choose_address(instances)
+            rule = self._pool.submit(self.bridge.set_rule, IngressRule(tenant, address, template.network.ingress or ()))
+            try:
+                self.client.request("POST", "/1.0/instances", json={
+                    "name": tenant, "type": "container", "profiles": [], "description": f"Fleet tenant {tenant}",
+                    "source": {"type": "copy", "source": lxd_images.snapshot_source(template.ref),
+                               "instance_only": True},
+                    "config": {**TENANT_CONFIG, **limits, MARKER: "true", ROLE: "tenant", TENANT: tenant,
+                               TEMPLATE: template.ref},
+                    "devices": {ROOT_DEVICE: root_device(self.storage_pool, template.resources),
+                                NIC_DEVICE: self.bridge.nic(address)},
+                })
+            except FleetError:
+                if not lxd_images.find(self.client, template.ref):  # asked only now: it is there on every clone
+                    raise PermanentError(f"template {template.ref} is not on node {self.node}",
+                                         reason="TemplateMissing") from None
+                raise
+            finally:
+                try:
+                    rule.result()
+                except FleetError as error:  # apply_network writes it again; the clone itself stands
+                    logger.bind(tenant=tenant, error=str(error)).warning("Could not write the ingress rule yet")
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, template=template.ref, node=self.node, address=address, ms=ms).info(
+            "Cloned tenant")
+
+    def _update(self, tenant: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Read the instance, change its config/devices, write it back unless someone wrote in between."""
+        try:
+            reply = self.client.get(f"/1.0/instances/{validate_name(tenant)}")
+        except NotFound:
+            raise NotFound(f"tenant {tenant} has no container on node {self.node}") from None
+        body = dict(reply.metadata)
+        config = body.get("config") or {}
+        if config.get(MARKER) != "true" or config.get(ROLE) != "tenant":
+            raise PermanentError(f"instance {tenant} is not Fleet's; Fleet never touches it", reason="NotOwned")
+        before = repr((body.get("config"), body.get("devices")))
+        change(body)
+        if repr((body.get("config"), body.get("devices"))) == before:
+            return
+        headers = {"If-Match": reply.etag} if reply.etag else None
+        self.client.request("PUT", f"/1.0/instances/{tenant}", json=body, headers=headers)
+
+    @_at_edge
+    def apply_resources(self, tenant: str, resources: Resources) -> None:
+        """Limits change in place: LXD writes the running container's cgroups and the volume's quota."""
+
+        def change(body: dict[str, Any]) -> None:
+            config = body["config"] = dict(body.get("config") or {})
+            for key, value in resource_config(resources).items():
+                if value is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = value
+            devices = body["devices"] = dict(body.get("devices") or {})
+            devices[ROOT_DEVICE] = root_device(self.storage_pool, resources)
+
+        self._update(tenant, change)
+        logger.bind(tenant=tenant, node=self.node, **resources.display()).info("Applied resources")
+
+    @_at_edge
+    def apply_network(self, tenant: str, network: Network) -> None:
+        instance = self._require(tenant)
+        if not self._bridge_checked:
+            self._ensure_bridge()
+        nic = dict(instance.devices.get(NIC_DEVICE) or {})
+        address = nic.get("ipv4.address")
+        if not self.bridge.nic_ok(nic, address):
+            with self.bridge.address_lock:
+                others = [i for i in self.client.instances(state=False) if i.name != tenant]
+                held = {device.get("ipv4.address") for i in others for device in i.devices.values()
+                        if device.get("network") == self.bridge.name}
+                if address is None or address in held or address == self.bridge.gateway or \
+                        ipaddress.IPv4Address(address) not in self.bridge.range:
+                    address = self.bridge.choose_address(others)
+                chosen = address
+                self._update(tenant, lambda body: body["devices"].__setitem__(NIC_DEVICE, self.bridge.nic(chosen)))
+        assert address is not None
+        wanted = IngressRule(tenant, address, tuple(network.ingress or ()))
+        try:
+            self.bridge.set_rule(wanted)  # written only when it differs
+        except NotFound:  # the ACL (or the bridge) was removed behind Fleet's back: make them again
+            self._ensure_bridge()
+            self.bridge.set_rule(wanted)
+        current = self.client.instance(tenant) if instance.running else None  # its pid: state costs ~10 ms
+        if current is not None and current.running:
+            configure_inside(current, address, self.bridge.range.prefixlen, self.bridge.gateway)
+        logger.bind(tenant=tenant, node=self.node, address=address, ports=list(wanted.ports)).info(
+            "Applied network")
+
+    @_at_edge
+    def start(self, tenant: str) -> None:
+        instance = self._require(tenant)
+        nic = dict(instance.devices.get(NIC_DEVICE) or {})
+        address = nic.get("ipv4.address")
+        if address is None or not self.bridge.nic_ok(nic, address):
+            raise TransientError(f"tenant {tenant} has no NIC on {self.bridge.name} yet; apply its network first")
+        began = time.perf_counter()
+        started = not instance.running
+        if started:
+            self.client.request("PUT", f"/1.0/instances/{tenant}/state", json={"action": "start"})
+        running = self.client.instance(tenant)  # with its state: the pid to configure the address through
+        if running is None or not running.running:
+            raise TransientError(f"tenant {tenant} stopped right after it started; see `lxc info --show-log {tenant}`")
+        configure_inside(running, address, self.bridge.range.prefixlen, self.bridge.gateway)
+        if started:
+            logger.bind(tenant=tenant, node=self.node, pid=running.pid,
+                        ms=round((time.perf_counter() - began) * 1000, 1)).info("Started tenant")
+
+    @_at_edge
+    def stop(self, tenant: str) -> None:
+        instance = self.client.instance(validate_name(tenant), state=False)
+        if instance is None or not instance.running:
+            return
+        if not self._owned_tenant(instance):
+            raise PermanentError(f"instance {tenant} is not Fleet's; Fleet never touches it", reason="NotOwned")
+        # Forced: Fleet's init is a plain service that ignores SIGPWR, so a clean stop only waits out a timeout.
+        self.client.request("PUT", f"/1.0/instances/{tenant}/state", json={"action": "stop", "force": True})
+
+    @_at_edge
+    def delete(self, tenant: str) -> DeleteReceipt:
+        started = time.perf_counter()
+        instance = self.client.instance(validate_name(tenant))
+        if instance is not None and not self._owned_tenant(instance):
+            raise PermanentError(f"instance {tenant} is not Fleet's; Fleet never deletes it", reason="NotOwned")
+        removed: list[str] = []
+        absent: list[str] = []
+        if instance is not None and instance.running:
+            self.client.request("PUT", f"/1.0/instances/{tenant}/state", json={"action": "stop", "force": True})
+            removed.append(f"process {instance.pid}")
+        else:
+            absent.append("process")
+        rule = self.bridge.rules().get(tenant)
+        if rule is not None and self.bridge.remove_rule(tenant):
+            removed.append(f"ingress rule of {rule.address} in ACL {self.bridge.acl}")
+        # The instance goes last: while it exists, inspect sees the tenant and the next pass finishes.
+        if instance is not None:
+            self.client.request("DELETE", f"/1.0/instances/{tenant}")  # with its snapshots and root volume
+            removed += [f"instance {tenant}", f"root volume {self.storage_pool}/container/{tenant}"]
+            removed += [f"snapshot {tenant}/{s}" for s in instance.snapshots]
+            address = (instance.devices.get(NIC_DEVICE) or {}).get("ipv4.address")
+            if address:
+                removed.append(f"address {address}")
+        else:
+            absent.append("instance")
+        leftovers = self._leftovers(tenant)
+        if leftovers:
+            raise TransientError(f"tenant {tenant} still has parts after delete: {', '.join(leftovers)}")
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, node=self.node, removed=len(removed), ms=ms).info("Deleted tenant")
+        return DeleteReceipt(tenant=tenant, removed=tuple(removed), already_absent=tuple(absent))
+
+    def _leftovers(self, tenant: str) -> builtins.list[str]:
+        found = []
+        if self.client.instance(tenant, state=False) is not None:
+            found.append("instance")
+        if self.client.exists(f"/1.0/storage-pools/{self.storage_pool}/volumes/container/{tenant}"):
+            found.append("root volume")
+        if tenant in self.bridge.rules():
+            found.append("ingress rule")
+        return found
+
+    def close(self) -> None:
+        """Containers keep running: closing the driver (or the operator exiting) never stops a tenant."""
+        self._pool.shutdown(wait=True)
+        self.client.close()
+

@@ -1,0 +1,64 @@
+"""What an LXD tenant is, read from LXD each time: its limits, network, process and usage as `specs` models.
+
+Why apart from the driver: observation is pure reading (the instance LXD returned, its ingress rule, two
+cgroup counters), and keeping it here keeps the driver to the steps that change things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from drivers.lxd_api import Instance
+from drivers.lxd_config import NIC_DEVICE, TEMPLATE, observed_resources
+from drivers.lxd_network import Bridge, IngressRule
+from specs import Network, Observed, Usage
+
+
+def oom_kills(instance: str) -> int:
+    """OOM kills in the instance's memory cgroup (v1 memory.oom_control, or v2 memory.events)."""
+    for path, key in ((Path(f"/sys/fs/cgroup/memory/lxc.payload.{instance}/memory.oom_control"), "oom_kill"),
+                      (Path(f"/sys/fs/cgroup/lxc.payload.{instance}/memory.events"), "oom_kill")):
+        try:
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge) -> Observed:
+    """The tenant as LXD shows it; its network counts only when NIC, rule and address inside all agree."""
+    tenant = instance.name
+    problems: list[str] = []
+    nic = instance.devices.get(NIC_DEVICE)
+    address = nic.get("ipv4.address") if nic else None
+    if not bridge.nic_ok(dict(nic or {}), address):
+        problems.append(f"NIC {NIC_DEVICE} on {bridge.name} missing or changed")
+        address = None
+    if address is not None and (rule is None or rule.address != address):
+        problems.append("ingress rule missing")
+    if address is not None and instance.running and address not in instance.addresses.get(NIC_DEVICE, ()):
+        problems.append(f"address {address} not configured inside")
+    ready = not problems and rule is not None
+    killed = oom_kills(tenant) if instance.running else 0
+    if killed:
+        problems.append(f"{killed} process(es) killed at the memory limit")
+    return Observed(
+        name=tenant,
+        template=instance.config.get(TEMPLATE),
+        resources=observed_resources(instance.config, instance.devices),
+        network=Network(ingress=rule.ports) if ready and rule is not None else Network(),
+        running=instance.running,
+        address=address if ready else None,
+        pid=instance.pid if instance.running else None,
+        problems=tuple(problems),
+    )
+
+
+def usage_of(instance: Instance) -> Usage:
+    return Usage(tenant=instance.name, running=instance.running, cpu_seconds=instance.cpu_ns / 1e9,
+                 memory_bytes=instance.memory_bytes, memory_peak_bytes=instance.memory_peak_bytes,
+                 disk_bytes=instance.disk_bytes, network_in_bytes=instance.network_in_bytes,
+                 network_out_bytes=instance.network_out_bytes)
