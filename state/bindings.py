@@ -6,6 +6,7 @@ What it must never do: decide placement (that is the scheduler's pure code).
 """
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from state.nodes_schema import NODES
 from state.schema import STATUS, TEMPLATES, TENANTS
 from state.session import Session
 from state.status import STATUS_COLUMNS, status_from_row, status_parameters, write_statuses
+
+_CHUNK_GAP_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,10 @@ class Bindings:
     ) -> None:
         parameters = [status_parameters(name, status, None) for name, status in statuses]
         for start in range(0, max(len(parameters), len(events)), chunk):
+            if start:
+                # Leave the lock free a moment between chunks: SQLite's busy handler polls, so a raw SQL
+                # writer (the billing system's shell, 5 s timeout) starves if the chunks come back to back.
+                time.sleep(_CHUNK_GAP_SECONDS)
             with self.session.write() as conn:
                 write_statuses(conn, parameters[start : start + chunk])
                 append_events(conn, events[start : start + chunk])
