@@ -55,6 +55,9 @@ def test_a_writer_with_a_5s_busy_timeout_never_fails_while_the_operator_is_busy(
         report = writer.stop()
         scheduler.stop()
         agent.stop()
-    assert report.failed == 0, f"the raw writer failed: {report}; the operator held the lock at most {holds.longest_ms:.0f} ms, {len(holds.holds)} times, {sum(holds.holds):.1f} s in all"
+    assert report.failed == 0, (
+        f"the raw writer failed: {report}; the operator held the lock at most {holds.longest_ms:.0f} ms, "
+        f"{len(holds.holds)} times, {sum(holds.holds):.1f} s in all"
+    )
     assert report.done > 0
     assert holds.longest_ms < 1000, f"the operator held the write lock for {holds.longest_ms:.0f} ms at once"
