@@ -15,20 +15,19 @@ This module lets only `specs` errors out (LXD's are mapped in `lxd_api`, the hos
 from __future__ import annotations
 
 import builtins
-import functools
 import ipaddress
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import psutil
 from loguru import logger
-from pyroute2 import NetlinkError
 
 from drivers import lxd_images
+from drivers.edge import at_edge
 from drivers.lxd_api import Instance, LxdClient
 from drivers.lxd_config import (
     MARKER,
@@ -60,31 +59,12 @@ from specs import (
 )
 from specs.errors import FleetError
 
-P = ParamSpec("P")
-R = TypeVar("R")
 TENANT_CONFIG = {
     "raw.lxc": "lxc.init.cmd = /fleet/init",  # Fleet's template contract: /fleet/init is the service
     "security.privileged": "false",
     "security.idmap.isolated": "true",  # a host uid range of its own, disjoint from every other tenant's
     "security.nesting": "false",
 }
-
-
-def _at_edge(method: Callable[P, R]) -> Callable[P, R]:
-    """Map host errors (netlink, /proc) to specs errors; LXD's are mapped in lxd_api."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except FleetError:
-            raise
-        except ValueError as error:  # a name that is not a DNS label, from validate_name
-            raise PermanentError(str(error), reason="InvalidName") from error
-        except (OSError, NetlinkError) as error:
-            raise TransientError(f"{method.__name__} failed on the host: {error}") from error
-
-    return wrapper
 
 
 class LxdDriver:
@@ -152,20 +132,20 @@ class LxdDriver:
     def _observe(self, instance: Instance, rules: dict[str, IngressRule]) -> Observed:
         return observe(instance, rules.get(instance.name), self.bridge)
 
-    @_at_edge
+    @at_edge
     def list(self) -> builtins.list[Observed]:
         rules = self.bridge.rules()
         return [self._observe(i, rules) for i in sorted(self.client.instances(), key=lambda i: i.name)
                 if self._owned_tenant(i)]
 
-    @_at_edge
+    @at_edge
     def inspect(self, tenant: str) -> Observed | None:
         instance = self.client.instance(validate_name(tenant))
         if instance is None or not self._owned_tenant(instance):
             return None
         return self._observe(instance, self.bridge.rules())
 
-    @_at_edge
+    @at_edge
     def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
         """From LXD's instance state: cgroup CPU time and memory, the root volume's usage, eth0's counters."""
         wanted = None if tenants is None else set(tenants)
@@ -187,7 +167,7 @@ class LxdDriver:
         self._bridge_checked = True
 
     # -- templates --------------------------------------------------------------------------------------
-    @_at_edge
+    @at_edge
     def ensure_template(self, template: Template) -> None:
         if lxd_images.find(self.client, template.ref):
             return
@@ -197,7 +177,7 @@ class LxdDriver:
         with self._template_lock:  # workers cloning the first tenants all find it missing at once
             lxd_images.make(self.client, template, TemplateSource(kind="busybox"), self.storage_pool)
 
-    @_at_edge
+    @at_edge
     def make_template(
         self, template: Template, source: TemplateSource, progress: Callable[[str], None] = lambda line: None
     ) -> bool:
@@ -205,7 +185,7 @@ class LxdDriver:
             return lxd_images.make(self.client, template, source, self.storage_pool, progress)
 
     # -- provisioning -----------------------------------------------------------------------------------
-    @_at_edge
+    @at_edge
     def clone(self, tenant: str, template: Template) -> None:
         """One `copy` of the template's snapshot, with its address, NIC and default limits; meanwhile the
         tenant's ingress rule for the template's default ports is written (LXD does both at once), so a
@@ -266,7 +246,7 @@ class LxdDriver:
         headers = {"If-Match": reply.etag} if reply.etag else None
         self.client.request("PUT", f"/1.0/instances/{tenant}", json=body, headers=headers)
 
-    @_at_edge
+    @at_edge
     def apply_resources(self, tenant: str, resources: Resources) -> None:
         """Limits change in place: LXD writes the running container's cgroups and the volume's quota."""
 
@@ -283,7 +263,7 @@ class LxdDriver:
         self._update(tenant, change)
         logger.bind(tenant=tenant, node=self.node, **resources.display()).info("Applied resources")
 
-    @_at_edge
+    @at_edge
     def apply_network(self, tenant: str, network: Network) -> None:
         instance = self._require(tenant)
         if not self._bridge_checked:
@@ -313,7 +293,7 @@ class LxdDriver:
         logger.bind(tenant=tenant, node=self.node, address=address, ports=list(wanted.ports)).info(
             "Applied network")
 
-    @_at_edge
+    @at_edge
     def start(self, tenant: str) -> None:
         instance = self._require(tenant)
         nic = dict(instance.devices.get(NIC_DEVICE) or {})
@@ -332,7 +312,7 @@ class LxdDriver:
             logger.bind(tenant=tenant, node=self.node, pid=running.pid,
                         ms=round((time.perf_counter() - began) * 1000, 1)).info("Started tenant")
 
-    @_at_edge
+    @at_edge
     def stop(self, tenant: str) -> None:
         instance = self.client.instance(validate_name(tenant), state=False)
         if instance is None or not instance.running:
@@ -342,7 +322,7 @@ class LxdDriver:
         # Forced: Fleet's init is a plain service that ignores SIGPWR, so a clean stop only waits out a timeout.
         self.client.request("PUT", f"/1.0/instances/{tenant}/state", json={"action": "stop", "force": True})
 
-    @_at_edge
+    @at_edge
     def delete(self, tenant: str) -> DeleteReceipt:
         started = time.perf_counter()
         instance = self.client.instance(validate_name(tenant))

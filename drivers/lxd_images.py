@@ -20,9 +20,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
-import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -33,25 +30,11 @@ from loguru import logger
 
 from drivers.lxd_api import LxdClient
 from drivers.lxd_config import MARKER, ROLE, TEMPLATE
+from drivers.template_tree import INIT_PATH, fill_busybox, fill_debootstrap
 from specs import NotFound, PermanentError, Template, TemplateSource, TransientError
 
 SNAPSHOT = "ready"
-INIT_PATH = "/fleet/init"
 BUILTIN_NAMES = frozenset({"base"})
-HOST_BUSYBOX = Path("/bin/busybox")
-_INIT_SCRIPT = """#!/bin/sh
-# Fleet template contract: the container runs this as its init; it must stay in the foreground.
-name=$(hostname 2>/dev/null || echo tenant)
-if [ -f /srv/www/index.html.in ]; then
-    sed "s/@HOSTNAME@/$name/g" /srv/www/index.html.in > /srv/www/index.html 2>/dev/null || true
-fi
-exec busybox httpd -f -p "${FLEET_HTTP_PORT:-80}" -h /srv/www
-"""
-_INDEX_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Fleet tenant @HOSTNAME@</title></head>
-<body><h1>This is a Fleet tenant</h1><p>Container <b>@HOSTNAME@</b>, cloned from template {ref}.</p></body>
-</html>
-"""
 
 
 def instance_name(ref: str) -> str:
@@ -194,47 +177,11 @@ def _check_contract(image: Path, ref: str) -> None:
 
 
 def _busybox_tree(tree: Path, template: Template, progress: Callable[[str], None]) -> Path:
-    if not HOST_BUSYBOX.is_file():
-        raise PermanentError(f"{HOST_BUSYBOX} missing: apt-get install busybox-static", reason="ToolMissing")
-    progress("installing busybox")
-    for directory in ("usr/bin", "etc", "srv/www/cgi-bin", "fleet", "root", "tmp", "proc", "sys", "dev", "run", "var"):
-        (tree / directory).mkdir(parents=True, exist_ok=True)
-    (tree / "tmp").chmod(0o1777)
-    for link, target in (("bin", "usr/bin"), ("sbin", "usr/bin"), ("usr/sbin", "bin"), ("var/tmp", "../tmp")):
-        os.symlink(target, tree / link)
-    shutil.copy2(HOST_BUSYBOX, tree / "usr/bin/busybox")
-    listed = subprocess.run([str(HOST_BUSYBOX), "--list"], capture_output=True, text=True, timeout=30, check=True)
-    for applet in listed.stdout.split():
-        if re.fullmatch(r"[a-z0-9_.\[-]+", applet) and applet != "busybox":
-            os.symlink("busybox", tree / "usr/bin" / applet)
-    etc = tree / "etc"
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-    (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
-    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
-    _write_fleet_files(tree, template)
+    tree.mkdir(parents=True, exist_ok=True)
+    fill_busybox(tree, template, progress)
     return tree
 
 
 def _debootstrap_tree(tree: Path, template: Template, suite: str, progress: Callable[[str], None]) -> Path:
-    if shutil.which("debootstrap") is None:
-        raise PermanentError("debootstrap not installed: apt-get install debootstrap", reason="ToolMissing")
-    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", suite):
-        raise PermanentError(f"invalid Debian suite {suite!r}", reason="InvalidTemplate")
-    done = subprocess.run(["debootstrap", "--variant=minbase", suite, str(tree)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise PermanentError(f"debootstrap {suite} failed: {done.stdout[-400:]}", reason="BuildFailed")
-    progress(f"debootstrap {suite} done")
-    (tree / "srv/www").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(HOST_BUSYBOX, tree / "usr/bin/busybox")
-    _write_fleet_files(tree, template)
+    fill_debootstrap(tree, template, suite, progress)
     return tree
-
-
-def _write_fleet_files(tree: Path, template: Template) -> None:
-    init = tree / INIT_PATH.lstrip("/")
-    init.parent.mkdir(exist_ok=True)
-    init.write_text(_INIT_SCRIPT)
-    init.chmod(0o755)
-    page = _INDEX_PAGE.format(ref=template.ref)
-    (tree / "srv/www/index.html.in").write_text(page)
-    (tree / "srv/www/index.html").write_text(page.replace("@HOSTNAME@", "tenant"))

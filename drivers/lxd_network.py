@@ -18,9 +18,7 @@ This module never touches a network or ACL without Fleet's marker, nor a rule wi
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,14 +28,13 @@ from typing import Any, TypeVar
 from loguru import logger
 from pyroute2 import IPRoute
 
+from drivers import netns
 from drivers.lxd_api import Instance, LxdClient
 from drivers.lxd_config import MARKER, NIC_DEVICE
 from specs import NotFound, PermanentError, TransientError, validate_name
 
 RULE_PREFIX = "fleet:"
-CLONE_NEWNET = 0x4000_0000
 T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -213,28 +210,7 @@ class Bridge:
 # -- the address inside the instance --------------------------------------------------------------------
 def _in_namespace(pid: int, function: Callable[[], T]) -> T:
     """Run `function` in the network namespace of `pid`, from a thread of its own (setns moves one thread)."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, f"setns into the namespace of pid {pid}: {os.strerror(code)}")
-            finally:
-                os.close(fd)
-            result.append(function())
-        except BaseException as error:  # handed to the caller's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=run, name="fleet-lxd-netns")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    return netns.inside(Path(f"/proc/{pid}/ns/net"), function)
 
 
 def _belongs_to(pid: int, instance: str) -> bool:

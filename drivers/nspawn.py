@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import builtins
 import errno
-import functools
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import psutil
 from loguru import logger
-from pyroute2 import NetlinkError
 
 from drivers import (
     nspawn_cgroups,
@@ -34,16 +31,17 @@ from drivers import (
     nspawn_seccomp,
     nspawn_usage,
 )
+from drivers.edge import at_edge
 from drivers.nspawn_host import host_problems
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import (
-    INIT_PATH,
     build_busybox,
     build_debootstrap,
     ensure_builtin,
     import_rootfs,
     import_tarball,
 )
+from drivers.template_tree import INIT_PATH
 from specs import (
     DeleteReceipt,
     DriverInfo,
@@ -59,29 +57,8 @@ from specs import (
     Usage,
     validate_name,
 )
-from specs.errors import FleetError
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _KSM = Path("/sys/kernel/mm/ksm")
-
-
-def _at_edge(method: Callable[P, R]) -> Callable[P, R]:
-    """Map host and library errors to specs errors: this is the driver's edge."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except FleetError:
-            raise
-        except ValueError as error:  # a name that is not a DNS label, from validate_name
-            raise PermanentError(str(error), reason="InvalidName") from error
-        except (OSError, NetlinkError, subprocess.SubprocessError) as error:
-            raise TransientError(f"{method.__name__} failed on the host: {error}") from error
-
-    return wrapper
 
 
 def _version(argv: list[str]) -> str:
@@ -222,21 +199,21 @@ class NspawnDriver:
             with self.pool.limit_lifted(tenant):  # the flood filled the tenant's quota: trimming needs room
                 self.processes.trim_log(tenant, self.pool.tenant_path(tenant))
 
-    @_at_edge
+    @at_edge
     def list(self) -> builtins.list[Observed]:
         firewall = self.networks.firewall.read()
         running = self.processes.running()
         found = (self._observe(name, firewall, running) for name in self.pool.list_tenants())
         return [observed for observed in found if observed is not None]
 
-    @_at_edge
+    @at_edge
     def inspect(self, tenant: str) -> Observed | None:
         validate_name(tenant)
         if not self.pool.tenant_exists(tenant):
             return None  # a signup's first pass: no firewall table to read (it grows with the tenants)
         return self._observe(tenant, self.networks.firewall.read(), None)
 
-    @_at_edge
+    @at_edge
     def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
         """Read by `nspawn_usage` from the tenants' cgroups, qgroups and veths: nothing is cached."""
         names = self.pool.list_tenants() if tenants is None else [t for t in tenants if self.pool.tenant_exists(t)]
@@ -253,7 +230,7 @@ class NspawnDriver:
         ]
 
     # -- provisioning -----------------------------------------------------------------------------------
-    @_at_edge
+    @at_edge
     def ensure_template(self, template: Template) -> None:
         if self.pool.has_template(template.ref):
             return
@@ -269,7 +246,7 @@ class NspawnDriver:
                 reason="TemplateMissing",
             )
 
-    @_at_edge
+    @at_edge
     def make_template(
         self, template: Template, source: TemplateSource, progress: Callable[[str], None] = lambda line: None
     ) -> bool:
@@ -283,7 +260,7 @@ class NspawnDriver:
             return build_debootstrap(self.pool, template, source.suite, progress)
         raise PermanentError(f"cannot make a template from {source.describe()}", reason="BadTemplate")
 
-    @_at_edge
+    @at_edge
     def clone(self, tenant: str, template: Template) -> None:
         validate_name(tenant)
         if not self.pool.tenant_exists(tenant) and self.processes.find(tenant) is not None:
@@ -299,7 +276,7 @@ class NspawnDriver:
         if not self.pool.tenant_exists(tenant):
             raise NotFound(f"tenant {tenant} has no container on node {self.node}")
 
-    @_at_edge
+    @at_edge
     def apply_resources(self, tenant: str, resources: Resources) -> None:
         """Change limits in place: the container keeps running (cgroup files and qgroup limits are live)."""
         self._require(tenant)
@@ -307,12 +284,12 @@ class NspawnDriver:
         self.pool.set_disk_limit(tenant, resources.disk)
         logger.bind(tenant=tenant, node=self.node, **resources.display()).info("Applied resources")
 
-    @_at_edge
+    @at_edge
     def apply_network(self, tenant: str, network: Network) -> None:
         self._require(tenant)
         self.networks.ensure(tenant, network.ingress or ())
 
-    @_at_edge
+    @at_edge
     def start(self, tenant: str) -> None:
         began = time.perf_counter()
         self._require(tenant)
@@ -338,14 +315,14 @@ class NspawnDriver:
             tenant_pids=lambda: self.cgroups.pids(tenant),
         )
 
-    @_at_edge
+    @at_edge
     def stop(self, tenant: str) -> None:
         validate_name(tenant)
         self.processes.stop(tenant)
         if self.cgroups.exists(tenant):
             self.cgroups.kill(tenant)
 
-    @_at_edge
+    @at_edge
     def delete(self, tenant: str) -> DeleteReceipt:
         validate_name(tenant)
         started = time.perf_counter()

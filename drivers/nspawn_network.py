@@ -31,7 +31,7 @@ from typing import Any
 from loguru import logger
 from pyroute2 import IPRoute, NetlinkError
 
-from drivers import nspawn_netns
+from drivers import netns
 from drivers.nspawn_addresses import Lease, Leases, namespace_ipv4_addresses
 from drivers.nspawn_firewall import ALIAS_PREFIX, VETH, Firewall, FirewallState
 from drivers.reverter import Reverter
@@ -151,7 +151,7 @@ class Networks:
         return used
 
     def list_tenants(self) -> list[str]:
-        names = {name.removeprefix("fleet-") for name in nspawn_netns.names() if name.startswith("fleet-")}
+        names = {name.removeprefix("fleet-") for name in netns.names() if name.startswith("fleet-")}
         with IPRoute() as ipr:
             names |= set(self._fleet_veths(ipr))
         names |= set(self.leases.all())
@@ -162,7 +162,7 @@ class Networks:
         """The tenant's namespace with its sysctls: all a container needs to be launched into (the driver
         starts it before the veth exists, and `ensure` connects it while nspawn boots). True when made now.
         The sysctls are written before the namespace is bound, so no bound namespace lacks them."""
-        return nspawn_netns.create(netns_path(tenant), prepare=_write_namespace_sysctls)
+        return netns.create(netns_path(tenant), prepare=_write_namespace_sysctls)
 
     def ensure(self, tenant: str, ports: tuple[int, ...]) -> str:
         """Make the tenant's namespace, veth, addresses, route and firewall match; returns its address.
@@ -186,7 +186,7 @@ class Networks:
                     revert.add("remove the veth", lambda: self._delete_link(veth, tenant))
                 self.firewall.ensure_tenant(tenant, veth, ports, lease.tenant_address, self._known_sources())
                 if self.ensure_namespace(tenant):
-                    revert.add("remove the network namespace", lambda: nspawn_netns.remove(netns_path(tenant)))
+                    revert.add("remove the network namespace", lambda: netns.remove(netns_path(tenant)))
                 peer_index = self._ensure_host_end(ipr, tenant, veth, peer, ns, lease, existing)
                 self._ensure_namespace_end(tenant, peer, lease, peer_index)
                 revert.success()
@@ -255,12 +255,12 @@ class Networks:
                 return _link(nsr, "eth0") is not None or _link(nsr, peer) is not None
 
         try:
-            return nspawn_netns.inside(NETNS_DIR / ns, found)
+            return netns.inside(NETNS_DIR / ns, found)
         except FileNotFoundError:
             return False
 
     def _ensure_namespace_end(self, tenant: str, peer: str, lease: Lease, peer_index: int | None) -> None:
-        nspawn_netns.inside(
+        netns.inside(
             netns_path(tenant), lambda: self._configure_namespace_end(netns_name(tenant), peer, lease, peer_index)
         )
 
@@ -291,7 +291,7 @@ class Networks:
     def observe(self, tenant: str, firewall: FirewallState | None = None) -> NetworkState:
         veth, ns = veth_name(tenant), netns_name(tenant)
         problems: list[str] = []
-        has_netns = nspawn_netns.is_bound(netns_path(tenant))
+        has_netns = netns.is_bound(netns_path(tenant))
         veth_present = veth_up = False
         with IPRoute() as ipr:
             link = _link(ipr, veth)
@@ -301,7 +301,7 @@ class Networks:
         address = None
         if has_netns:
             try:
-                address = nspawn_netns.inside(netns_path(tenant), _eth0_address)
+                address = netns.inside(netns_path(tenant), _eth0_address)
             except FileNotFoundError:
                 has_netns = False
         lease = self.leases.get(tenant)
@@ -345,10 +345,10 @@ class Networks:
                     if alias == ALIAS_PREFIX + tenant:
                         ipr.link("del", index=link["index"])
                         removed.append(f"veth {veth}")
-                if ns in nspawn_netns.names():
-                    nspawn_netns.remove(netns_path(tenant))
+                if ns in netns.names():
+                    netns.remove(netns_path(tenant))
                     removed.append(f"network namespace {ns}")
-                if tenant in self._fleet_veths(ipr) or ns in nspawn_netns.names():
+                if tenant in self._fleet_veths(ipr) or ns in netns.names():
                     raise TransientError(f"network of tenant {tenant} still present after removal")
         except NetlinkError as error:
             raise TransientError(f"netlink refused to remove network of tenant {tenant}: {error}") from error

@@ -25,9 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import struct
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -37,29 +34,10 @@ from loguru import logger
 
 from drivers import nspawn_btrfs as btrfs
 from drivers.nspawn_pool import TEMP_PREFIX, TENANT_XATTR, Pool, validate_ref
+from drivers.template_tree import INIT_PATH, fill_busybox, fill_debootstrap, static_busybox
 from specs import PermanentError, Template
 
-INIT_PATH = "/fleet/init"
 BUILTIN_NAMES = frozenset({"base"})  # templates ensure_builtin can build from nothing but the host's busybox
-HOST_BUSYBOX = Path("/bin/busybox")
-
-_INIT_SCRIPT = """#!/bin/sh
-# Fleet template contract: the runtime runs this as PID 2 (systemd-nspawn --as-pid2 /fleet/init).
-# It must stay in the foreground: when it exits, the container stops.
-name=$(hostname 2>/dev/null || echo tenant)
-if [ -f /srv/www/index.html.in ]; then
-    sed "s/@HOSTNAME@/$name/g" /srv/www/index.html.in > /srv/www/index.html 2>/dev/null || true
-fi
-busybox=/fleet/busybox
-[ -x "$busybox" ] || busybox=busybox
-exec "$busybox" httpd -f -p "${FLEET_HTTP_PORT:-80}" -h /srv/www
-"""
-
-_INDEX_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Fleet tenant @HOSTNAME@</title></head>
-<body><h1>This is a Fleet tenant</h1><p>Container <b>@HOSTNAME@</b>, cloned from template {ref}.</p></body>
-</html>
-"""
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -173,23 +151,10 @@ def import_tarball(pool: Pool, template: Template, tarball: Path) -> bool:
 
 def build_busybox(pool: Pool, template: Template, progress: Callable[[str], None] = lambda s: None) -> bool:
     """The built-in template: a static busybox, its applets as symlinks, a web page and /fleet/init."""
-    busybox = _static_busybox()
+    static_busybox()  # refused before a subvolume is made
 
     def fill(tree: Path) -> None:
-        progress("installing busybox")
-        for directory in ("usr/bin", "etc", "srv/www", "fleet", "root", "tmp", "proc", "sys", "dev", "run", "var"):
-            (tree / directory).mkdir(parents=True, exist_ok=True)
-        (tree / "tmp").chmod(0o1777)
-        for link, target in (("bin", "usr/bin"), ("sbin", "usr/bin"), ("usr/sbin", "bin"), ("var/tmp", "../tmp")):
-            os.symlink(target, tree / link)
-        shutil.copy2(busybox, tree / "usr/bin/busybox")
-        applets = btrfs.run_cli([str(busybox), "--list"], "list busybox applets").split()
-        for applet in applets:
-            if applet and "/" not in applet and applet != "busybox":
-                os.symlink("busybox", tree / "usr/bin" / applet)
-        progress(f"linked {len(applets)} applets")
-        _write_base_files(tree, template)
-        _write_fleet_files(tree, template)
+        fill_busybox(tree, template, progress)
 
     return _build(pool, template, fill, progress, require_init=True)
 
@@ -198,27 +163,9 @@ def build_debootstrap(
     pool: Pool, template: Template, suite: str, progress: Callable[[str], None] = lambda s: None
 ) -> bool:
     """A Debian template with debootstrap (minbase), plus /fleet/init and a static busybox for its httpd."""
-    if shutil.which("debootstrap") is None:
-        raise PermanentError("debootstrap not installed: apt-get install debootstrap", reason="ToolMissing")
-    if not suite.replace("-", "").isalnum():
-        raise PermanentError(f"invalid Debian suite {suite!r}", reason="InvalidTemplate")
-    busybox = _static_busybox()
 
     def fill(tree: Path) -> None:
-        command = ["debootstrap", "--variant=minbase", suite, str(tree)]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-            assert process.stdout is not None
-            tail: list[str] = []
-            for line in process.stdout:
-                progress(line.rstrip())
-                tail = [*tail[-4:], line.rstrip()]
-        if process.returncode != 0:
-            raise PermanentError(f"debootstrap {suite} failed: {' | '.join(tail)}", reason="BuildFailed")
-        shutil.copy2(busybox, tree / "fleet-busybox.tmp")
-        (tree / "fleet").mkdir(exist_ok=True)
-        os.rename(tree / "fleet-busybox.tmp", tree / "fleet/busybox")
-        (tree / "srv/www").mkdir(parents=True, exist_ok=True)
-        _write_fleet_files(tree, template)
+        fill_debootstrap(tree, template, suite, progress)
 
     return _build(pool, template, fill, progress, require_init=True)
 
@@ -269,49 +216,3 @@ def _cloned_from(path: Path) -> str | None:
         return None
     template = marker.get("template") if isinstance(marker, dict) else None
     return template if isinstance(template, str) else None
-
-
-def _static_busybox() -> Path:
-    """The host's busybox, if it is static (a dynamic one would need the host's libc inside the tree)."""
-    if not HOST_BUSYBOX.is_file():
-        raise PermanentError(f"{HOST_BUSYBOX} missing: apt-get install busybox-static", reason="ToolMissing")
-    if _has_interpreter(HOST_BUSYBOX):
-        raise PermanentError(f"{HOST_BUSYBOX} is dynamic: apt-get install busybox-static", reason="ToolMissing")
-    return HOST_BUSYBOX
-
-
-def _has_interpreter(executable: Path) -> bool:
-    """True if the ELF file asks for a dynamic loader (has a PT_INTERP program header)."""
-    with open(executable, "rb") as handle:
-        header = handle.read(64)
-        if header[:4] != b"\x7fELF" or header[4] != 2:  # only 64-bit ELF hosts are supported
-            return True
-        endian = "<" if header[5] == 1 else ">"
-        program_offset = struct.unpack_from(endian + "Q", header, 32)[0]
-        entry_size, entries = struct.unpack_from(endian + "HH", header, 54)
-        handle.seek(program_offset)
-        table = handle.read(entry_size * entries)
-    return any(struct.unpack_from(endian + "I", table, i * entry_size)[0] == 3 for i in range(entries))
-
-
-def _write_base_files(tree: Path, template: Template) -> None:
-    etc = tree / "etc"
-    (etc / "os-release").write_text(
-        'NAME="Fleet busybox"\nID=fleet-busybox\n'
-        f'VERSION_ID="{template.version}"\nPRETTY_NAME="Fleet busybox template {template.ref}"\n'
-    )
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-    (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
-    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
-    (etc / "machine-id").write_text("")  # empty: systemd-nspawn fills in the container's id
-
-
-def _write_fleet_files(tree: Path, template: Template) -> None:
-    init = tree / INIT_PATH.lstrip("/")
-    init.parent.mkdir(exist_ok=True)
-    init.write_text(_INIT_SCRIPT)
-    init.chmod(0o755)
-    www = tree / "srv/www"
-    page = _INDEX_PAGE.format(ref=template.ref)
-    (www / "index.html.in").write_text(page)
-    (www / "index.html").write_text(page.replace("@HOSTNAME@", "tenant"))

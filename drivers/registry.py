@@ -33,8 +33,7 @@ def create_driver(name: str, **options: Any) -> Driver:
         raise PermanentError(
             f"unknown driver {name!r}; choose one of: {', '.join(available_drivers())}", reason="UnknownDriver"
         )
-    module_name, class_name = target.split(":")
-    driver_class = getattr(importlib.import_module(module_name), class_name)
+    driver_class = _load(target)
     driver: Driver = driver_class(**options)
     return driver
 
@@ -46,8 +45,7 @@ def host_problems(name: str, **options: Any) -> list[str]:
     target = _PROBLEMS.get(name)
     if target is None:
         return []
-    module_name, function_name = target.split(":")
-    problems: list[str] = getattr(importlib.import_module(module_name), function_name)(**options)
+    problems: list[str] = _load(target)(**options)
     return problems
 
 
@@ -57,6 +55,11 @@ def host_checks(name: str, **options: Any) -> list[HostCheck]:
     target = _CHECKS.get(name)
     if target is None:
         return []
-    module_name, function_name = target.split(":")
-    checks: list[HostCheck] = getattr(importlib.import_module(module_name), function_name)(**options)
+    checks: list[HostCheck] = _load(target)(**options)
     return checks
+
+
+def _load(target: str) -> Any:
+    """`module:attribute`, imported now (the one dynamic import)."""
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)

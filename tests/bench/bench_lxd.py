@@ -30,22 +30,15 @@ from drivers.lxd import TENANT_CONFIG, LxdDriver
 from drivers.lxd_api import LXD_SOCKET, LxdClient
 from drivers.lxd_config import MARKER, resource_config, root_device
 from drivers.lxd_images import snapshot_source
-from specs import FleetError, Network, Resources, Template
+from specs import Network, Resources, Template
 from tests.bench.report import write_section
+from tests.lxd.runtime import lxd_answers
 
 COMMAND = ".venv/bin/python tests/bench/bench_lxd.py"
 POOL, NETWORK, RANGE = "fleet-bench", "fleetbench0", "10.219.2.0/24"
 RESOURCES = Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi")
 # As the reconciler passes it: the store's template, whose defaults this tenant keeps.
 BASE = Template(name="base", version="1", resources=RESOURCES, network=Network(ingress=(80,)))
-
-
-def _answers(client: LxdClient) -> bool:
-    try:
-        client.server()
-    except FleetError:
-        return False
-    return True
 
 
 def _ms(samples: list[float]) -> tuple[float, float]:
@@ -102,11 +95,11 @@ def main() -> None:
     logger.remove()
     client = LxdClient(LXD_SOCKET)
     daemon = None
-    if not _answers(client):
+    if not lxd_answers(client):
         daemon = subprocess.Popen(["lxd", "--group", "lxd", "--logfile=/var/log/lxd/fleet-bench.log"],
                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not _answers(client):  # a condition with a deadline: the daemon's socket answering
+        while not lxd_answers(client):  # a condition with a deadline: the daemon's socket answering
             if time.monotonic() > deadline:
                 raise SystemExit("the LXD daemon did not answer within 30 s")
             time.sleep(0.05)

@@ -82,16 +82,17 @@ for step, run in steps.items():
 """
 
 
-def kill_child_at(factory: dict[str, object], name: str, step: str) -> None:
-    """A second operator process runs every step before `step`, starts `step` and is killed with SIGKILL
-    while it runs (the kill lands inside the step's host calls, or just before them)."""
+def kill_child_at(factory: dict[str, object], name: str, step: str, *, inside: bool = True) -> None:
+    """A second operator process runs every step before `step` and is killed with SIGKILL: inside `step`
+    (the kill lands in the step's host calls, or just before them), or, with `inside=False`, before it."""
     child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(factory), name, step], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert child.stdout is not None and child.stdin is not None
     for line in child.stdout:
         if line.strip() == f"begin {step}":
             break
-    child.stdin.close()  # go on into the step
+    if inside:
+        child.stdin.close()  # go on into the step
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=60)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from drivers import nspawn_cgroups, nspawn_network
-from specs import Network, Observed, Resources, Template
-from tests.helpers import wait_for
+from specs import Observed, Template
+from tests.helpers import http_get, tenant_maker, wait_for, wait_http  # noqa: F401 (re-exported)
 
 TEST_PREFIX = "ft-"  # every tenant a test makes starts with this; sweeps touch nothing else
 TEST_DATA_DIR = Path("/var/tmp/fleet-test-nspawn-runtime")  # fixed, so a killed run's leftovers are found
@@ -131,47 +131,11 @@ def make_tenant(nspawn_driver: object) -> Iterator[Callable[..., Observed]]:
     from drivers.nspawn import NspawnDriver
 
     assert isinstance(nspawn_driver, NspawnDriver)
-    driver = nspawn_driver
-    made: list[str] = []
-
-    def make(
-        suffix: str,
-        resources: Resources | None = None,
-        ports: tuple[int, ...] = (80,),
-        start: bool = True,
-    ) -> Observed:
-        name = f"{TEST_PREFIX}{suffix}"
-        made.append(name)
-        driver.clone(name, BASE)
-        driver.apply_resources(name, resources or Resources(cpu="1", memory="128Mi", pids=128, disk="128Mi"))
-        driver.apply_network(name, Network(ingress=ports))
-        if start:
-            driver.start(name)
-        observed = driver.inspect(name)
-        assert observed is not None
-        return observed
-
-    try:
+    with tenant_maker(nspawn_driver, TEST_PREFIX, BASE) as make:
         yield make
-    finally:
-        for name in made:
-            driver.delete(name)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def http_get(address: str, port: int = 80, timeout: float = 1.0, path: str = "/") -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=timeout) as response:
-            body: bytes = response.read()
-            return body
-    except OSError:
-        return None
-
-
-def wait_http(address: str, port: int = 80, timeout: float = 10.0) -> bytes:
-    return wait_for(lambda: http_get(address, port), timeout=timeout, what=f"http://{address}:{port}/ to answer")
-
-
 def can_connect_from_netns(tenant: str, address: str, port: int, timeout_s: int = 1) -> bool:
     """TCP connect from inside the tenant's network namespace (host's nc, the tenant's network)."""
     done = subprocess.run(

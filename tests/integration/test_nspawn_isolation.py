@@ -24,7 +24,7 @@ from drivers.nspawn import NspawnDriver
 from drivers.nspawn_network import netns_path
 from drivers.nspawn_pool import TENANT_XATTR
 from drivers.nspawn_process import Processes
-from drivers.nspawn_templates import INIT_PATH
+from drivers.template_tree import INIT_PATH
 from specs import Observed, Resources
 
 pytest.register_assert_rewrite("tests.integration.conftest_runtime")  # before the import: its asserts are rewritten

@@ -13,7 +13,7 @@ import pytest
 from drivers import nspawn_btrfs as btrfs
 from drivers import nspawn_templates
 from drivers.nspawn_pool import Pool
-from drivers.nspawn_templates import INIT_PATH
+from drivers.template_tree import INIT_PATH
 from specs import PermanentError, Resources, Template
 
 pytestmark = pytest.mark.root

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from drivers.lxd_api import LXD_SOCKET, LxdClient
-from specs import FleetError, Network, NotFound, Observed, Resources, Template, TransientError
-from tests.helpers import wait_for
+from specs import FleetError, NotFound, Observed, Template, TransientError
+from tests.helpers import http_get, tenant_maker, wait_for, wait_http  # noqa: F401 (re-exported)
 
 TEST_PREFIX = "ft-"
 TEST_POOL = "fleet-test"
@@ -39,7 +39,7 @@ def lxd_unavailable() -> str | None:
     return None
 
 
-def _answers(client: LxdClient) -> bool:
+def lxd_answers(client: LxdClient) -> bool:
     try:
         client.server()
     except FleetError:
@@ -55,11 +55,11 @@ def lxd_daemon() -> Iterator[LxdClient]:
         pytest.skip(reason)
     client = LxdClient(LXD_SOCKET, timeout=30.0)
     process: subprocess.Popen[bytes] | None = None
-    if not _answers(client):
+    if not lxd_answers(client):
         LOG.parent.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(["lxd", "--group", "lxd", f"--logfile={LOG}"], start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _answers(client), timeout=30, what="the LXD daemon to answer")
+        wait_for(lambda: lxd_answers(client), timeout=30, what="the LXD daemon to answer")
     try:
         yield client
     finally:
@@ -132,40 +132,11 @@ def make_lxd_tenant(lxd_driver: object) -> Iterator[Callable[..., Observed]]:
     from drivers.lxd import LxdDriver
 
     assert isinstance(lxd_driver, LxdDriver)
-    made: list[str] = []
-
-    def make(suffix: str, resources: Resources | None = None, ports: tuple[int, ...] = (80,)) -> Observed:
-        name = f"{TEST_PREFIX}{suffix}"
-        made.append(name)
-        lxd_driver.clone(name, BASE)
-        lxd_driver.apply_resources(name, resources or Resources(cpu="1", memory="128Mi", pids=128, disk="128Mi"))
-        lxd_driver.apply_network(name, Network(ingress=ports))
-        lxd_driver.start(name)
-        observed = lxd_driver.inspect(name)
-        assert observed is not None
-        return observed
-
-    try:
+    with tenant_maker(lxd_driver, TEST_PREFIX, BASE) as make:
         yield make
-    finally:
-        for name in made:
-            lxd_driver.delete(name)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def http_get(address: str, port: int = 80, timeout: float = 1.0, path: str = "/") -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=timeout) as response:
-            body: bytes = response.read()
-            return body
-    except OSError:
-        return None
-
-
-def wait_http(address: str, port: int = 80, timeout: float = 10.0) -> bytes:
-    return wait_for(lambda: http_get(address, port), timeout=timeout, what=f"http://{address}:{port}/ to answer")
-
-
 def as_payload(client: LxdClient, tenant: str, address: str, script: str, *, timeout: float = 60.0,
                probe: Path | None = None) -> str:
     """Run a shell script *as the tenant's payload*: a CGI that the tenant's own busybox httpd executes,

@@ -3,10 +3,7 @@ nothing (instance, root volume, snapshots, ingress rule)."""
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +12,7 @@ from drivers.lxd import LxdDriver
 from specs import Network, Observed, Resources, TransientError
 
 pytest.register_assert_rewrite("tests.lxd.runtime")
+from tests.drivers.subjects import kill_child_at  # noqa: E402
 from tests.lxd.runtime import (  # noqa: E402
     BASE,
     TEST_NETWORK,
@@ -107,43 +105,12 @@ def test_drift_made_by_hand_is_seen_and_repaired_without_a_restart(
     wait_http(again.address)
 
 
-_CHILD = """
-import json, sys
-from drivers.lxd import LxdDriver
-from specs import Network, Resources, Template
-settings, name, last = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-driver = LxdDriver(**settings)
-steps = {
-    "clone": lambda: driver.clone(name, Template(name="base", version="1")),
-    "apply_resources": lambda: driver.apply_resources(name, Resources(cpu="1", memory="128Mi", pids=128, disk="128Mi")),
-    "apply_network": lambda: driver.apply_network(name, Network(ingress=(80,))),
-    "start": lambda: driver.start(name),
-    "stop": lambda: driver.stop(name),
-    "delete": lambda: driver.delete(name),
-}
-for step, run in steps.items():
-    print("begin", step, flush=True)
-    if step == last:
-        sys.stdin.read()  # killed here, or told to go on: then the step runs and is killed inside
-    run()
-"""
-
-
 def _run_and_kill(name: str, step: str, inside: bool) -> None:
     """A second operator process runs every step up to `step` and is killed with SIGKILL at it (before it
     starts, or while its LXD request is under way)."""
     settings = {"storage_pool": TEST_POOL, "network": TEST_NETWORK, "pool_size": TEST_POOL_SIZE,
                 "address_range": TEST_RANGE, "node": "crash"}
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(settings), name, step],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert child.stdout is not None and child.stdin is not None
-    for line in child.stdout:
-        if line.strip() == f"begin {step}":
-            break
-    if inside:
-        child.stdin.close()  # go on into the step: the kill lands while its LXD request is under way
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
+    kill_child_at({"driver": "lxd", "settings": settings}, name, step, inside=inside)
 
 
 @pytest.mark.parametrize("step", STEPS)
