@@ -72,6 +72,9 @@ def lxd_daemon() -> Iterator[LxdClient]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+            # LXD leaves its firewall tables behind when it stops; they are its own, and this daemon was ours.
+            for family in ("inet", "bridge"):
+                subprocess.run(["nft", "delete", "table", family, "lxd"], check=False, capture_output=True, timeout=10)
 
 
 def _until_done(client: LxdClient, method: str, path: str, **body: object) -> None:
