@@ -69,7 +69,8 @@ def fill_busybox(tree: Path, template: Template, progress: Callable[[str], None]
     """The built-in template: a static busybox, its applets as symlinks, a web page and /fleet/init."""
     busybox = static_busybox()
     progress("installing busybox")
-    for directory in ("usr/bin", "etc", "srv/www", "fleet", "root", "tmp", "proc", "sys", "dev", "run", "var"):
+    # srv/www/cgi-bin: where a tenant (and the tests' payload probes) put CGI scripts for its httpd
+    for directory in ("usr/bin", "etc", "srv/www/cgi-bin", "fleet", "root", "tmp", "proc", "sys", "dev", "run", "var"):
         (tree / directory).mkdir(parents=True, exist_ok=True)
     (tree / "tmp").chmod(0o1777)
     for link, target in (("bin", "usr/bin"), ("sbin", "usr/bin"), ("usr/sbin", "bin"), ("var/tmp", "../tmp")):
