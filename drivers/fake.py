@@ -31,6 +31,7 @@ from specs import (
 )
 from specs.errors import FleetError
 
+TEMPLATE_BYTES = 64 << 20  # the size the fake gives every template, for the copy-on-write sharing it reports
 STEPS: dict[str, tuple[str, ...]] = {
     "clone": ("snapshot", "quota", "rename"),
     "apply_resources": ("cpu", "memory", "pids", "disk", "io"),
@@ -168,9 +169,13 @@ class FakeDriver:
         return DriverInfo(name=self.name, version="1", capabilities=("faults", "latency"))
 
     def capacity(self) -> NodeCapacity:
-        # A simulated large node: room for the 10,000-tenant simulation at the default overcommit.
+        # A simulated large node: room for the 10,000-tenant simulation at the default overcommit. Every
+        # simulated template is TEMPLATE_BYTES, shared by each tenant cloned from it (as nspawn counts it).
+        with self._lock:
+            clones = len(self.containers)
         return NodeCapacity(
-            cpu_millicores=1_024_000, memory_bytes=1 << 40, disk_bytes=16 << 40, max_tenants=self.max_tenants
+            cpu_millicores=1_024_000, memory_bytes=1 << 40, disk_bytes=16 << 40, max_tenants=self.max_tenants,
+            disk_shared_bytes=clones * TEMPLATE_BYTES,
         )
 
     def list(self) -> list[Observed]:
@@ -218,7 +223,8 @@ class FakeDriver:
             self.templates[template.ref] = template
             return True
 
-    def clone(self, tenant: str, template: Template) -> None:
+    def clone(self, tenant: str, template: Template, *, generation: int | None = None) -> None:
+        # `generation` is not recorded: like nspawn, the simulated host keeps no metadata of Fleet's.
         self._enter("clone")
         with self._lock:
             if tenant in self.containers:
@@ -237,7 +243,7 @@ class FakeDriver:
             self.completed_clones[tenant] += 1
         self._step("clone", "rename")
 
-    def apply_resources(self, tenant: str, resources: Resources) -> None:
+    def apply_resources(self, tenant: str, resources: Resources, *, generation: int | None = None) -> None:
         self._enter("apply_resources")
         for step in STEPS["apply_resources"]:
             with self._lock:

@@ -205,9 +205,15 @@ class LxdClient:
             return None
         return Instance.from_api(reply.metadata)
 
-    def instances(self, *, state: bool = True) -> list[Instance]:
-        return [Instance.from_api(item) for item in self.get("/1.0/instances", recursion=2 if state else 1).metadata
-                or []]
+    def instances(self, *, state: bool = True, having: Mapping[str, str] | None = None) -> list[Instance]:
+        """Every instance in one request; only those whose config has the keys and values of `having` when
+        given (LXD filters on its side, so the state of instances left out is never read). With `state`,
+        LXD reads each instance's state from the kernel (tens of ms per running instance: network through
+        a helper process, disk usage from btrfs), so ask for it only where the counters are needed."""
+        params: dict[str, str | int] = {"recursion": 2 if state else 1}
+        if having:
+            params["filter"] = " and ".join(f"config.{key} eq {value}" for key, value in having.items())
+        return [Instance.from_api(item) for item in self.get("/1.0/instances", **params).metadata or []]
 
 
 def _error(status: int, message: str, doing: str) -> Exception:

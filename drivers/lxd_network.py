@@ -19,6 +19,7 @@ This module never touches a network or ACL without Fleet's marker, nor a rule wi
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -75,6 +76,12 @@ class Bridge:
             raise PermanentError(f"address range {address_range} has no room for tenants", reason="BadRange")
         self.gateway = str(self.range.network_address + 1)
         self._lock = threading.Lock()  # read-modify-write of the ACL, within this process
+        # The ACL's ingress rules as this process last read or wrote them (None: unknown). Only `set_rule`
+        # uses it, to skip a read (~10 ms) when they already say what it would write; every read of the
+        # ACL (each inspect and list) replaces it, so a rule changed behind Fleet's back is seen by the
+        # pass's inspect first and then written. Nothing is ever written from it: writes read first.
+        self._last_seen: list[dict[str, Any]] | None = None
+        self._rewrites = 0  # so a read that a write of this process overtook does not replace _last_seen
         self.address_lock = threading.Lock()  # choosing an address and creating the NIC that takes it
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -159,7 +166,11 @@ class Bridge:
 
     # -- the ACL's rules ----------------------------------------------------------------------------
     def rules(self) -> dict[str, IngressRule]:
+        rewrites = self._rewrites
         acl = self._get_acl()
+        with self._lock:
+            if rewrites == self._rewrites:
+                self._last_seen = list(acl.get("ingress") or []) if acl is not None else None
         found: dict[str, IngressRule] = {}
         for raw in (acl or {}).get("ingress") or []:
             rule = IngressRule.from_api(raw)
@@ -170,6 +181,8 @@ class Bridge:
     def _rewrite(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
         """Read the ACL, change its ingress rules, write it back only if nobody wrote in between (ETag)."""
         with self._lock:
+            self._rewrites += 1
+            self._last_seen = None  # unknown until this read-modify-write has finished
             reply = self.client.get(f"/1.0/network-acls/{self.acl}")
             acl = reply.metadata
             if acl.get("config", {}).get(MARKER) != "true":
@@ -178,9 +191,11 @@ class Bridge:
             body = {"description": acl.get("description", ""), "config": acl.get("config", {}),
                     "egress": acl.get("egress") or [], "ingress": change(list(before))}
             if body["ingress"] == before:
+                self._last_seen = before
                 return  # nothing to change: LXD would rebuild the bridge's firewall for nothing
             headers = {"If-Match": reply.etag} if reply.etag else None
             self.client.request("PUT", f"/1.0/network-acls/{self.acl}", json=body, headers=headers)
+            self._last_seen = body["ingress"]
 
     def set_rule(self, rule: IngressRule) -> None:
         validate_name(rule.tenant)
@@ -197,6 +212,10 @@ class Bridge:
             return [r for r in rules if r.get("description") != mark and r.get("destination") != rule.address] \
                 + [wanted]
 
+        with self._lock:
+            seen = self._last_seen
+        if seen is not None and change(list(seen)) == seen:
+            return  # as this process last saw the ACL, the rule is there (see _last_seen)
         self._rewrite(change)
 
     def remove_rule(self, tenant: str) -> bool:
@@ -208,14 +227,81 @@ class Bridge:
 
 
 # -- the address inside the instance --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Inside:
+    """A running instance as the host sees it without asking LXD: its init and its namespace's IPv4 addresses.
+
+    Why not LXD's instance state: LXD renders it by starting a helper process in the instance's network
+    namespace and asking btrfs for the root volume's usage, ~15 ms per instance (measured on 5.0.2), on
+    every inspect, start and resync; these two reads cost well under a millisecond."""
+
+    pid: int
+    addresses: tuple[str, ...]  # local IPv4 addresses in the instance's network namespace, loopback left out
+
+
+def _payload_cgroups(instance: str) -> list[Path]:
+    """The instance's payload cgroup in each hierarchy LXD uses (cgroup v1 controllers, or v2's one tree)."""
+    name = f"lxc.payload.{instance}"
+    return [path for path in (Path("/sys/fs/cgroup/pids") / name, Path("/sys/fs/cgroup") / name) if path.is_dir()]
+
+
+def _ns_pids(pid: int) -> list[str]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return line.split()[1:]
+    return []
+
+
+def init_pid(instance: str) -> int | None:
+    """The pid of the instance's init: the process of its payload cgroup that is pid 1 of the instance's own
+    pid namespace, one level below the host's (a pid namespace a tenant nests inside has more levels, so a
+    tenant cannot pass its own process off as init). None when the host cannot tell; ask LXD then."""
+    for cgroup in _payload_cgroups(instance):
+        for procs in cgroup.rglob("cgroup.procs"):
+            try:
+                pids = [int(p) for p in procs.read_text().split()]
+            except (OSError, ValueError):
+                continue
+            for pid in pids:
+                try:
+                    if _ns_pids(pid) == [str(pid), "1"]:
+                        return pid
+                except OSError:  # it exited meanwhile
+                    continue
+    return None
+
+
+def local_addresses(pid: int) -> tuple[str, ...]:
+    """The IPv4 addresses local to `pid`'s network namespace, from its routing trie in /proc (the `/32 host
+    LOCAL` entries), loopback left out: a read of one file, no namespace entered."""
+    try:
+        lines = Path(f"/proc/{pid}/net/fib_trie").read_text().splitlines()
+    except OSError:
+        return ()
+    found: list[str] = []
+    for previous, line in itertools.pairwise(lines):
+        if "/32 host LOCAL" in line and "|-- " in previous:
+            address = previous.split("|-- ", 1)[1].strip()
+            if not address.startswith("127.") and address not in found:
+                found.append(address)
+    return tuple(found)
+
+
+def look_inside(instance: str) -> Inside | None:
+    pid = init_pid(instance)
+    if pid is None:
+        return None
+    return Inside(pid, local_addresses(pid))
+
+
 def _in_namespace(pid: int, function: Callable[[], T]) -> T:
     """Run `function` in the network namespace of `pid`, from a thread of its own (setns moves one thread)."""
     return netns.inside(Path(f"/proc/{pid}/ns/net"), function)
 
 
 def _belongs_to(pid: int, instance: str) -> bool:
-    """Whether `pid` runs in the instance's cgroup (LXD names it lxc.payload.<instance>): a pid read from
-    LXD may have died and been reused since, and Fleet must never configure another process's network."""
+    """Whether `pid` runs in the instance's cgroup (LXD names it lxc.payload.<instance>): a pid read earlier
+    may have died and been reused since, and Fleet must never configure another process's network."""
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
@@ -224,16 +310,16 @@ def _belongs_to(pid: int, instance: str) -> bool:
                (line.split(":", 2)[-1] for line in text.splitlines()))
 
 
-def configure_inside(instance: Instance, address: str, prefixlen: int, gateway: str) -> bool:
+def configure_inside(instance: str, pid: int | None, address: str, prefixlen: int, gateway: str) -> bool:
     """Put `address` on the instance's eth0 with a default route via `gateway`; True when it changed."""
-    if instance.pid is None or not _belongs_to(instance.pid, instance.name):
-        raise TransientError(f"instance {instance.name} has no running init to configure; start it first")
+    if pid is None or not _belongs_to(pid, instance):
+        raise TransientError(f"instance {instance} has no running init to configure; start it first")
 
     def configure() -> bool:
         with IPRoute() as ipr:
             links = ipr.link_lookup(ifname=NIC_DEVICE)
             if not links:
-                raise TransientError(f"instance {instance.name} has no {NIC_DEVICE} yet")
+                raise TransientError(f"instance {instance} has no {NIC_DEVICE} yet")
             index = links[0]
             have = [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)]
             if have == [(address, prefixlen)]:
@@ -245,7 +331,7 @@ def configure_inside(instance: Instance, address: str, prefixlen: int, gateway: 
             ipr.route("replace", dst="0.0.0.0/0", gateway=gateway)
             return True
 
-    changed = _in_namespace(instance.pid, configure)
+    changed = _in_namespace(pid, configure)
     if changed:
-        logger.bind(tenant=instance.name, address=address).debug("Configured the address inside the instance")
+        logger.bind(tenant=instance, address=address).debug("Configured the address inside the instance")
     return changed

@@ -1,7 +1,8 @@
 """What an LXD tenant is, read from LXD each time: its limits, network, process and usage as `specs` models.
 
-Why apart from the driver: observation is pure reading (the instance LXD returned, its ingress rule, two
-cgroup counters), and keeping it here keeps the driver to the steps that change things.
+Why apart from the driver: observation is pure reading (the instance LXD returned, its ingress rule, what
+the host shows of its init and addresses, two cgroup counters), and keeping it here keeps the driver to the
+steps that change things.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from drivers.lxd_api import Instance
-from drivers.lxd_config import NIC_DEVICE, TEMPLATE, observed_resources
-from drivers.lxd_network import Bridge, IngressRule
+from drivers.lxd_config import GENERATION, NIC_DEVICE, TEMPLATE, observed_resources
+from drivers.lxd_network import Bridge, IngressRule, Inside
 from specs import Network, Observed, Usage
 
 
@@ -28,8 +29,9 @@ def oom_kills(instance: str) -> int:
     return 0
 
 
-def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge) -> Observed:
-    """The tenant as LXD shows it; its network counts only when NIC, rule and address inside all agree."""
+def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside: Inside | None) -> Observed:
+    """The tenant as LXD shows it; its network counts only when NIC, rule and address inside all agree.
+    `inside` is what the host shows of the running instance (None when it is stopped)."""
     tenant = instance.name
     problems: list[str] = []
     nic = instance.devices.get(NIC_DEVICE)
@@ -39,10 +41,11 @@ def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge) -> Obs
         address = None
     if address is not None and (rule is None or rule.address != address):
         problems.append("ingress rule missing")
-    if address is not None and instance.running and address not in instance.addresses.get(NIC_DEVICE, ()):
+    running = instance.running
+    if address is not None and running and address not in (inside.addresses if inside else ()):
         problems.append(f"address {address} not configured inside")
     ready = not problems and rule is not None
-    killed = oom_kills(tenant) if instance.running else 0
+    killed = oom_kills(tenant) if running else 0
     if killed:
         problems.append(f"{killed} process(es) killed at the memory limit")
     return Observed(
@@ -50,11 +53,16 @@ def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge) -> Obs
         template=instance.config.get(TEMPLATE),
         resources=observed_resources(instance.config, instance.devices),
         network=Network(ingress=rule.ports) if ready and rule is not None else Network(),
-        running=instance.running,
+        running=running,
         address=address if ready else None,
-        pid=instance.pid if instance.running else None,
+        pid=inside.pid if running and inside is not None else None,
         problems=tuple(problems),
+        generation=_generation(instance.config.get(GENERATION)),
     )
+
+
+def _generation(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def usage_of(instance: Instance) -> Usage:

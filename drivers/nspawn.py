@@ -142,6 +142,7 @@ class NspawnDriver:
             max_tenants=min(300, self.networks.leases.subnets),
             ksm_pages_shared=_read_int(_KSM / "pages_shared"),
             ksm_pages_sharing=_read_int(_KSM / "pages_sharing"),
+            disk_shared_bytes=self.pool.disk_shared(),
         )
 
     # -- observation ------------------------------------------------------------------------------------
@@ -261,7 +262,8 @@ class NspawnDriver:
         raise PermanentError(f"cannot make a template from {source.describe()}", reason="BadTemplate")
 
     @at_edge
-    def clone(self, tenant: str, template: Template) -> None:
+    def clone(self, tenant: str, template: Template, *, generation: int | None = None) -> None:
+        # `generation` is not recorded: an nspawn tenant's subvolume carries no metadata of Fleet's.
         validate_name(tenant)
         if not self.pool.tenant_exists(tenant) and self.processes.find(tenant) is not None:
             # A container still running on a subvolume deleted behind our back: it must not outlive it.
@@ -277,7 +279,7 @@ class NspawnDriver:
             raise NotFound(f"tenant {tenant} has no container on node {self.node}")
 
     @at_edge
-    def apply_resources(self, tenant: str, resources: Resources) -> None:
+    def apply_resources(self, tenant: str, resources: Resources, *, generation: int | None = None) -> None:
         """Change limits in place: the container keeps running (cgroup files and qgroup limits are live)."""
         self._require(tenant)
         self.cgroups.apply(tenant, resources, self.io_devices)

@@ -78,11 +78,13 @@ def qgroup_name(qgroup: int) -> str:
 
 @dataclass(frozen=True)
 class QgroupInfo:
-    """A level-0 qgroup as sysfs shows it: limit (None when unlimited) and exclusive bytes used."""
+    """A qgroup as sysfs shows it: limit (None when unlimited), exclusive bytes used, and referenced bytes
+    (under simple quotas the same as exclusive: what the subvolume's own writes allocated)."""
 
     qgroup_id: int
     max_exclusive: int | None
     exclusive: int
+    referenced: int = 0
 
 
 def map_os_error(error: OSError, doing: str) -> Exception:
@@ -323,10 +325,11 @@ def read_qgroup(fs_uuid: str, qgroup: int) -> QgroupInfo:
         flags = int((directory / "limit_flags").read_text())
         max_exclusive = int((directory / "max_exclusive").read_text())
         exclusive = int((directory / "exclusive").read_text())
+        referenced = int((directory / "referenced").read_text())
     except FileNotFoundError as error:
         raise NotFound(f"qgroup {qgroup_name(qgroup)} does not exist") from error
     limited = bool(flags & QGROUP_LIMIT_MAX_EXCL)
-    return QgroupInfo(qgroup, max_exclusive if limited else None, exclusive)
+    return QgroupInfo(qgroup, max_exclusive if limited else None, exclusive, referenced)
 
 
 # -- the CLI, where an ioctl is impractical ------------------------------------------------------------

@@ -36,6 +36,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -347,6 +348,31 @@ class Pool(TenantQuota, SubvolumeRemoval):
         if removed:
             logger.bind(pool=str(self.root), removed=removed).info("Cleaned half-made parts")
         return removed
+
+    def disk_shared(self) -> int | None:
+        """Template bytes the tenants refer to without a copy of their own: each template's size (the
+        referenced bytes of its qgroup, all of its extents, since the template wrote them) times the tenants
+        cloned from it, by their markers. An upper bound: a tenant's rewrite of a template file is charged to
+        the tenant (its exclusive bytes) but still counted here, because neither quota mode says per extent
+        who still shares it; finding out would mean walking every extent of every tenant. None when quotas
+        are off: a template's size would then take a walk of its whole tree."""
+        if btrfs.quota_mode(self.fs_uuid) is None:
+            return None
+        clones: Counter[str] = Counter()
+        with os.scandir(self.tenants_dir) as entries:  # one xattr read a tenant, as `_uid_bases`
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                marker = self._marker(Path(entry.path))
+                template = marker.get("template")
+                if marker.get("tenant") == entry.name and isinstance(template, str):
+                    clones[template] += 1
+        shared = 0
+        for ref, count in clones.items():
+            with contextlib.suppress(NotFound, PermanentError):  # a template deleted by hand counts nothing
+                template = btrfs.read_qgroup(self.fs_uuid, btrfs.subvolume_id(self.template_path(ref)))
+                shared += count * template.referenced
+        return shared
 
     def space(self) -> tuple[int, int]:
         """(total, available) bytes of the filesystem, for capacity reports."""

@@ -42,13 +42,13 @@ class Executor:
         self.node = node
         self.metrics = metrics if metrics is not None else Metrics()
 
-    def _call(self, tenant: str, action: Action) -> DeleteReceipt | None:
+    def _call(self, tenant: str, generation: int, action: Action) -> DeleteReceipt | None:
         match action:
             case Clone(template=template):
                 self.driver.ensure_template(template)
-                self.driver.clone(tenant, template)
+                self.driver.clone(tenant, template, generation=generation)
             case ApplyResources(resources=resources):
-                self.driver.apply_resources(tenant, resources)
+                self.driver.apply_resources(tenant, resources, generation=generation)
             case ApplyNetwork(network=network):
                 self.driver.apply_network(tenant, network)
             case Start():
@@ -65,7 +65,7 @@ class Executor:
             kind = type(action).__name__
             started = time.perf_counter()
             try:
-                receipt = self._call(tenant, action)
+                receipt = self._call(tenant, generation, action)
             except NotFound as error:
                 if not isinstance(action, (Delete, Stop)):
                     execution.error, execution.failed = error, action

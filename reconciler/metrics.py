@@ -76,6 +76,18 @@ class Metrics:
             "counted when the reason changes, as the FailedScheduling event is) or no_room (the node filled "
             "up between placement and the compare-and-set)", ["reason"], registry=registry,
         )
+        self.scheduler_finalized = Counter(
+            "fleet_scheduler_unbound_deletes_finalized", "Deletes the scheduler finished: tenants deleted before "
+            "they were bound to a node (no agent has anything of them to remove)", registry=registry,
+        )
+        self.scheduler_nodes_expired = Counter(
+            "fleet_scheduler_nodes_marked_not_ready", "Nodes the scheduler marked NotReady when their heartbeat "
+            "lease ran out", registry=registry,
+        )
+        self.scheduler_leader = Gauge(
+            "fleet_scheduler_leader", "1 while this process's scheduler holds the scheduler lease (is active)",
+            registry=registry,
+        )
         self.scheduler_pending = Gauge(
             "fleet_scheduler_pending_tenants", "Unbound tenants at the active scheduler's last pass",
             registry=registry,
@@ -163,10 +175,16 @@ def _node_families(nodes: NodeStore) -> Iterator[Metric]:
                                "pages (pages_shared)", labels=["node"])
     saved = GaugeMetricFamily("fleet_node_ksm_saved_bytes", "Memory KSM saved by merging identical pages "
                               "(pages_sharing)", labels=["node"])
+    # Only nodes whose driver measures it: a node without the series is "not measured", never 0.
+    cow = GaugeMetricFamily("fleet_node_disk_shared_bytes", "Template bytes the node's tenants refer to without "
+                            "a copy of their own (copy-on-write): each template's size times its clones, an upper "
+                            "bound", labels=["node"])
     for record in records:
         shared.add_metric([record.name], record.capacity.ksm_pages_shared * PAGE_BYTES)
         saved.add_metric([record.name], record.capacity.ksm_pages_sharing * PAGE_BYTES)
-    yield from (shared, saved)
+        if record.capacity.disk_shared_bytes is not None:
+            cow.add_metric([record.name], record.capacity.disk_shared_bytes)
+    yield from (shared, saved, cow)
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,7 @@ class Scheduler:
             self._log.info("Became the active scheduler" if leader else "Lost the scheduler lease; standing by")
             self._said.clear()
         self.leader = result.leader = leader
+        self.metrics.scheduler_leader.set(1 if leader else 0)
         if not leader:
             return result
         result.not_ready = self.expire_nodes()
@@ -236,6 +237,7 @@ class Scheduler:
                 finalized += 1
                 self._said.pop(name, None)
         if finalized:
+            self.metrics.scheduler_finalized.inc(finalized)
             self._log.bind(tenants=finalized).info("Finalized deletes of unbound tenants")
         return finalized
 
@@ -254,6 +256,7 @@ class Scheduler:
                 statuses.append((name, node_lost_status(status, message, now)))
                 events.append(Event(tenant=name, node=node, type="Warning", reason="NodeNotReady", message=message))
             self.nodes.write_statuses(statuses, events)
+            self.metrics.scheduler_nodes_expired.inc()
             self._log.bind(node=node, tenants=len(statuses)).warning("Marked node NotReady")
         return expired
 
@@ -310,6 +313,7 @@ class Scheduler:
                 except FleetError as error:
                     self._log.warning("Scheduling pass failed, will retry: {}", error)
                     self.leader = False
+                    self.metrics.scheduler_leader.set(0)
                 # Woken early by a write to tenants (PostgreSQL NOTIFY); renew well inside the lease.
                 wait = min(self.config.interval_seconds, self.config.lease_seconds / 3)
                 if not self._stop.is_set():

@@ -21,6 +21,9 @@ class Observed(BaseModel):
     # Set when the running container must be restarted to get what the driver now enforces (e.g. it was
     # started by an older version without a user namespace); the planner then stops and starts it.
     restart_reason: str | None = None
+    # The spec generation whose template and resources the driver last wrote, where the host keeps it (LXD:
+    # `user.fleet.generation`); None where it does not. For people and audits: the plan never reads it.
+    generation: int | None = None
 
 
 class DriverInfo(BaseModel):
@@ -42,6 +45,13 @@ class NodeCapacity(BaseModel):
     max_tenants: int = 300
     ksm_pages_shared: int = 0
     ksm_pages_sharing: int = 0
+    # Template bytes the node's tenants refer to without a copy of their own (copy-on-write): for each
+    # template, its size times the tenants cloned from it. An upper bound: what a tenant has since
+    # rewritten of its template is still counted, as no quota mode says per extent who still shares it
+    # (docs/nspawn-storage.md). None: the driver cannot measure it (it is not shown as 0).
+    disk_shared_bytes: int | None = Field(
+        default=None, ge=0, description="Template bytes the node's tenants share by copy-on-write (each template's "
+        "size times its clones; an upper bound); null where the driver does not measure it")
 
 
 class DeleteReceipt(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, true
 
+from state.access_schema import SUBSCRIPTIONS
 from state.nodes_schema import NODES
 from state.schema import STATUS, TEMPLATES, TENANTS
 from state.session import Session
@@ -42,6 +43,15 @@ class FleetCounts:
     deleting: int = 0
     phases: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, NodeTally] = field(default_factory=dict)  # by node name, every node with a tenant bound
+
+
+@dataclass(frozen=True)
+class PlanTally:
+    """How many tenants of one billing plan are bound to one node."""
+
+    plan: str | None  # None: no live subscription owns the tenant (made by `fleet apply`, the API, SQL)
+    node: str | None  # None: not bound yet
+    tenants: int
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,22 @@ class DashboardReads:
         return FleetCounts(total, unbound, deleted, dict(sorted(phases.items())),
                            {name: NodeTally(*tally) for name, tally in sorted(nodes.items())})
 
+    def plan_tallies(self) -> list[PlanTally]:
+        """Tenants by billing plan and node: one grouped scan. A tenant's plan is its live subscription's,
+        as `fleet get --field-selector plan=` reads it (the webhook also writes it as the `billing/plan`
+        label, which a user may change)."""
+        owner = and_(SUBSCRIPTIONS.c.tenant == TENANTS.c.name, SUBSCRIPTIONS.c.plan.is_not(None),
+                     SUBSCRIPTIONS.c.deleted_at.is_(None))
+        query = (
+            select(SUBSCRIPTIONS.c.plan, TENANTS.c.node, func.count().label("tenants"))
+            .select_from(TENANTS)
+            .outerjoin(SUBSCRIPTIONS, owner)
+            .group_by(SUBSCRIPTIONS.c.plan, TENANTS.c.node)
+        )
+        with self.session.read() as conn:
+            rows = conn.execute(query).all()
+        return [PlanTally(row.plan, row.node, int(row.tenants)) for row in rows]
+
     def not_ready(self, *, limit: int = 20, total: int | None = None) -> TenantLines:
         """Tenants that are not Ready: every phase but Running, and Running tenants of a node that stopped
         heartbeating (their Ready condition is Unknown). Failed first, each with the reason, and how many
@@ -165,4 +191,4 @@ class DashboardReads:
         return TenantLines([_line(row) for row in rows], int(total))
 
 
-__all__ = ["DashboardReads", "FleetCounts", "NodeTally", "TenantLine", "TenantLines"]
+__all__ = ["DashboardReads", "FleetCounts", "NodeTally", "PlanTally", "TenantLine", "TenantLines"]

@@ -241,3 +241,13 @@ def _node_settings(conn: Connection, dialect: Dialect) -> None:
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(10, "node settings (monthly price, for the fleet ledger)", _node_settings))
+
+
+def _disk_shared(conn: Connection, dialect: Dialect) -> None:
+    """Issue 13: what each node's tenants share with their templates by copy-on-write, as its agent reports
+    it (NULL where the driver does not measure it). A store created since has the column from migration 3."""
+    if "disk_shared_bytes" not in {c["name"] for c in inspect(conn).get_columns("nodes")}:
+        conn.exec_driver_sql("ALTER TABLE nodes ADD COLUMN disk_shared_bytes BIGINT")
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(11, "disk shared by copy-on-write, per node", _disk_shared))

@@ -115,6 +115,7 @@ class NodeStore:
             "templates": json.dumps(sorted(registration.templates)),
             "ksm_pages_shared": capacity.ksm_pages_shared,
             "ksm_pages_sharing": capacity.ksm_pages_sharing,
+            "disk_shared_bytes": capacity.disk_shared_bytes,
             "ready": True,
             "not_ready_reason": "",
             "heartbeat_at": self._now,
@@ -138,6 +139,7 @@ class NodeStore:
         if capacity is not None:
             values["ksm_pages_shared"] = capacity.ksm_pages_shared
             values["ksm_pages_sharing"] = capacity.ksm_pages_sharing
+            values["disk_shared_bytes"] = capacity.disk_shared_bytes
         with self.session.write() as conn:
             was_ready = conn.execute(select(NODES.c.ready).where(NODES.c.name == name)).scalar_one_or_none()
             conn.execute(NODES.update().where(NODES.c.name == name).values(**values))
@@ -233,7 +235,7 @@ def _node_from_row(row: Any, used: Any) -> NodeRecord:
         capacity=NodeCapacity(
             cpu_millicores=row.cpu_millicores, memory_bytes=row.memory_bytes, disk_bytes=row.disk_bytes,
             max_tenants=row.max_tenants, ksm_pages_shared=row.ksm_pages_shared,
-            ksm_pages_sharing=row.ksm_pages_sharing,
+            ksm_pages_sharing=row.ksm_pages_sharing, disk_shared_bytes=row.disk_shared_bytes,
         ),
         allocatable=Allocatable(
             row.alloc_cpu_millicores, row.alloc_memory_bytes, row.alloc_disk_bytes, row.alloc_tenants

@@ -29,6 +29,7 @@ NODES = Table(
     _text("templates", "[]"),
     _count("ksm_pages_shared"),
     _count("ksm_pages_sharing"),
+    Column("disk_shared_bytes", BigInteger),  # NULL: the node's driver does not measure it (migration 11)
     Column("cordoned", Boolean, nullable=False, server_default=false()),
     Column("ready", Boolean, nullable=False, server_default=false()),
     _text("not_ready_reason", ""),

@@ -7,9 +7,9 @@ from the store only (what the agents reported). What it must never do: write.
 
 import typer
 
-from reconciler.cli.documents import BadInput
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings
+from reconciler.documents import BadInput
 from specs import NotFound, format_bytes, format_cpu
 
 TENANTS_SHOWN = 50  # a node holds hundreds: the list shows this many, the counts cover all

@@ -48,7 +48,7 @@ def doctor(
     from drivers import available_drivers, host_checks
 
     if driver_name not in available_drivers():
-        from reconciler.cli.documents import BadInput
+        from reconciler.documents import BadInput
 
         raise BadInput(f"--driver: unknown driver {driver_name!r}; choose one of: {', '.join(available_drivers())}")
     settings: Settings = ctx.obj

@@ -19,7 +19,8 @@ class DriverOptions:
 
 
 LXD_SOCKET_HELP = (
-    "The LXD API socket for --driver lxd (default /var/lib/lxd/unix.socket, else Incus's /var/lib/incus/unix.socket)."
+    "The LXD API socket for --driver lxd (default /var/lib/lxd/unix.socket, else Incus's /var/lib/incus/unix.socket;"
+    " Incus speaks the same API but is untested: it has no package for the Debian release Fleet is tested on)."
 )
 
 

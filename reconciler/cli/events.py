@@ -1,8 +1,8 @@
 """`fleet events [NAME] [--watch]`: what the reconciler did, oldest first; `--watch` keeps printing new
 events as they are recorded, as `kubectl get events --watch` does, until Ctrl-C.
 
-The watch follows the event log by id (`after_id`), so it prints each event once and never misses one
-written while it waited. What it must never do: write.
+The watch follows the event log by id (`reconciler.event_follower`): it prints each event once, and one
+whose transaction commits after a higher id's (PostgreSQL) too. What it must never do: write.
 """
 
 from datetime import UTC, datetime
@@ -10,8 +10,9 @@ from enum import StrEnum
 
 import typer
 
-from reconciler.cli.render import age, as_json, as_yaml, table
+from reconciler.cli.render import as_json, as_yaml, table
 from reconciler.cli.settings import Settings
+from reconciler.tenant_table import age
 from specs import Event
 
 HEADERS = ["AGE", "TENANT", "TYPE", "REASON", "TOOK", "MESSAGE"]
@@ -63,13 +64,17 @@ def events(
 
     if found or output == Output.table:
         _print(found, output, header=True)
-    last = found[-1].id if found else 0  # the newest when we looked: the watch goes on from there
+    from reconciler.event_follower import EventFollower
+
+    # Not simply "after the newest id printed": an id taken by a transaction that commits later than a
+    # higher one would be skipped for good (PostgreSQL); the follower re-reads after its floor instead.
+    follower = EventFollower(lambda floor: store.events(tenant=name, after_id=floor, limit=WATCH_BATCH),
+                             time.monotonic, shown=found)
     try:
         while True:
             time.sleep(WATCH_REFRESH_SECONDS)  # a display refresh, not a synchronisation
-            new = store.events(tenant=name, after_id=last, limit=WATCH_BATCH)
+            new = follower.poll()
             if new:
                 _print(new, output, header=False)
-                last = new[-1].id
     except KeyboardInterrupt:
         return

@@ -146,6 +146,16 @@ def _serve_metrics(store: Store, metrics: "Metrics", node: str, driver: "Driver"
     return BackgroundServer(create_node_app(context), listen(listen_on, "--metrics-listen"), name="metrics").start()
 
 
+def _serve_scheduler_metrics(store: Store, metrics: "Metrics", listen_on: str) -> "BackgroundServer":
+    from reconciler.cli.servers import listen
+    from reconciler.web.context import WebContext
+    from reconciler.web.observability import create_metrics_app
+    from reconciler.web.server import BackgroundServer
+
+    context = WebContext(store, metrics=metrics)  # its tokens are the store's, as the API's are
+    return BackgroundServer(create_metrics_app(context), listen(listen_on, "--metrics-listen"), name="metrics").start()
+
+
 def scheduler(
     ctx: typer.Context,
     strategy: Strategy = typer.Option(Strategy.BINPACK, "--strategy", help="binpack (fill nodes) or spread."),
@@ -154,6 +164,9 @@ def scheduler(
     interval: float = typer.Option(1.0, "--interval-seconds", min=0.05, help="Longest wait between passes."),
     log_level: str = typer.Option("INFO", "--log-level"),
     retain: list[str] = typer.Option([], "--retain", help=RETAIN_HELP),
+    metrics_listen: str | None = typer.Option(
+        None, "--metrics-listen", help="HOST:PORT to serve this scheduler's /metrics on (port 0: any): bindings "
+        "and their failures, pending tenants, finished deletes, whether it is the active one; for a viewer token."),
 ) -> None:
     """Run a scheduler: one is active at a time (a leader lease); it binds unbound tenants to nodes, finishes
     the deletes of tenants deleted before they were bound, and prunes old records."""
@@ -162,6 +175,9 @@ def scheduler(
     settings: Settings = ctx.obj
     store = _open_store(settings)
     identity = f"{socket.gethostname()}/{os.getpid()}"
+    from reconciler.metrics import Metrics
+
+    metrics = Metrics()
     runner = Scheduler(
         store,
         SchedulerConfig(
@@ -171,13 +187,18 @@ def scheduler(
             interval_seconds=interval,
             max_tenants_per_node=max_tenants_per_node,
         ),
+        metrics=metrics,
     )
     housekeeper = Housekeeper(store, housekeeping)
+    server = None if metrics_listen is None else _serve_scheduler_metrics(store, metrics, metrics_listen)
     stop = _until_signal()
     runner.start()
     housekeeper.start()
-    typer.echo(f"Fleet scheduler is up ({strategy.value}). Identity: {identity}.", err=True)
+    where = f" Metrics: http://{server.listen}/metrics." if server is not None else ""
+    typer.echo(f"Fleet scheduler is up ({strategy.value}). Identity: {identity}.{where}", err=True)
     stop.wait()
+    if server is not None:
+        server.stop()
     housekeeper.stop()
     runner.stop()
     store.close()

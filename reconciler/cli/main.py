@@ -3,8 +3,10 @@
 
 Why it is built this way: an operator types these commands all day, so `fleet --help` answers from the table
 below and imports no command, and a command imports only its own module (`fleet get` never loads the web
-server, the agent or the drivers). `--db` and `--data-dir` are accepted before the command and after it, as
-kubectl accepts its global flags. What it must never do: import a command's module at its top.
+server, the agent or the drivers). The global options (`--db`, `--data-dir`, `--server`, `--token-file`) are
+accepted before the command and after it, as kubectl accepts its global flags. With `--server`, the tenant
+verbs speak HTTP to the API and load neither pydantic nor the store (`cli/remote.py`).
+What it must never do: import a command's module at its top.
 """
 
 import copy
@@ -20,7 +22,7 @@ from typer.core import TyperGroup
 from typer.main import get_command_from_info, get_group_from_info
 from typer.models import CommandInfo, TyperInfo
 
-from reconciler.cli.settings import DATA_DIR_HELP, DB_HELP, Settings
+from reconciler.cli.settings import DATA_DIR_HELP, DB_HELP, SERVER_HELP, TOKEN_FILE_HELP, Settings
 
 # Every command, in the order `fleet --help` lists them, with the first sentence of its help.
 COMMANDS = {
@@ -50,6 +52,7 @@ COMMANDS = {
     "plan": "Billing plans: a price or product id -> template and resources.",
 }
 SERVERS = {"up", "api", "gateway", "agent", "scheduler"}  # long-running: they configure their own logs
+PATH_OPTIONS = {"data_dir", "token_file"}  # the global options that are paths
 
 
 def target(name: str) -> Callable[..., None] | typer.Typer:
@@ -126,9 +129,10 @@ def _verb(module: ModuleType, name: str) -> Callable[..., None]:
 
 
 def _remember(ctx: typer.Context, param: Any, value: Any) -> None:
-    """`--db`/`--data-dir` after the command: the same settings as before it (given twice, the later wins)."""
+    """A global option after the command: the same settings as before it (given twice, the later wins).
+    Click hands the raw value to this callback (typer converts only its own parameters): paths made here."""
     if value is not None:
-        setattr(ctx.ensure_object(Settings), param.name, value)
+        setattr(ctx.ensure_object(Settings), param.name, Path(value) if param.name in PATH_OPTIONS else value)
 
 
 def _with_global_options(command: Any, options: list[Any]) -> Any:
@@ -198,20 +202,28 @@ def _global(
     ctx: typer.Context,
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    server: str | None = typer.Option(None, "--server", help=SERVER_HELP),
+    token_file: Path | None = typer.Option(None, "--token-file", help=TOKEN_FILE_HELP),
 ) -> None:
-    ctx.obj = Settings(db=db, data_dir=data_dir)
+    ctx.obj = Settings(db=db, data_dir=data_dir, server=server, token_file=token_file)
 
 
 def exit_code(error: Exception) -> int | None:
     """2 for input the user must fix, 1 for any other error Fleet explains, None for a bug (a traceback).
-    Imported here, not at the top: a command that fails has loaded these already."""
-    from reconciler.cli.documents import BadInput
-    from specs import FleetError
-    from state import InvalidRecord
+    Imported here, not at the top; the specs and the store only when loaded already (a command that failed
+    in them has), as `fleet --server` loads neither."""
+    from reconciler.documents import BadInput
 
-    if isinstance(error, BadInput | InvalidRecord):
+    if isinstance(error, BadInput):
         return 2
-    if isinstance(error, FleetError):
+    remote = sys.modules.get("reconciler.cli.remote")
+    if remote is not None and isinstance(error, remote.RemoteError):
+        return 1
+    state = sys.modules.get("state")
+    if state is not None and isinstance(error, state.InvalidRecord):
+        return 2
+    specs = sys.modules.get("specs")
+    if specs is not None and isinstance(error, specs.FleetError):
         return 1
     return None
 

@@ -5,9 +5,9 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from reconciler.cli.documents import BadInput, describe_validation, load_documents
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings
+from reconciler.documents import BadInput, describe_validation, load_documents
 from specs import format_bytes, format_cpu
 from specs.billing_plan import Plan
 from state.access import Access

@@ -8,9 +8,9 @@ from types import FrameType
 
 import typer
 
-from reconciler.cli.documents import BadInput
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
+from reconciler.documents import BadInput
 from reconciler.metrics import Metrics
 from reconciler.web.app import create_app
 from reconciler.web.context import GatewayLimits, LocalUsage, NodeView, WebConfig, WebContext

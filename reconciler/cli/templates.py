@@ -7,10 +7,10 @@ import typer
 from pydantic import ValidationError
 
 from drivers import Driver
-from reconciler.cli.documents import BadInput, describe_validation
 from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings, this_node
+from reconciler.documents import BadInput, describe_validation
 from specs import Template, TemplateSource, format_bytes, format_cpu
 
 app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=True)
@@ -115,8 +115,12 @@ def import_template(
     store = settings.open_store(create=True)
     source = TemplateSource(kind="rootfs", path=rootfs) if rootfs else TemplateSource(kind="tarball", path=tarball)
     driver = _node_driver(settings, pool, driver_name, lxd_socket)
+    from reconciler.cli.progress import progress
+
     try:
-        made = driver.make_template(template, source)
+        # A spinner on a terminal (an import copies a whole tree); a script sees what it always saw.
+        with progress(f"Importing template {template.ref}", plain_steps=False) as step:
+            made = driver.make_template(template, source, step)
     finally:
         driver.close()
     store.upsert_template(template)
@@ -147,13 +151,12 @@ def build_template(
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
     driver = _node_driver(settings, pool, driver_name, lxd_socket)
-
-    def progress(line: str) -> None:
-        typer.echo(f"  {line}", err=True)
+    from reconciler.cli.progress import progress
 
     source = TemplateSource(kind="busybox") if busybox else TemplateSource(kind="debootstrap", suite=debootstrap)
     try:
-        made = driver.make_template(template, source, progress)
+        with progress(f"Building template {template.ref}") as step:  # the step lines, under a spinner on a tty
+            made = driver.make_template(template, source, step)
     finally:
         driver.close()
     store.upsert_template(template)

@@ -1,4 +1,9 @@
-"""Verbs on tenants: apply, get, describe, delete, pause, resume (events: `events.py`)."""
+"""Verbs on tenants: apply, get, describe, delete, pause, resume (events: `events.py`).
+
+On the store, or, with `--server`, over the API (`remote.py`): so the specs, the store and the planner are
+imported inside each verb's store path, never at the top."""
+
+from __future__ import annotations
 
 import time
 from enum import StrEnum
@@ -6,15 +11,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from reconciler.cli.documents import BadInput, load_documents, parse_tenants
-from reconciler.cli.render import age, as_json, as_yaml, ready_of, table, tenant_document
+from reconciler.cli.render import as_json, as_yaml, table
 from reconciler.cli.settings import Settings
-from reconciler.plan import plan
-from specs import NotFound, Template, Tenant, format_bytes, format_cpu
-from state import Store
+from reconciler.documents import BadInput, load_documents
 
 if TYPE_CHECKING:
-    from reconciler.cli.selectors import FieldRequirement
+    from reconciler.selectors import FieldRequirement
+    from specs import Tenant
+    from state import Store
 
 
 class Output(StrEnum):
@@ -35,75 +39,33 @@ def apply(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change and the plan; write nothing."),
 ) -> None:
     """Create or update tenants from a file: all documents or none."""
-    tenants = parse_tenants(load_documents(filename))
-    store = _settings(ctx).open_store()
-    results = store.apply_tenants(tenants, dry_run=dry_run)
-    labels = {tenant.metadata.name: tenant.metadata.labels for tenant in tenants}
-    for result in results:
-        suffix = " (dry run)" if dry_run else ""
-        typer.echo(f"tenant/{result.name} {result.outcome.value}{suffix}, generation {result.generation}")
-        if dry_run and result.desired is not None and result.desired.spec is not None:
-            observed = store.last_observed(result.name) if result.desired.status else None
-            actions = plan(result.desired.spec, observed)
-            from reconciler.placement_preview import would_place  # the scheduler's code: only for dry runs
+    documents = load_documents(filename)
+    remote = _settings(ctx).remote()
+    if remote is not None:
+        from reconciler.cli import remote as over_api
 
-            placement = would_place(store, result.desired, labels.get(result.name, {}))
-            typer.echo(f"  would land on: {placement.node or 'no node: ' + (placement.unschedulable or '')}")
-            for action in actions or []:
-                typer.echo(f"  plan: {action.describe()}")
-            if not actions:
-                typer.echo("  plan: nothing to do")
+        typer.echo("\n".join(over_api.apply(remote, documents, dry_run)))
+        return
+    from reconciler.applying import apply_tenants
+    from reconciler.documents import parse_tenants
 
-
-def _row(tenant: Tenant, store_spec: dict[str, str], wide: bool) -> list[object]:
-    status = tenant.status
-    row: list[object] = [
-        tenant.metadata.name,
-        status.phase.value if status else "Pending",
-        ready_of(tenant),
-        status.node if status else None,
-        status.address if status else None,
-        store_spec["cpu"],
-        store_spec["memory"],
-        store_spec["disk"],
-        store_spec["io"],
-        age(tenant.metadata.created_at),
-    ]
-    if wide:
-        row += [
-            tenant.spec.template,
-            tenant.metadata.generation,
-            status.observed_generation if status else 0,
-            status.url if status else None,
-        ]
-    return row
-
-
-_HEADERS = ["NAME", "PHASE", "READY", "NODE", "ADDRESS", "CPU", "MEMORY", "DISK", "IO", "AGE"]
-_WIDE = ["TEMPLATE", "GEN", "OBSERVED", "URL"]
-
-
-def _effective(tenant: Tenant, template: Template | None) -> dict[str, str]:
-    resources = tenant.spec.resources.filled_from(template.resources) if template else tenant.spec.resources
-    return {
-        "cpu": format_cpu(resources.cpu) if resources.cpu is not None else "-",
-        "memory": format_bytes(resources.memory) if resources.memory is not None else "-",
-        "disk": format_bytes(resources.disk) if resources.disk is not None else "-",
-        # Bytes per second each way; none from the spec or its template: unlimited.
-        "io": format_bytes(resources.io) if resources.io is not None else ("unlimited" if template else "-"),
-    }
+    tenants = parse_tenants(documents)
+    for applied in apply_tenants(_settings(ctx).open_store(), tenants, dry_run=dry_run):
+        typer.echo("\n".join(applied.lines()))
 
 
 def _print_tenants(store: Store, tenants: list[Tenant], output: Output, header: bool = True) -> None:
+    from reconciler import tenant_table
+    from reconciler.tenant_table import document as tenant_document
+
     if output == Output.json:
         typer.echo(as_json({"items": [tenant_document(t) for t in tenants]}))
     elif output == Output.yaml:
         typer.echo(as_yaml({"items": [tenant_document(t) for t in tenants]}))
     else:
         wide = output == Output.wide
-        headers = _HEADERS + (_WIDE if wide else [])
         templates = {template.name: template for template in store.list_templates()}  # one query, not one a row
-        rendered = table(headers, [_row(t, _effective(t, templates.get(t.spec.template)), wide) for t in tenants])
+        rendered = table(tenant_table.headers(wide=wide), tenant_table.rows(tenants, templates, wide=wide))
         typer.echo(rendered if header else "\n".join(rendered.splitlines()[1:]))
 
 
@@ -121,7 +83,17 @@ def get(
     """List tenants, or show one."""
     if kind not in ("tenants", "tenant"):
         raise BadInput(f"kind: must be 'tenants' or 'tenant', not {kind!r}")
-    from reconciler.cli.selectors import parse_field_selector, parse_label_selector
+    remote = _settings(ctx).remote()
+    if remote is not None:
+        if watch:
+            raise BadInput("--watch: not over --server yet; use --db, or the API's watch stream (GET /api/v1/watch)")
+        from reconciler.cli import remote as over_api
+
+        typer.echo("\n".join(over_api.print_tenants(remote, name, output.value, selector, field_selector)))
+        return
+    from reconciler.selectors import parse_field_selector, parse_label_selector
+    from reconciler.tenant_table import document as tenant_document
+    from specs import NotFound
 
     labels = parse_label_selector(selector) if selector else None
     fields = parse_field_selector(field_selector) if field_selector else []
@@ -161,10 +133,10 @@ def get(
         return
 
 
-def _by_fields(store: Store, tenants: list[Tenant], fields: list["FieldRequirement"]) -> list[Tenant]:
+def _by_fields(store: Store, tenants: list[Tenant], fields: list[FieldRequirement]) -> list[Tenant]:
     if not fields:
         return tenants
-    from reconciler.cli.selectors import needs_plans, select
+    from reconciler.selectors import needs_plans, select
     from state.aggregates import Aggregates
 
     return select(tenants, fields, Aggregates(store).plans_by_tenant() if needs_plans(fields) else {})
@@ -176,6 +148,8 @@ def describe(
     """Everything about one tenant: spec, status, conditions, the last events."""
     if kind != "tenant":
         raise BadInput(f"kind: must be 'tenant', not {kind!r}")
+    from reconciler.tenant_table import age
+    from specs import NotFound
     store = _settings(ctx).open_store()
     tenant = store.get_tenant(name)
     if tenant is None:
@@ -243,6 +217,14 @@ def delete(
     """Delete a tenant and everything it has (the reconciler does it and records a receipt)."""
     if kind != "tenant":
         raise BadInput(f"kind: must be 'tenant', not {kind!r}")
+    remote = _settings(ctx).remote()
+    if remote is not None:
+        from reconciler.cli import remote as over_api
+
+        over_api.delete(remote, name, wait, timeout, typer.echo)
+        return
+    from specs import NotFound
+
     store = _settings(ctx).open_store()
     if not store.request_delete(name):
         raise NotFound(f"tenant {name} not found; list them with fleet get tenants")
@@ -264,6 +246,12 @@ def delete(
 
 
 def _set_paused(ctx: typer.Context, name: str, paused: bool) -> None:
+    remote = _settings(ctx).remote()
+    if remote is not None:
+        from reconciler.cli import remote as over_api
+
+        typer.echo(over_api.set_paused(remote, name, paused))
+        return
     generation = _settings(ctx).open_store().set_paused(name, paused)
     typer.echo(f"tenant/{name} {'paused' if paused else 'resumed'}, generation {generation}")
 

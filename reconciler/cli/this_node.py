@@ -26,12 +26,18 @@ def init(
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.open_store(create=True)
-    driver, described = open_driver(
-        DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, node=this_node(),
-                      lxd_socket=lxd_socket)
-    )
     template: Template = BUILTIN_TEMPLATE
-    driver.ensure_template(template)
+    from reconciler.cli.progress import progress
+
+    # A spinner on a terminal only: the pool (a new image is made and formatted), then the template.
+    with progress("Preparing this node", plain_steps=False) as step:
+        step("opening the pool")
+        driver, described = open_driver(
+            DriverOptions(name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, node=this_node(),
+                          lxd_socket=lxd_socket)
+        )
+        step(f"making template {template.ref}")
+        driver.ensure_template(template)
     typer.echo(f"node {this_node()} ready: driver {described}; template {template.ref}; store {store.url}")
 
 
@@ -82,7 +88,7 @@ def configure(
 ) -> None:
     """Set a node's settings: its flat monthly price, for the dashboard's ledger. The node need not be
     registered yet (the node of a single `fleet up` never is)."""
-    from reconciler.cli.documents import BadInput
+    from reconciler.documents import BadInput
     from state.ledger import NodeSettings
 
     name = node or this_node()

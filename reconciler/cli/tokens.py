@@ -3,9 +3,9 @@ claims are signed with). A token's secret is printed once, on creation, and neve
 
 import typer
 
-from reconciler.cli.documents import BadInput
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings
+from reconciler.documents import BadInput
 from specs.names import validate_name
 from state.access import Access, Role
 

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from reconciler.web import dashboard, errors, fleet_routes, observability, tenants, watch, webhooks
+from reconciler.web import cli_routes, dashboard, errors, fleet_routes, observability, tenants, watch, webhooks
 from reconciler.web.auth import Operator, Reader, TenantWriter
 from reconciler.web.body_limit import BodyLimit, BodyTooLarge, too_large_response
 from reconciler.web.context import AccessDep, ContextDep, StoreDep, WebConfig, WebContext
@@ -48,7 +48,7 @@ def create_app(context: WebContext) -> FastAPI:
         return too_large_response(error)
 
     app.add_exception_handler(BodyTooLarge, on_too_large)
-    for module in (tenants, fleet_routes, watch, webhooks, dashboard, observability):
+    for module in (tenants, cli_routes, fleet_routes, watch, webhooks, dashboard, observability):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness, and the store's revision",

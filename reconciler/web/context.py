@@ -18,6 +18,7 @@ from reconciler.urls import PublicAddress
 from reconciler.web.body_limit import DEFAULT_MAX_BODY_BYTES
 from reconciler.web.claims import ClaimSigner
 from reconciler.web.create_batcher import CreateWriter
+from reconciler.web.dashboard_ledger import UsageSample
 from specs import NodeCapacity, Usage, parse_bytes
 from state import Store
 from state.access import Access
@@ -103,6 +104,8 @@ class WebContext:
     # The process's metrics (`/metrics`); None: a set of its own that reads the store at scrape time.
     metrics: Metrics | None = None
     usage: LocalUsage | None = None
+    # The usage the dashboard's ledger read last, reused for a moment (its refreshes come up to once a second).
+    ledger_usage: UsageSample = field(default_factory=UsageSample)
     access: Access = field(init=False)
     signer: ClaimSigner = field(init=False)
     creates: CreateWriter = field(init=False)

@@ -22,11 +22,13 @@ from reconciler.web import dashboard_html as html
 from reconciler.web.auth import READ
 from reconciler.web.context import WebContext
 from reconciler.web.dashboard_assets import SCRIPT, STYLESHEET
+from reconciler.web.dashboard_ledger import PlanLedger, plan_ledger
 from reconciler.web.fleet_routes import Node, NodeResources, nodes_of
 from reconciler.web.watch import event_stream
-from specs import Phase
+from specs import FleetError, Phase
 from specs.names import NAME_PATTERN
 from state.access import ApiToken
+from state.aggregates import Aggregates
 from state.dashboard import DashboardReads, FleetCounts, TenantLines
 from state.ledger import NodeSettings
 from state.nodes import Usage
@@ -96,6 +98,24 @@ def _every_node(context: WebContext, counts: FleetCounts) -> list[Node]:
     return sorted([*nodes, *unlisted], key=lambda node: node.name)
 
 
+def _plans(context: WebContext, reads: DashboardReads, counts: FleetCounts, prices: dict[str, int]) -> PlanLedger:
+    """The ledger per plan, with the usage of the node whose driver runs in this process (`fleet up`) if
+    one does: read from the host (at most `ledger_usage`'s age ago), never stored. Other nodes' usage is
+    their agents' to serve."""
+    tallies = reads.plan_tallies()
+    node_tenants = {name: tally.tenants for name, tally in counts.nodes.items()}
+    local = context.usage
+    if local is None:
+        return PlanLedger(plan_ledger(tallies, node_tenants, prices, None, {}))
+    try:
+        usage = context.ledger_usage.read(lambda: local.read(None))
+    except FleetError as error:
+        logger.bind(node=local.node).warning("Could not read tenants' usage for the ledger: {}", error)
+        return PlanLedger(plan_ledger(tallies, node_tenants, prices, None, {}), usage_error=str(error))
+    plans = Aggregates(context.store).plans_by_tenant()
+    return PlanLedger(plan_ledger(tallies, node_tenants, prices, usage, plans), usage_nodes=(local.node,))
+
+
 def read_view(context: WebContext) -> html.DashboardView:
     """What the live panels show. The revision is taken first, so a change made while the rest is read
     arrives on the stream afterwards (at worst one refresh too many, never one too few)."""
@@ -106,13 +126,15 @@ def read_view(context: WebContext) -> html.DashboardView:
     nodes = _every_node(context, counts)
     # Not Ready: every phase but Running, and the Running tenants of registered nodes that stopped heartbeating.
     lost = sum(counts.nodes[n.name].running for n in nodes if n.registered and not n.ready and n.name in counts.nodes)
+    prices = NodeSettings(store.session).monthly_prices()
     return html.DashboardView(
         revision=revision,
         nodes=nodes,
         counts=counts,
         not_ready=reads.not_ready(limit=NOT_READY_SHOWN, total=counts.tenants - counts.phases.get("Running", 0) + lost),
         events=store.events(limit=EVENTS_SHOWN),
-        monthly_prices=NodeSettings(store.session).monthly_prices(),
+        monthly_prices=prices,
+        plans=_plans(context, reads, counts, prices),
     )
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from html import escape
 from urllib.parse import quote, urlencode
 
+from reconciler.web.dashboard_ledger import PlanLedger, PlanLine
 from reconciler.web.fleet_routes import Node
 from specs import Event, Tenant
 from state.dashboard import FleetCounts, TenantLine, TenantLines
@@ -80,6 +81,7 @@ class DashboardView:
     not_ready: TenantLines
     events: list[Event]
     monthly_prices: dict[str, int] = field(default_factory=dict)  # cents, by node
+    plans: PlanLedger = field(default_factory=PlanLedger)  # the ledger per billing plan
 
 
 # -- whole pages -------------------------------------------------------------------------------------------
@@ -191,6 +193,8 @@ def _node_card(node: Node) -> str:
             _meter("Memory", used.memory_bytes, None, f"{human_bytes(used.memory_bytes)} requested"),
             _meter("Disk", used.disk_bytes, None, f"{human_bytes(used.disk_bytes)} requested"),
         ]
+    shared = None if capacity is None else capacity.disk_shared_bytes
+    cow = "" if shared is None else f" · copy-on-write shares {text(human_bytes(shared))}"
     age = node.heartbeat_age_seconds
     heartbeat = "" if age is None else f" · heartbeat {age:.0f} s ago"
     hardware = ""
@@ -202,7 +206,7 @@ def _node_card(node: Node) -> str:
         f'<article class="node" data-node="{text(node.name)}"><h3>{text(node.name)} '
         f'<small class="{"ok" if node.ready else "bad"}">{text(state)}</small></h3>{why}'
         f'<p><b class="tenant-count">{node.tenants}</b> tenants · driver {text(node.driver or "?")} · '
-        f"KSM saves {text(human_bytes(node.ksm_saved_bytes))}{heartbeat}</p>"
+        f"KSM saves {text(human_bytes(node.ksm_saved_bytes))}{cow}{heartbeat}</p>"
         f'{"".join(bars)}{hardware}</article>'
     )
 
@@ -218,13 +222,26 @@ def _nodes(view: DashboardView) -> str:
 
 def _sharing(view: DashboardView) -> str:
     ksm = sum(node.ksm_saved_bytes for node in view.nodes)
+    reported = {node.name: node.capacity.disk_shared_bytes for node in view.nodes if node.capacity is not None}
+    measured = [node for node in view.nodes if reported.get(node.name) is not None]
+    unmeasured = [node.name for node in view.nodes if reported.get(node.name) is None]
+    cow = sum(reported.get(node.name) or 0 for node in measured)
+    if measured:
+        shown = f'<b id="disk-shared">{text(human_bytes(cow))}</b>'
+        if unmeasured:
+            shown += f' <span class="muted">(not measured on {text(", ".join(unmeasured))})</span>'
+    else:
+        shown = '<b id="disk-shared">not measured</b>'
+    why = ("each template's size times the tenants cloned from it, as each node last reported it; an upper "
+           "bound, since what a tenant rewrote of its template still counts")
+    if not measured and view.nodes:
+        why = ("no node's driver measures it: nspawn does where btrfs quotas are on; LXD and a node that has not "
+               "reported since do not")
     return (
         '<section id="sharing"><h2>Sharing</h2>'
         f'<p>Memory saved by KSM: <b id="ksm-saved">{text(human_bytes(ksm))}</b> '
         '<span class="muted">(pages_sharing × 4 KiB, as each node last reported it)</span></p>'
-        "<p>Disk shared by copy-on-write: <b>not measured</b> <span class=\"muted\">(every tenant is a btrfs "
-        "snapshot of its template, so template blocks are shared; simple quotas count only each tenant's own "
-        "exclusive bytes, and measuring the shared bytes would mean walking every extent)</span></p></section>"
+        f'<p>Disk shared by copy-on-write: {shown} <span class="muted">({text(why)})</span></p></section>'
     )
 
 
@@ -284,7 +301,55 @@ def _ledger(view: DashboardView) -> str:
             "--monthly-price AMOUNT</code>); the fleet row counts priced nodes only.</p>" if unpriced else "")
     return (
         '<section id="ledger"><h2>Ledger <small>per month</small></h2>'
-        f'{_table(["Node", "Flat price", "Tenants", "Cost per tenant"], rows, css="ledger")}{note}</section>'
+        f'{_table(["Node", "Flat price", "Tenants", "Cost per tenant"], rows, css="ledger")}{note}'
+        f"{_plan_ledger(view)}</section>"
+    )
+
+
+_PLAN_HEADERS = ["Plan", "Tenants", "Cost", "Usage read", "CPU time", "Memory now", "Disk (exclusive)",
+                 "Network in", "Network out"]
+
+
+def _plan_row(line: PlanLine) -> str:
+    name = "(no plan)" if line.plan is None else line.plan
+    cost = "—" if line.cost_cents is None else money(line.cost_cents)
+    if line.cost_cents is not None and line.priced_tenants < line.tenants:
+        cost += f" ({line.priced_tenants} priced)"
+    used = line.usage
+    if used is None:
+        sums = ["—"] * 6
+    else:
+        sums = [f"{used.tenants} of {line.tenants}", f"{used.cpu_seconds:,.1f} s", human_bytes(used.memory_bytes),
+                human_bytes(used.disk_bytes), human_bytes(used.network_in_bytes), human_bytes(used.network_out_bytes)]
+    return (f'<tr data-plan="{text(name)}">' + "".join(f"<td>{text(cell)}</td>" for cell in (
+        name, line.tenants, cost, *sums)) + "</tr>")
+
+
+def _plan_ledger(view: DashboardView) -> str:
+    ledger = view.plans
+    if not ledger.lines:
+        return ""
+    read = sum(line.usage.tenants for line in ledger.lines if line.usage is not None)
+    if ledger.usage_error:
+        note = (f'<p class="warn" id="plan-usage-note">Usage could not be read from this node\'s host: '
+                f"{text(ledger.usage_error)}</p>")
+    elif not ledger.usage_nodes:
+        note = ('<p class="muted" id="plan-usage-note">Usage not shown: it is read from each node\'s host by '
+                "its driver, and this API process runs none (<code>fleet api</code>). Each node's agent serves "
+                "its tenants' usage at <code>fleet agent --metrics-listen</code> (the "
+                "<code>fleet_tenant_*</code> series); <code>fleet up</code> shows it here.</p>")
+    else:
+        nodes = ", ".join(ledger.usage_nodes)
+        others = view.counts.tenants - read
+        rest = (f" The other {others} tenants' usage is served by their nodes' agents "
+                "(<code>fleet agent --metrics-listen</code>), or they have no container yet." if others > 0 else "")
+        note = (f'<p class="muted" id="plan-usage-note">Usage read from the host of node {text(nodes)}: {read} '
+                "tenants, a few seconds ago at most; CPU time and network are counters since each container was "
+                f"made.{rest}</p>")
+    return (
+        '<h3>Per plan</h3><p class="muted">Cost: each tenant\'s share of its node\'s price (the price over the '
+        "tenants on the node), summed by the plan its billing subscription bought.</p>"
+        f'{_table(_PLAN_HEADERS, [_plan_row(line) for line in ledger.lines], css="ledger plans")}{note}'
     )
 
 

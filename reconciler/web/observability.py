@@ -17,7 +17,7 @@ from reconciler.web.errors import ApiError
 from reconciler.web.tenants import ERRORS, TenantName
 from specs import Usage
 
-router = APIRouter(responses=ERRORS)
+metrics_router = APIRouter(responses=ERRORS)
 
 
 class TenantUsage(Usage):
@@ -26,7 +26,7 @@ class TenantUsage(Usage):
     node: str = Field(description="The node that read it")
 
 
-@router.get(
+@metrics_router.get(
     "/metrics", tags=["observability"], summary="Prometheus metrics",
     response_class=Response,
     description="Prometheus' text format: reconcile, queue, action, scheduler and webhook counters, tenants by "
@@ -38,6 +38,10 @@ class TenantUsage(Usage):
 def metrics(context: ContextDep, _token: Reader) -> Response:
     assert context.metrics is not None  # WebContext makes one when none is given
     return Response(context.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+router = APIRouter(responses=ERRORS)
+router.include_router(metrics_router)
 
 
 @router.get("/api/v1/tenants/{name}/usage", response_model=TenantUsage, tags=["tenants"],
@@ -67,9 +71,21 @@ def tenant_usage(name: TenantName, context: ContextDep, _token: Reader) -> Tenan
 def create_node_app(context: WebContext) -> FastAPI:
     """What an agent of a fleet serves (`fleet agent --metrics-listen`): its own `/metrics` (its reconciles,
     queue, actions and its tenants' usage) and its tenants' usage route; nothing else of the API."""
-    app = FastAPI(title="Fleet node metrics", openapi_url=None, docs_url=None, redoc_url=None)
+    return _small_app(context, "Fleet node metrics", router)
+
+
+def create_metrics_app(context: WebContext) -> FastAPI:
+    """What `fleet scheduler --metrics-listen` serves: its own `/metrics` (bindings and their failures,
+    pending tenants, finished deletes of unbound tenants, nodes marked NotReady, whether it leads) and
+    nothing else: a scheduler reads no host."""
+    return _small_app(context, "Fleet scheduler metrics", metrics_router)
+
+
+def _small_app(context: WebContext, title: str, routes: APIRouter) -> FastAPI:
+    """An app of `routes` alone, with the API's error answers and no OpenAPI document."""
+    app = FastAPI(title=title, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.context = context
     app.state.closing = False
     errors.install(app)
-    app.include_router(router)
+    app.include_router(routes)
     return app

@@ -8,6 +8,7 @@ test prefix, template instances on the test pool, Fleet images, the bridge, its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from drivers.lxd_api import LXD_SOCKET, LxdClient
+from drivers.lxd_host import DEFAULT_NETWORK, DEFAULT_POOL
 from specs import FleetError, NotFound, Observed, Template, TransientError
 from tests.helpers import http_get, tenant_maker, wait_for, wait_http  # noqa: F401 (re-exported)
 
@@ -137,6 +139,40 @@ def make_lxd_tenant(lxd_driver: object) -> Iterator[Callable[..., Observed]]:
     assert isinstance(lxd_driver, LxdDriver)
     with tenant_maker(lxd_driver, TEST_PREFIX, BASE) as make:
         yield make
+
+
+def remove_default_parts(client: LxdClient, made: set[str]) -> None:
+    """Fleet's default pool and bridge with everything on them, but only those this test made."""
+    if DEFAULT_POOL in made:
+        for instance in client.instances():
+            if (instance.devices.get("root") or {}).get("pool") == DEFAULT_POOL:
+                with contextlib.suppress(NotFound):
+                    if instance.running:
+                        client.request("PUT", f"/1.0/instances/{instance.name}/state",
+                                       json={"action": "stop", "force": True})
+                    client.request("DELETE", f"/1.0/instances/{instance.name}")
+                shutil.rmtree(Path("/var/log/lxd") / instance.name, ignore_errors=True)  # LXD keeps its logs
+    paths = {DEFAULT_NETWORK: [f"/1.0/networks/{DEFAULT_NETWORK}", f"/1.0/network-acls/{DEFAULT_NETWORK}-ingress"],
+             DEFAULT_POOL: [f"/1.0/storage-pools/{DEFAULT_POOL}"]}
+    for part in (DEFAULT_NETWORK, DEFAULT_POOL):
+        if part in made:
+            for path in paths[part]:
+                with contextlib.suppress(NotFound):
+                    client.request("DELETE", path)
+    (Path("/var/log/lxd") / f"dnsmasq.{DEFAULT_NETWORK}.log").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def fresh_lxd(lxd_daemon: LxdClient) -> Iterator[LxdClient]:
+    """The daemon with neither Fleet's default pool nor its bridge (as installed); both removed afterwards."""
+    had = {DEFAULT_POOL: lxd_daemon.exists(f"/1.0/storage-pools/{DEFAULT_POOL}"),
+           DEFAULT_NETWORK: lxd_daemon.exists(f"/1.0/networks/{DEFAULT_NETWORK}")}
+    if any(had.values()):
+        pytest.skip(f"this LXD already has Fleet's default parts {[k for k, v in had.items() if v]}: not a fresh one")
+    try:
+        yield lxd_daemon
+    finally:
+        remove_default_parts(lxd_daemon, {DEFAULT_POOL, DEFAULT_NETWORK})
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

@@ -4,18 +4,15 @@ tenant reaches Running, its page answers at its address, and a delete leaves not
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drivers.lxd_api import LxdClient
 from drivers.lxd_host import DEFAULT_NETWORK, DEFAULT_POOL
-from specs import NotFound
 from tests.e2e.conftest import Fleet, start_operator, stop_operator
 from tests.helpers import wait_for
 
@@ -24,40 +21,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 RANGE = "10.219.1.0/24"
 ARGS = ("--driver", "lxd", "--pool-size", "2Gi", "--address-range", RANGE)
 TENANT = "kind: Tenant\nmetadata: {name: NAME}\nspec: {template: TEMPLATE, resources: {memory: 64Mi, cpu: 250m}}\n"
-
-
-def _remove_default_parts(client: LxdClient, made: set[str]) -> None:
-    """Fleet's default pool and bridge with everything on them, but only those this test made."""
-    if DEFAULT_POOL in made:
-        for instance in client.instances():
-            if (instance.devices.get("root") or {}).get("pool") == DEFAULT_POOL:
-                with contextlib.suppress(NotFound):
-                    if instance.running:
-                        client.request("PUT", f"/1.0/instances/{instance.name}/state",
-                                       json={"action": "stop", "force": True})
-                    client.request("DELETE", f"/1.0/instances/{instance.name}")
-                shutil.rmtree(Path("/var/log/lxd") / instance.name, ignore_errors=True)  # LXD keeps its logs
-    paths = {DEFAULT_NETWORK: [f"/1.0/networks/{DEFAULT_NETWORK}", f"/1.0/network-acls/{DEFAULT_NETWORK}-ingress"],
-             DEFAULT_POOL: [f"/1.0/storage-pools/{DEFAULT_POOL}"]}
-    for part in (DEFAULT_NETWORK, DEFAULT_POOL):
-        if part in made:
-            for path in paths[part]:
-                with contextlib.suppress(NotFound):
-                    client.request("DELETE", path)
-    (Path("/var/log/lxd") / f"dnsmasq.{DEFAULT_NETWORK}.log").unlink(missing_ok=True)
-
-
-@pytest.fixture
-def fresh_lxd(lxd_daemon: LxdClient) -> Iterator[LxdClient]:
-    """The daemon with neither Fleet's default pool nor its bridge (as installed); both removed afterwards."""
-    had = {DEFAULT_POOL: lxd_daemon.exists(f"/1.0/storage-pools/{DEFAULT_POOL}"),
-           DEFAULT_NETWORK: lxd_daemon.exists(f"/1.0/networks/{DEFAULT_NETWORK}")}
-    if any(had.values()):
-        pytest.skip(f"this LXD already has Fleet's default parts {[k for k, v in had.items() if v]}: not a fresh one")
-    try:
-        yield lxd_daemon
-    finally:
-        _remove_default_parts(lxd_daemon, {DEFAULT_POOL, DEFAULT_NETWORK})
 
 
 def _rootfs(directory: Path) -> Path:

@@ -128,3 +128,25 @@ def test_kill_9_between_steps_converges_on_the_next_pass(driver: LxdDriver, step
     finally:
         driver.delete(name)
     _assert_gone(driver, name)
+
+
+def test_a_tenant_wanting_fewer_ports_than_its_template_never_gets_the_templates_rule_back(
+    driver: LxdDriver,
+) -> None:
+    """`clone` writes the template's default rule in the background; `apply_network` right after it waits
+    for that write and then writes the tenant's own, so the default never lands over it."""
+    name = f"{TEST_PREFIX}fewer-ports"
+    web_template = BASE.model_copy(update={"network": WEB})  # the same base@1, defaulting to port 80
+    try:
+        driver.clone(name, web_template)
+        driver.apply_network(name, Network(ingress=()))
+        rules = driver.bridge.rules()
+        assert rules[name].ports == ()
+        driver.apply_resources(name, RESOURCES)
+        driver.start(name)
+        observed = driver.inspect(name)
+        assert observed is not None and observed.network == Network(ingress=()) and not observed.problems
+        assert observed.address is not None and http_get(observed.address, timeout=0.5) is None  # port 80 shut
+    finally:
+        driver.delete(name)
+    _assert_gone(driver, name)

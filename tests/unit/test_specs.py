@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from reconciler.cli.documents import describe_validation
+from reconciler.documents import describe_validation
 from specs import Resources, Tenant, format_bytes, format_cpu, parse_bytes, parse_cpu
 
 

@@ -272,3 +272,98 @@ def test_running_tenants_of_a_node_that_stopped_heartbeating_show_as_not_ready_a
     assert "Not Ready <small>2</small>" in not_ready
     assert 'data-tenant="stranded-1"' in not_ready and 'data-tenant="fine"' not in not_ready
     assert "NodeNotReady" in not_ready
+
+
+def subscribe(web: Web, plans: dict[str, str]) -> None:
+    """Live billing subscriptions owning these tenants, as the webhook leaves them (tenant -> plan)."""
+    with web.store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO billing_subscriptions (subscription_id, tenant, customer, plan, "
+                          "last_event_created) VALUES (:id, :tenant, 'cus_1', :plan, 0)"),
+                     [{"id": f"sub_{name}", "tenant": name, "plan": plan} for name, plan in plans.items()])
+
+
+def plan_row(page: str, plan: str) -> list[str]:
+    match = re.search(rf'<tr data-plan="{re.escape(plan)}">(.*?)</tr>', page)
+    assert match, f"no ledger line for {plan}"
+    return [unescape(cell) for cell in re.findall(r"<td>(.*?)</td>", match.group(1))]
+
+
+def test_the_ledger_sums_cost_and_the_usage_this_process_reads_per_plan(web: Web) -> None:
+    from reconciler.web.context import LocalUsage
+
+    web.context.usage = LocalUsage("n1", web.driver.usage)  # as `fleet up`: its node's driver runs here
+    register(web, "n2")
+    place(web, "n2", ["b0", "b1", "b2", "b3"])
+    NodeSettings(web.store.session).set_monthly_price("n2", 10_000)  # 25.00 a tenant
+    for name in ("u1", "u2", "loose"):
+        web.store.create_tenant(tenant(name))
+        web.wait_running(name)
+    subscribe(web, {"u1": "price_a", "u2": "price_a", "b0": "price_a", "b1": "price_a",
+                    "b2": "price_b", "b3": "price_b"})
+    web.driver.set_usage("u1", cpu_seconds=1.5, memory_bytes=1 << 20, disk_bytes=4096, network_in_bytes=1024)
+    web.driver.set_usage("u2", cpu_seconds=2.5, memory_bytes=3 << 20, network_out_bytes=2048)
+    web.driver.set_usage("loose", cpu_seconds=0.25)
+
+    with signed_in(web) as client:
+        page = client.get("/dashboard/panels").text
+
+    # price_a: two tenants on priced n2 (25.00 each), two on unpriced n1, whose usage this process reads.
+    assert plan_row(page, "price_a") == ["price_a", "4", "50.00 (2 priced)", "2 of 4", "4.0 s", "4.0 MiB",
+                                         "4.0 KiB", "1.0 KiB", "2.0 KiB"]
+    # price_b: all on n2, whose agent serves its usage: no usage here, and no zeros pretending there is.
+    assert plan_row(page, "price_b") == ["price_b", "2", "50.00", "—", "—", "—", "—", "—", "—"]
+    assert plan_row(page, "(no plan)") == ["(no plan)", "1", "—", "1 of 1", "0.2 s", "0 B", "0 B", "0 B", "0 B"]
+    note = unescape(page[page.index('id="plan-usage-note"'):])
+    assert "host of node n1: 3 tenants" in note and "other 4 tenants" in note
+
+
+def test_without_a_driver_in_the_process_the_ledger_says_where_usage_is_read(web: Web) -> None:
+    web.store.create_tenant(tenant("alone"))
+    web.wait_running("alone")
+    subscribe(web, {"alone": "price_a"})
+    with signed_in(web) as client:
+        page = client.get("/dashboard/panels").text
+    assert plan_row(page, "price_a") == ["price_a", "1", "—", "—", "—", "—", "—", "—", "—"]
+    note = unescape(page[page.index('id="plan-usage-note"'):])
+    assert "this API process runs none" in note and "fleet agent --metrics-listen" in note
+
+
+def test_disk_shared_by_copy_on_write_is_each_node_s_report_or_says_not_measured(web: Web) -> None:
+    from drivers.fake import TEMPLATE_BYTES
+
+    register(web, "n2")  # registered by an agent whose driver does not measure it (as LXD)
+    with signed_in(web) as client:
+        assert '<b id="disk-shared">not measured</b>' in client.get("/dashboard/panels").text
+    for name in ("s1", "s2", "s3"):
+        web.store.create_tenant(tenant(name))
+        web.wait_running(name)
+    capacity = web.driver.capacity()
+    assert capacity.disk_shared_bytes == 3 * TEMPLATE_BYTES  # the fake: each template's size times its clones
+    registration = NodeRegistration("n3", {}, DriverInfo(name="fake"), capacity,
+                                    Allocatable(400_000, 32 * GIB, 2000 * GIB, 50), ("base@1",))
+    assert NodeStore(web.store).register(registration, holder="agent-n3", ttl=300)
+    with signed_in(web) as client:
+        page = client.get("/dashboard/panels").text
+    # n1 (the fixture's `fleet up` node, never registered) has reported nothing either.
+    assert '<b id="disk-shared">192.0 MiB</b> <span class="muted">(not measured on n1, n2)' in page
+    assert "copy-on-write shares 192.0 MiB" in page[page.index('data-node="n3"'):]
+
+
+def test_the_ledger_reads_the_host_at_most_once_in_two_seconds_however_often_pages_refresh() -> None:
+    from reconciler.web.dashboard_ledger import UsageSample
+    from specs import Usage
+
+    now = [100.0]
+    reads: list[float] = []
+
+    def fresh() -> list[Usage]:
+        reads.append(now[0])
+        return [Usage(tenant="t", cpu_seconds=now[0])]
+
+    sample = UsageSample(max_age_seconds=2.0, clock=lambda: now[0])
+    assert sample.read(fresh)[0].cpu_seconds == 100.0
+    now[0] = 101.9
+    assert sample.read(fresh)[0].cpu_seconds == 100.0, "a refresh a moment later reuses the last read"
+    now[0] = 102.0
+    assert sample.read(fresh)[0].cpu_seconds == 102.0
+    assert reads == [100.0, 102.0]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.web.context import LocalUsage
 from state.access import Role
 from tests.helpers import tenant
 from tests.web.conftest import Web, subscription_event
@@ -71,6 +72,7 @@ def test_the_dashboard_in_a_browser_counts_per_node_follows_a_signup_and_shows_w
     for i in range(4):
         web.wait_running(f"alpha-{i}")
 
+    web.context.usage = LocalUsage("n1", web.driver.usage)
     _sign_in(page, web)
     expect(_count(page, "n1")).to_have_text("4")
     expect(_count(page, "n2")).to_have_text("6")
@@ -86,6 +88,10 @@ def test_the_dashboard_in_a_browser_counts_per_node_follows_a_signup_and_shows_w
     assert signup.status_code == 200, signup.text
     expect(_count(page, "n1")).to_have_text("5")
     expect(page.locator("#total-tenants")).to_have_text("14")
+    # ...and the ledger gets a line for its plan, with its usage read from n1's driver (as under `fleet up`).
+    plan_cells = page.locator('#ledger tr[data-plan="price_basic"] td')
+    expect(plan_cells.nth(1)).to_have_text("1")
+    expect(plan_cells.nth(3)).to_have_text("1 of 1", timeout=20_000)  # usage is re-read 2 s after the last read
 
     # A tenant whose clone fails for good: it shows in Not Ready with the driver's reason, live.
     web.driver.faults = clones_fail("the pool is read-only")

@@ -251,3 +251,27 @@ def test_an_agent_serves_its_own_reconciles_and_usage_but_not_the_fleet_view(tmp
     assert not any(name == "fleet_tenants" for name, _ in samples), "the fleet's view is the API's"
     assert usage.status_code == 200 and usage.json()["memory_bytes"] == 4096
     assert other.status_code == 404, "the node serves its metrics and usage, not the API"
+
+
+def test_disk_shared_by_copy_on_write_is_a_node_gauge_only_where_the_driver_measures_it(tmp_path: Path) -> None:
+    from drivers.fake import TEMPLATE_BYTES
+    from specs import DriverInfo, NodeCapacity
+    from state.nodes import Allocatable, NodeRegistration
+
+    store = Store(f"sqlite:///{tmp_path / 'fleet.db'}")
+    nodes = NodeStore(store)
+    for name, shared in (("measured", 5 * TEMPLATE_BYTES), ("unmeasured", None)):
+        capacity = NodeCapacity(cpu_millicores=1000, memory_bytes=1 << 30, disk_bytes=1 << 30,
+                                disk_shared_bytes=shared)
+        assert nodes.register(NodeRegistration(name, {}, DriverInfo(name="fake"), capacity,
+                                               Allocatable(1000, 1 << 30, 1 << 30, 10), ()), holder=name, ttl=60)
+    nodes.heartbeat("measured", "measured", 60, capacity=NodeCapacity(
+        cpu_millicores=1000, memory_bytes=1 << 30, disk_bytes=1 << 30, disk_shared_bytes=7 * TEMPLATE_BYTES))
+    metrics = Metrics()
+    metrics.watch_store(store)
+    try:
+        families = {family.name: family for family in text_string_to_metric_families(metrics.exposition().decode())}
+    finally:
+        store.close()
+    shared = {sample.labels["node"]: sample.value for sample in families["fleet_node_disk_shared_bytes"].samples}
+    assert shared == {"measured": 7 * TEMPLATE_BYTES}, "an unmeasured node has no series, never a 0"

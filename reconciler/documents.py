@@ -1,15 +1,20 @@
-"""Reading tenant documents (YAML or JSON, one or many) and saying exactly what is wrong with one.
+"""Reading tenant documents (YAML or JSON, one or many) and saying exactly what is wrong with one; the CLI
+reads them from a file, the API (`POST /api/v1/apply`) from a request, with the same checks and words.
 
-YAML is loaded only to read a file: `fleet get` imports this module for `BadInput` alone."""
+Light to import: every command imports this module for `BadInput`, and `fleet --server` must start without
+pydantic or the store, so YAML, pydantic and the specs are loaded only by the functions that need them."""
+
+from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
-from specs import Tenant
+    from specs import Tenant
 
 
 class BadInput(Exception):
@@ -38,22 +43,34 @@ def load_documents(source: str) -> list[Any]:
         if not path.is_file():
             raise BadInput(f"-f: no such file {source}")
         text, origin = path.read_text(), source
-    import yaml
-
-    try:
-        if text.lstrip().startswith(("{", "[")):
+    if text.lstrip().startswith(("{", "[")):  # JSON: no YAML parser to load
+        try:
             loaded = json.loads(text)
-            documents = loaded if isinstance(loaded, list) else [loaded]
-        else:
-            documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise BadInput(f"{origin}: not valid YAML or JSON: {str(error).splitlines()[0]}") from error
+        except json.JSONDecodeError as error:
+            raise BadInput(f"{origin}: not valid YAML or JSON: {str(error).splitlines()[0]}") from error
+        documents = loaded if isinstance(loaded, list) else [loaded]
+    else:
+        import yaml
+
+        try:
+            documents = [doc for doc in yaml.load_all(text, Loader=_loader(yaml)) if doc is not None]
+        except yaml.YAMLError as error:
+            raise BadInput(f"{origin}: not valid YAML or JSON: {str(error).splitlines()[0]}") from error
     if not documents:
         raise BadInput(f"{origin}: no documents found")
     return documents
 
 
+def _loader(yaml: Any) -> Any:
+    """libyaml's safe loader where PyYAML was built with it (several times faster), else the pure one."""
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_tenants(documents: list[Any]) -> list[Tenant]:
+    from pydantic import ValidationError
+
+    from specs import Tenant
+
     tenants = []
     seen: set[str] = set()
     for index, document in enumerate(documents, start=1):

@@ -8,11 +8,18 @@ A selector that names an unknown field, or a phase that does not exist, is input
 
 from dataclasses import dataclass
 
-from reconciler.cli.documents import BadInput
+from reconciler.documents import BadInput
 from specs import Phase, Tenant
 from specs.tenant import LABEL_SELECTOR_PATTERN
 
 FIELDS = ("phase", "node", "template", "plan")
+# What the API's `selector` and `field_selector` take (a schema a client can check, and fuzz, before sending):
+# no stricter than the parsers below, which also skip empty parts and spaces.
+_LABEL = LABEL_SELECTOR_PATTERN.removeprefix("^").removesuffix("$")
+LABEL_SELECTOR_LIST_PATTERN = f"^{_LABEL}(,{_LABEL})*$"
+_FIELD = (f"(phase(=|==|!=)({'|'.join(phase.value for phase in Phase)})"
+          "|(node|template|plan)(=|==|!=)[^,!=]*)")
+FIELD_SELECTOR_PATTERN = f"^{_FIELD}(,{_FIELD})*$"
 
 
 @dataclass(frozen=True)
