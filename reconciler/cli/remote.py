@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -86,31 +87,80 @@ class Remote:
         return RemoteError(said if status in (404, 409) else f"the API at {self.server} answered {status}: {said}")
 
 
-def print_tenants(remote: Remote, name: str | None, output: str, selector: str | None,
-                  field_selector: str | None) -> list[str]:
-    """The lines `fleet get tenants` prints, as the server renders them."""
-    from reconciler.cli.render import as_json, as_yaml, table
+@dataclass(frozen=True)
+class View:
+    """What the server rendered: the table's columns and rows, or the tenants as documents."""
 
+    columns: list[str]
+    rows: list[list[str | None]]
+    items: list[Any]
+
+
+def read_view(remote: Remote, name: str | None, output: str, selector: str | None,
+              field_selector: str | None) -> View:
+    """Every page of the tenants view (`GET /api/v1/views/tenants`)."""
     documents = output in ("json", "yaml")
-    columns: list[str] = []
-    rows: list[list[str | None]] = []
-    items: list[Any] = []
+    view = View([], [], [])
     after = ""
     while True:
         page = remote.call("GET", "/api/v1/views/tenants", {
             "name": name, "selector": selector, "field_selector": field_selector, "wide": output == "wide",
             "documents": documents, "limit": PAGE, "after": after or None,
         })
-        columns, rows, items = page["columns"], rows + page["rows"], items + page["items"]
+        view = View(page["columns"], view.rows + page["rows"], view.items + page["items"])
         after = page.get("next_after") or ""
         if not after:
-            break
-    if name is not None and not (rows or items):
+            return view
+
+
+def print_tenants(remote: Remote, name: str | None, output: str, selector: str | None,
+                  field_selector: str | None) -> list[str]:
+    """The lines `fleet get tenants` prints, as the server renders them."""
+    from reconciler.cli.render import as_json, as_yaml, table
+
+    view = read_view(remote, name, output, selector, field_selector)
+    if name is not None and not (view.rows or view.items):
         raise RemoteError(f"tenant {name} not found; list them with fleet get tenants")
-    if documents:
-        shown: Any = items[0] if name is not None else {"items": items}
+    if output in ("json", "yaml"):
+        shown: Any = view.items[0] if name is not None else {"items": view.items}
         return [as_json(shown) if output == "json" else as_yaml(shown)]
-    return [table(columns, rows)]
+    return [table(view.columns, view.rows)]
+
+
+def watch_tenants(remote: Remote, output: str, selector: str | None, field_selector: str | None,
+                  echo: Callable[[str], None], refresh_seconds: float = 0.5) -> None:
+    """`fleet get tenants --watch` over the API: the table, then each row whose cells (but its age) change,
+    and `NAME   (deleted)` for a tenant gone, until Ctrl-C; as on the store, a tenant that no longer
+    matches the field selector is left out silently."""
+    from reconciler.cli.render import table
+
+    if output not in ("table", "wide"):
+        raise BadInput("--watch: over --server, with -o table or wide (the API's watch stream, GET "
+                       "/api/v1/watch, gives documents)")
+    view = read_view(remote, None, output, selector, field_selector)
+    echo(table(view.columns, view.rows))
+
+    def key(row: list[str | None]) -> tuple[str | None, ...]:
+        age = view.columns.index("AGE")
+        return (*row[:age], *row[age + 1:])
+
+    seen = {row[0]: key(row) for row in view.rows}
+    try:
+        while True:
+            time.sleep(refresh_seconds)  # a display refresh, not a synchronisation
+            view = read_view(remote, None, output, selector, field_selector)
+            current = {row[0]: row for row in view.rows}
+            for gone in sorted(name for name in set(seen) - set(current) if name is not None):
+                seen.pop(gone)
+                if field_selector and read_view(remote, gone, output, selector, None).rows:
+                    continue  # still there, it no longer matches
+                echo(f"{gone}   (deleted)")
+            changed = [row for name, row in current.items() if seen.get(name) != key(row)]
+            if changed:
+                echo("\n".join(table(view.columns, changed).splitlines()[1:]))
+                seen.update({row[0]: key(row) for row in changed})
+    except KeyboardInterrupt:
+        return
 
 
 def apply(remote: Remote, documents: list[Any], dry_run: bool) -> list[str]:

@@ -85,10 +85,11 @@ def get(
         raise BadInput(f"kind: must be 'tenants' or 'tenant', not {kind!r}")
     remote = _settings(ctx).remote()
     if remote is not None:
-        if watch:
-            raise BadInput("--watch: not over --server yet; use --db, or the API's watch stream (GET /api/v1/watch)")
         from reconciler.cli import remote as over_api
 
+        if watch and name is None:
+            over_api.watch_tenants(remote, output.value, selector, field_selector, typer.echo)
+            return
         typer.echo("\n".join(over_api.print_tenants(remote, name, output.value, selector, field_selector)))
         return
     from reconciler.selectors import parse_field_selector, parse_label_selector

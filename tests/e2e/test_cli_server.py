@@ -4,8 +4,10 @@ store's or the models' imports."""
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +140,23 @@ def test_over_the_api_the_cli_loads_neither_the_models_nor_the_store(laptop: Lap
                                 env=laptop.env, timeout=60)
         assert "acme" in result.stdout, result.stderr
         assert "LOADED []" in result.stderr, result.stderr
+
+
+def test_over_the_api_get_watch_prints_new_changed_and_deleted_tenants_until_ctrl_c(laptop: Laptop) -> None:
+    laptop.run("apply", "-f", "-", stdin=tenants("acme", "globex"))
+    watcher = subprocess.Popen([FLEET, "get", "tenants", "--watch"], env=laptop.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert watcher.stdout is not None
+    stdout, lines = watcher.stdout, []
+    threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True).start()
+    try:
+        wait_for(lambda: any(line.startswith("NAME") for line in lines), what="the table's header")
+        laptop.run("apply", "-f", "-", stdin=tenants("initech"))
+        wait_for(lambda: any(line.split()[:2] == ["initech", "Running"] for line in lines if line.strip()),
+                 what="the new tenant's row, Running")
+        laptop.run("delete", "tenant", "globex", "--wait")
+        wait_for(lambda: "globex   (deleted)\n" in lines, what="the deleted tenant's line")
+        assert sum(1 for line in lines if line.startswith("NAME")) == 1, "one header, then only changed rows"
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=30) == 0, watcher.stderr.read() if watcher.stderr else ""
