@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from reconciler.scheduler import Strategy
     from specs import Tenant
-    from state import Store
+    from state import ApplyResult, Store
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,17 @@ class Applied:
         return lines
 
 
+def planned(result: ApplyResult) -> list[str]:
+    """The reconciler's actions for what a write stored (or would store), from what it last saw of the tenant
+    as the write's own transaction read it back: no further round trip to the store."""
+    from reconciler.plan import plan
+
+    desired = result.desired
+    if desired is None or desired.spec is None:
+        return []
+    return [action.describe() for action in plan(desired.spec, result.observed)]
+
+
 def apply_tenants(
     store: Store, tenants: list[Tenant], *, dry_run: bool, strategy: Strategy | None = None,
     local: str | None = None,
@@ -50,12 +61,9 @@ def apply_tenants(
             applied.append(Applied(result.name, result.outcome.value, result.generation, dry_run))
             continue
         from reconciler.placement_preview import would_place  # the scheduler's code: only for dry runs
-        from reconciler.plan import plan
 
-        observed = store.last_observed(result.name) if desired.status else None
         placement = (would_place(store, desired, labels.get(result.name, {}), strategy, local) if strategy
                      else would_place(store, desired, labels.get(result.name, {}), local_node=local))
-        steps = [action.describe() for action in plan(desired.spec, observed)]
-        applied.append(Applied(result.name, result.outcome.value, result.generation, True, steps,
+        applied.append(Applied(result.name, result.outcome.value, result.generation, True, planned(result),
                                placement.node, placement.unschedulable))
     return applied

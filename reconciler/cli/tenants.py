@@ -64,8 +64,7 @@ def _print_tenants(store: Store, tenants: list[Tenant], output: Output, header: 
         typer.echo(as_yaml({"items": [tenant_document(t) for t in tenants]}))
     else:
         wide = output == Output.wide
-        templates = {template.name: template for template in store.list_templates()}  # one query, not one a row
-        rendered = table(tenant_table.headers(wide=wide), tenant_table.rows(tenants, templates, wide=wide))
+        rendered = table(tenant_table.headers(wide=wide), tenant_table.rows(store, tenants, wide=wide))
         typer.echo(rendered if header else "\n".join(rendered.splitlines()[1:]))
 
 

@@ -82,8 +82,7 @@ def tenants_view(
     if documents:
         return TenantView(columns=[], rows=[], items=[tenant_table.document(t) for t in tenants],
                           next_after=next_after)
-    templates = {template.name: template for template in store.list_templates()}  # one query, not one a row
-    return TenantView(columns=tenant_table.headers(wide=wide), rows=tenant_table.rows(tenants, templates, wide=wide),
+    return TenantView(columns=tenant_table.headers(wide=wide), rows=tenant_table.rows(store, tenants, wide=wide),
                       items=[], next_after=next_after)
 
 

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
 
 from reconciler.actions import Delete, Stop
+from reconciler.applying import planned
 from reconciler.placement_preview import would_place
 from reconciler.plan import plan as plan_actions
 from reconciler.web.auth import Reader, TenantWriter
@@ -90,13 +91,6 @@ class Authorization(BaseModel):
     expires_at: datetime
 
 
-def _planned(result: ApplyResult) -> list[str]:
-    desired = result.desired
-    if desired is None or desired.spec is None:
-        return []
-    return [action.describe() for action in plan_actions(desired.spec, result.observed)]
-
-
 def _delete_plan(store: Store, name: str) -> list[str]:
     """What the reconciler will do for a delete, from plan() on the record marked deleting."""
     desired, observed = store.desired(name), store.last_observed(name)
@@ -111,7 +105,7 @@ def _result(result: ApplyResult, dry_run: bool) -> WriteResult:
     """From what the write's own transaction read back: no further round trip to the store."""
     return WriteResult(
         name=result.name, outcome=result.outcome.value, generation=result.generation, dry_run=dry_run,
-        plan=_planned(result), tenant=None if dry_run else result.tenant,
+        plan=planned(result), tenant=None if dry_run else result.tenant,
     )
 
 
