@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from drivers.lxd import LxdDriver
-from specs import Observed, Resources
+from drivers.lxd_config import NIC_DEVICE
+from drivers.lxd_network import IngressRule
+from specs import Network, Observed, Resources
 
 pytest.register_assert_rewrite("tests.lxd.runtime")
-from tests.lxd.runtime import as_payload, http_get, wait_http  # noqa: E402
+from tests.lxd.runtime import BASE, TEST_PREFIX, as_payload, http_get, wait_for, wait_http  # noqa: E402
 
 pytest_plugins = ["tests.lxd.runtime"]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -111,6 +113,51 @@ def test_tenants_reach_neither_each_other_nor_host_services(
     with socket.create_connection((b.address, 80), timeout=2):
         pass
     assert http_get(b.address, port=81, timeout=1.0) is None  # only the spec's ingress ports are let in
+
+
+def test_a_fresh_clone_is_unreachable_until_its_ingress_rule_lands(
+    driver: LxdDriver, make_lxd_tenant: MakeTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clone` writes the tenant's ingress rule in the background: the window before it lands, held open
+    here, must leave the new tenant closed to its neighbours and to the host alike (the bridge drops what
+    no rule lets in), and once the rule lands only the host gets in."""
+    a = make_lxd_tenant("win-a")
+    assert a.address is not None
+    name = f"{TEST_PREFIX}win-b"
+    hold, held_for = threading.Event(), threading.Event()
+    write = driver.bridge.set_rule
+
+    def held(rule: IngressRule) -> None:
+        if rule.tenant == name:
+            held_for.set()
+            assert hold.wait(120), "the test never released the rule"
+        write(rule)
+
+    monkeypatch.setattr(driver.bridge, "set_rule", held)
+    try:
+        driver.clone(name, BASE, generation=1)
+        driver.apply_resources(name, BASE.resources, generation=1)
+        driver.start(name)
+        wait_for(held_for.is_set, timeout=10, what="the background ingress-rule write to begin")
+        instance = driver.client.instance(name, state=False)
+        assert instance is not None and instance.running
+        b_address = instance.devices[NIC_DEVICE]["ipv4.address"]
+        observed = driver.inspect(name)
+        assert observed is not None and observed.address is None, "not ready before its rule is written"
+        assert "ingress rule missing" in observed.problems
+        script = (f"wget -T 2 -q -O - http://{b_address}/ && echo REACHED-B; "
+                  f"ping -c 1 -W 2 {b_address} >/dev/null 2>&1 && echo PINGED-B; echo probe-done")
+        output = as_payload(driver.client, a.name, a.address, script)
+        assert "probe-done" in output and "REACHED-B" not in output and "PINGED-B" not in output, output
+        assert http_get(b_address, timeout=1.0) is None, "the host reached the tenant before its rule landed"
+        hold.set()
+        driver.apply_network(name, Network(ingress=(80,)))  # waits for the background write, as the planner's step
+        assert b"This is a Fleet tenant" in wait_http(b_address)
+        output = as_payload(driver.client, a.name, a.address, script)
+        assert "probe-done" in output and "REACHED-B" not in output and "PINGED-B" not in output, output
+    finally:
+        hold.set()
+        driver.delete(name)
 
 
 UNPRIVILEGED_PROBE = r"""
