@@ -5,6 +5,7 @@ read the store, so what they report is what the host shows.
 """
 
 from drivers.base import Driver
+from drivers.exec_process import ExecProcess, ExecRequest
 from drivers.registry import available_drivers, create_driver, host_checks, host_problems
 
-__all__ = ["Driver", "available_drivers", "create_driver", "host_checks", "host_problems"]
+__all__ = ["Driver", "ExecProcess", "ExecRequest", "available_drivers", "create_driver", "host_checks", "host_problems"]

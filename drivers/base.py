@@ -8,6 +8,7 @@ import builtins
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from drivers.exec_process import ExecProcess, ExecRequest
 from specs import (
     DeleteReceipt,
     DriverInfo,
@@ -62,6 +63,13 @@ class Driver(Protocol):
     def start(self, tenant: str) -> None: ...
 
     def stop(self, tenant: str) -> None: ...
+
+    def exec(self, tenant: str, request: ExecRequest) -> ExecProcess:
+        """Start `request.command` inside the tenant's running container as the tenant's root (its user
+        namespace, cgroups, limits, capabilities and seccomp filters, never the host's), with its streams
+        (or a terminal) held by the returned process. PermanentError (reason NotRunning) when the
+        container does not run; a driver that cannot exec raises PermanentError (reason Unsupported)."""
+        ...
 
     def delete(self, tenant: str) -> DeleteReceipt:
         """Remove everything the tenant had, verify it is gone, and say what was removed."""

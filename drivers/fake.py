@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from drivers.exec_process import ExecProcess, ExecRequest
+from drivers.fake_exec import FakeExec
 from specs import (
     DeleteReceipt,
     DriverInfo,
@@ -30,6 +32,7 @@ from specs import (
     Usage,
 )
 from specs.errors import FleetError
+from specs.tenant import EgressRule
 
 TEMPLATE_BYTES = 64 << 20  # the size the fake gives every template, for the copy-on-write sharing it reports
 STEPS: dict[str, tuple[str, ...]] = {
@@ -73,6 +76,7 @@ class _Container:
     template: str
     resources: Resources = field(default_factory=Resources)
     ports: tuple[int, ...] | None = None
+    egress: tuple[EgressRule, ...] | None = None  # as applied (the real drivers' nftables rules)
     veth: bool = False
     address: str | None = None
     firewall: bool = False
@@ -106,6 +110,7 @@ class FakeDriver:
         self.calls: Counter[str] = Counter()
         self.completed_clones: Counter[str] = Counter()
         self._next_pid = 1000
+        self.execs: list[tuple[str, ExecRequest]] = []  # every exec asked for, in order
 
     # -- plumbing --------------------------------------------------------------------------------
     def _enter(self, method: str) -> None:
@@ -151,7 +156,7 @@ class FakeDriver:
             name=tenant,
             template=container.template,
             resources=container.resources,
-            network=Network(ingress=container.ports) if network_ok else Network(),
+            network=Network(ingress=container.ports, egress=container.egress) if network_ok else Network(),
             running=container.pid is not None,
             address=container.address if network_ok else None,
             pid=container.pid,
@@ -262,6 +267,7 @@ class FakeDriver:
         with self._lock:
             container = self._get(tenant)
             container.ports = network.ingress
+            container.egress = network.egress
             container.firewall = True
         self._step("apply_network", "firewall")
 
@@ -281,6 +287,17 @@ class FakeDriver:
             if container is not None:
                 container.pid = None
         self._step("stop", "signal")
+
+    def exec(self, tenant: str, request: ExecRequest) -> ExecProcess:
+        """Answers a few commands in memory (`fake_exec`); the container must be running."""
+        self._enter("exec")
+        with self._lock:
+            container = self.containers.get(tenant)
+            if container is None or container.pid is None:
+                raise PermanentError(f"tenant {tenant} has no running container on node {self.node}",
+                                     reason="NotRunning")
+            self.execs.append((tenant, request))
+        return FakeExec(request)
 
     def delete(self, tenant: str) -> DeleteReceipt:
         self._enter("delete")

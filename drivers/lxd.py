@@ -33,6 +33,7 @@ from loguru import logger
 
 from drivers import lxd_images
 from drivers.edge import at_edge
+from drivers.exec_process import ExecProcess, ExecRequest
 from drivers.lxd_api import Instance, LxdClient
 from drivers.lxd_config import (
     GENERATION,
@@ -64,6 +65,7 @@ from specs import (
     validate_name,
 )
 from specs.errors import FleetError
+from specs.tenant import egress_summary
 
 TENANT_CONFIG = {
     "raw.lxc": "lxc.init.cmd = /fleet/init",  # Fleet's template contract: /fleet/init is the service
@@ -229,6 +231,15 @@ class LxdDriver:
         with self._template_lock:
             return lxd_images.make(self.client, template, source, self.storage_pool, progress)
 
+    @at_edge
+    def exec(self, tenant: str, request: ExecRequest) -> ExecProcess:
+        """Not yet: LXD's exec API (POST /1.0/instances/NAME/exec with its websockets) is not wired up."""
+        validate_name(tenant)
+        raise PermanentError(
+            "fleet exec is not supported by the lxd driver yet (LXD's exec API is not wired up); "
+            f"on the LXD host: lxc exec {tenant} -- COMMAND", reason="Unsupported",
+        )
+
     # -- provisioning -----------------------------------------------------------------------------------
     @at_edge
     def clone(self, tenant: str, template: Template, *, generation: int | None = None) -> None:
@@ -323,6 +334,13 @@ class LxdDriver:
 
     @at_edge
     def apply_network(self, tenant: str, network: Network) -> None:
+        if network.egress:  # before anything changes: the tenant keeps what it had
+            raise PermanentError(
+                f"spec.network.egress: the lxd driver enforces no egress rules yet (asked for "
+                f"{egress_summary(network.egress)}); set egress to none for tenants on LXD nodes, or run them on an "
+                "nspawn node",
+                reason="EgressUnsupported",
+            )
         self._settle_rule(tenant)
         instance = self._require(tenant)
         if not self._bridge_checked:

@@ -52,7 +52,8 @@ def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside
         name=tenant,
         template=instance.config.get(TEMPLATE),
         resources=observed_resources(instance.config, instance.devices),
-        network=Network(ingress=rule.ports) if ready and rule is not None else Network(),
+        # no egress: the LXD driver refuses any (apply_network), so none is what is in force
+        network=Network(ingress=rule.ports, egress=()) if ready and rule is not None else Network(),
         running=running,
         address=address if ready else None,
         pid=inside.pid if running and inside is not None else None,

@@ -25,6 +25,7 @@ from loguru import logger
 
 from drivers import (
     nspawn_cgroups,
+    nspawn_exec,
     nspawn_firewall,
     nspawn_network,
     nspawn_process,
@@ -32,6 +33,7 @@ from drivers import (
     nspawn_usage,
 )
 from drivers.edge import at_edge
+from drivers.exec_process import ExecProcess, ExecRequest
 from drivers.nspawn_host import host_problems
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import (
@@ -87,6 +89,7 @@ class NspawnDriver:
         image_size: int = 20 << 30,
         address_range: str = "10.213.0.0/16",
         node: str = "local",
+        egress_interface: str | None = None,
     ) -> None:
         problems = host_problems(pool_path=pool_path)
         if problems:
@@ -96,7 +99,7 @@ class NspawnDriver:
         state_dir = self.data_dir / "state"
         self.pool = Pool.open(self.data_dir, pool_path=pool_path, image_size=image_size)
         self.cgroups = nspawn_cgroups.detect()
-        self.networks = nspawn_network.Networks(state_dir, address_range)
+        self.networks = nspawn_network.Networks(state_dir, address_range, egress_interface=egress_interface)
         self.processes = nspawn_process.Processes(
             state_dir,
             init_path=INIT_PATH,
@@ -118,7 +121,7 @@ class NspawnDriver:
                 "kernel": os.uname().release,
             }
             capabilities = [
-                f"cgroup-v{self.cgroups.version}", "netns", "nftables", "btrfs-snapshots", "userns", "seccomp"
+                f"cgroup-v{self.cgroups.version}", "netns", "nftables", "egress", "btrfs-snapshots", "userns", "seccomp"
             ]
             if self.pool.quota_mode == "squota":
                 capabilities.append("nested-subvolume-quota")
@@ -183,7 +186,7 @@ class NspawnDriver:
             name=tenant,
             template=self.pool.template_of(tenant),
             resources=resources,
-            network=Network(ingress=network.ports) if network.ready else Network(),
+            network=Network(ingress=network.ports, egress=network.egress) if network.ready else Network(),
             running=pid is not None,
             address=network.address if network.ready else None,
             pid=pid,
@@ -289,7 +292,7 @@ class NspawnDriver:
     @at_edge
     def apply_network(self, tenant: str, network: Network) -> None:
         self._require(tenant)
-        self.networks.ensure(tenant, network.ingress or ())
+        self.networks.ensure(tenant, network.ingress or (), network.egress or ())
 
     @at_edge
     def start(self, tenant: str) -> None:
@@ -323,6 +326,19 @@ class NspawnDriver:
         self.processes.stop(tenant)
         if self.cgroups.exists(tenant):
             self.cgroups.kill(tenant)
+            self.cgroups.release_memory(tenant)  # a stopped (sleeping) tenant keeps no page cache charged
+
+    @at_edge
+    def exec(self, tenant: str, request: ExecRequest) -> ExecProcess:
+        """Run a command in the running container as its payload runs (`nspawn_exec`)."""
+        validate_name(tenant)
+        container = self.processes.find(tenant)
+        if container is None:
+            raise PermanentError(f"tenant {tenant} has no running container on node {self.node}", reason="NotRunning")
+        return nspawn_exec.spawn(
+            tenant, request, nspawn_pid=container.pid, members=lambda: self.cgroups.pids(tenant),
+            tenant_dirs=[path.parent for path in self.cgroups.procs_files(tenant)],
+        )
 
     @at_edge
     def delete(self, tenant: str) -> DeleteReceipt:

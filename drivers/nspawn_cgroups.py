@@ -22,6 +22,7 @@ processes it did not first kill on purpose.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from drivers.nspawn_cgroups_base import (
     write_value,
 )
 from drivers.nspawn_cgroups_v2 import CgroupsV2
-from specs import PermanentError, Resources, TransientError
+from specs import FleetError, PermanentError, Resources, TransientError
 
 __all__ = ["CGROUP_ROOT", "TENANT_PREFIX", "Cgroups", "CgroupsV1", "CgroupsV2", "cgroup_name", "detect", "observed_io"]
 
@@ -100,6 +101,13 @@ class CgroupsV1(CgroupsBase):
             for device in io_devices:
                 # 0 removes the device's rule: the kernel's way to say "no limit".
                 write_value(blkio / name, f"{device} {resources.io or 0}")
+
+    def release_memory(self, tenant: str) -> None:
+        """Give back the page cache still charged to a stopped tenant (its processes are gone): a sleeping
+        tenant holds no memory. Best effort: what cannot be dropped (dirty pages under writeback) stays
+        until the kernel reclaims it."""
+        with contextlib.suppress(OSError, FleetError):
+            write_value(self._dir("memory", tenant) / "memory.force_empty", "0")
 
     def _apply_memory(self, tenant: str, memory: int | None) -> None:
         """memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes: raise memsw first, lower it last."""

@@ -8,7 +8,9 @@ tenant leases a /30 from the node's range: the host end gets the first address, 
 a default route through the host end.
 
 Addresses come from `nspawn_addresses` (a /30 lease per tenant), isolation from `nspawn_firewall` (one
-nftables table); this module puts them together. ip_forward is left as found: tenants need no egress.
+nftables table), egress from `nspawn_egress`; this module puts them together. The global ip_forward is left
+as found: forwarding is switched on per interface, for the veths of tenants with egress and the outbound
+interface while any tenant has egress (off for a tenant without).
 
 The namespace belongs to the host's user namespace, so a tenant's root holds no capability over it: it
 cannot change its address or routes, nor open raw sockets. Two per-namespace sysctls give back what a
@@ -31,11 +33,12 @@ from typing import Any
 from loguru import logger
 from pyroute2 import IPRoute, NetlinkError
 
-from drivers import netns
+from drivers import netns, nspawn_egress
 from drivers.nspawn_addresses import Lease, Leases, namespace_ipv4_addresses
 from drivers.nspawn_firewall import ALIAS_PREFIX, VETH, Firewall, FirewallState
 from drivers.reverter import Reverter
 from specs import PermanentError, TransientError, validate_name
+from specs.tenant import EgressRule
 
 NETNS_DIR = Path("/run/netns")
 LOOPBACK_INDEX = 1  # the kernel gives lo this index in every network namespace
@@ -86,6 +89,7 @@ class NetworkState:
     address: str | None  # the tenant's address inside its namespace, if set
     ports: tuple[int, ...] | None  # allowed ingress ports in the firewall; None when not isolated
     problems: tuple[str, ...] = ()
+    egress: tuple[EgressRule, ...] = ()  # the egress rules in force (every part of them in place)
 
     @property
     def ready(self) -> bool:
@@ -122,9 +126,18 @@ def _ipv4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
 class Networks:
     """Facade the driver uses: ensure / observe / remove a tenant's network; list tenants that have one."""
 
-    def __init__(self, state_dir: Path, address_range: str = "10.213.0.0/16", firewall: Firewall | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        address_range: str = "10.213.0.0/16",
+        firewall: Firewall | None = None,
+        egress_interface: str | None = None,
+    ) -> None:
         self.leases = Leases(state_dir / "leases.json", address_range)
         self.firewall = firewall or Firewall()
+        # Where egress leaves the node (None: the interface of the default route, looked up when needed).
+        self.egress_interface = None if egress_interface is None else nspawn_egress.check_interface(egress_interface)
+        self.node_egress = nspawn_egress.NodeEgressRecord(state_dir / "egress.json")
 
     # -- host reading ---------------------------------------------------------------------------------
     def _fleet_veths(self, ipr: IPRoute) -> dict[str, tuple[int, str]]:
@@ -164,14 +177,16 @@ class Networks:
         The sysctls are written before the namespace is bound, so no bound namespace lacks them."""
         return netns.create(netns_path(tenant), prepare=_write_namespace_sysctls)
 
-    def ensure(self, tenant: str, ports: tuple[int, ...]) -> str:
-        """Make the tenant's namespace, veth, addresses, route and firewall match; returns its address.
+    def ensure(self, tenant: str, ports: tuple[int, ...], egress: tuple[EgressRule, ...] = ()) -> str:
+        """Make the tenant's namespace, veth, addresses, route, firewall and egress match; returns its address.
 
         The order keeps a tenant unreachable until it is isolated, even when its container already runs in
         the namespace: the firewall lists the veth's name (sets match interface names, not links) before
         the veth exists, so no packet crosses it unfiltered."""
         started = time.perf_counter()
         veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
+        rules = nspawn_egress.checked_rules(egress)  # before anything changes: a bad rule is refused whole
+        wanted_egress = nspawn_egress.elements(veth, rules)
         try:
             # A first ensure that fails half way takes back what it made (lease, firewall elements, veth,
             # and the namespace unless it was there before: a container may run in it); a repair of an
@@ -184,10 +199,19 @@ class Networks:
                     revert.add("release the address lease", lambda: self.leases.release(tenant))
                     revert.add("remove the firewall elements", lambda: self._unfirewall_if_unlinked(veth))
                     revert.add("remove the veth", lambda: self._delete_link(veth, tenant))
-                self.firewall.ensure_tenant(tenant, veth, ports, lease.tenant_address, self._known_sources())
+                with self.firewall.locked():  # the node's egress and the tenant's elements, seen together
+                    if wanted_egress:
+                        self._ensure_node_egress()
+                    before = self.firewall.ensure_tenant(
+                        tenant, veth, ports, lease.tenant_address, self._known_sources(), egress=wanted_egress
+                    )
+                    if not wanted_egress and (before.egress_of(veth) or (before.egress_out and not before.egress)):
+                        self._remove_node_egress_if_unused()  # its rules were the last, or none were left
                 if self.ensure_namespace(tenant):
                     revert.add("remove the network namespace", lambda: netns.remove(netns_path(tenant)))
                 peer_index = self._ensure_host_end(ipr, tenant, veth, peer, ns, lease, existing)
+                # Forwarding for this veth only while it has egress (its packets still pass the egress chain).
+                nspawn_egress.write_forwarding(veth, bool(wanted_egress))
                 self._ensure_namespace_end(tenant, peer, lease, peer_index)
                 revert.success()
         except NetlinkError as error:
@@ -195,8 +219,65 @@ class Networks:
         except OSError as error:
             raise TransientError(f"network setup of tenant {tenant} failed: {error}") from error
         ms = round((time.perf_counter() - started) * 1000, 1)
-        logger.bind(tenant=tenant, address=lease.tenant_address, ports=list(ports), ms=ms).info("Applied network")
+        logger.bind(tenant=tenant, address=lease.tenant_address, ports=list(ports), egress=len(rules), ms=ms).info(
+            "Applied network"
+        )
         return lease.tenant_address
+
+    # -- the node's side of egress ------------------------------------------------------------------------
+    def outbound_interface(self) -> str:
+        """Where egress leaves the node: the configured interface, else the default route's; PermanentError
+        saying what to set when there is none."""
+        if self.egress_interface is not None:
+            if not nspawn_egress.interface_exists(self.egress_interface):
+                raise PermanentError(
+                    f"spec.network.egress: the egress interface {self.egress_interface} does not exist on this node; "
+                    "fix --egress-interface (fleet up, fleet agent) or set the tenant's egress to none",
+                    reason="EgressUnavailable",
+                )
+            return self.egress_interface
+        found = nspawn_egress.default_interface()
+        if found is None:
+            raise PermanentError(
+                "spec.network.egress: this node has no IPv4 default route to send tenants' egress out of; name "
+                "the outbound interface with --egress-interface (fleet up, fleet agent), or set the tenant's egress "
+                "to none",
+                reason="EgressUnavailable",
+            )
+        return nspawn_egress.check_interface(found)
+
+    def _ensure_node_egress(self) -> None:
+        """Outbound interface, NAT and its forwarding switched on (its value before recorded first, and the
+        guard in place before it forwards anything). Called under the firewall's lock."""
+        interface = self.outbound_interface()
+        record = self.node_egress.load()
+        if record is not None and record.interface != interface:  # moved: put the old one back as found
+            if record.forwarding_before == "0":
+                nspawn_egress.write_forwarding(record.interface, False)
+            self.node_egress.clear()
+            record = None
+        if record is None:
+            before = nspawn_egress.read_forwarding(interface) or "0"
+            record = nspawn_egress.NodeEgress(interface, before)
+            self.node_egress.save(record)
+        self.firewall.ensure_node_egress(interface, str(self.leases.range), guard=record.forwarding_before == "0")
+        if not nspawn_egress.write_forwarding(interface, True):
+            raise TransientError(f"egress interface {interface} vanished while egress was set up")
+
+    def _remove_node_egress_if_unused(self) -> list[str]:
+        """With no tenant's egress rule left: forwarding of the outbound interface as found, then its NAT
+        chain and elements. Called under the firewall's lock."""
+        if self.firewall.read().egress:
+            return []
+        removed = []
+        record = self.node_egress.load()
+        if record is not None and record.forwarding_before == "0":
+            nspawn_egress.write_forwarding(record.interface, False)
+            removed.append(f"forwarding on {record.interface}")
+        if self.firewall.clear_node_egress():
+            removed.append("egress NAT")
+        self.node_egress.clear()
+        return removed
 
     def _delete_link(self, veth: str, tenant: str) -> None:
         """Delete the host end `veth` if it carries the tenant's alias (the peer goes with it)."""
@@ -307,9 +388,11 @@ class Networks:
         lease = self.leases.get(tenant)
         firewall = firewall or self.firewall.read()
         ports: tuple[int, ...] | None = None
+        egress: tuple[EgressRule, ...] = ()
         pinned = lease is not None and (veth, lease.tenant_address) in firewall.sources
         if firewall.complete and veth in firewall.links and pinned:
             ports = tuple(sorted(port for (name, port) in firewall.ingress if name == veth))
+            egress = self._egress_in_force(veth, firewall, veth_present, problems)
         if lease is not None:
             if not has_netns:
                 problems.append(f"network namespace {ns} missing")
@@ -328,15 +411,40 @@ class Networks:
         if lease is None or (address is not None and address != lease.tenant_address):
             address = None
         return NetworkState(
-            netns=has_netns, veth=veth_present, veth_up=veth_up, address=address, ports=ports, problems=tuple(problems)
+            netns=has_netns, veth=veth_present, veth_up=veth_up, address=address, ports=ports, problems=tuple(problems),
+            egress=egress,
         )
+
+    def _egress_in_force(
+        self, veth: str, firewall: FirewallState, veth_present: bool, problems: list[str]
+    ) -> tuple[EgressRule, ...]:
+        """The tenant's egress rules if every part is in place (its elements, the node's NAT and outbound
+        interface, forwarding on both ends), else none: what it can reach is then less than its rules say."""
+        rules = nspawn_egress.rules_from(veth, firewall.egress)
+        if not rules:
+            return ()
+        missing = []
+        if not firewall.node_egress:
+            missing.append("the node's egress NAT")
+        elif self.egress_interface is not None and firewall.egress_out != (self.egress_interface,):
+            missing.append(f"egress out of {self.egress_interface}")
+        elif nspawn_egress.read_forwarding(firewall.egress_out[0]) != "1":
+            missing.append(f"forwarding on {firewall.egress_out[0]}")
+        if veth_present and nspawn_egress.read_forwarding(veth) != "1":
+            missing.append(f"forwarding on {veth}")
+        if missing:
+            problems.append("egress not in force: " + ", ".join(missing) + " missing")
+            return ()
+        return rules
 
     # -- remove -----------------------------------------------------------------------------------------
     def remove(self, tenant: str) -> list[str]:
         """Firewall elements, veth, namespace and lease, each verified gone; returns what was removed."""
         started = time.perf_counter()
         veth, ns = veth_name(tenant), netns_name(tenant)
-        removed = self.firewall.remove_tenant(veth)
+        with self.firewall.locked():
+            removed = self.firewall.remove_tenant(veth)
+            removed += self._remove_node_egress_if_unused()
         try:
             with IPRoute() as ipr:
                 link = _link(ipr, veth)

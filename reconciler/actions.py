@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from specs import Network, Resources, Template
+from specs.tenant import egress_summary
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class ApplyNetwork:
 
     def describe(self) -> str:
         ports = ",".join(str(p) for p in self.network.ingress or ()) or "none"
-        return f"apply network (ingress ports {ports})"
+        if not self.network.egress:  # none (or unset: none)
+            return f"apply network (ingress ports {ports})"
+        return f"apply network (ingress ports {ports}; egress {egress_summary(self.network.egress)})"
 
 
 @dataclass(frozen=True)

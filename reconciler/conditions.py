@@ -12,6 +12,7 @@ from specs import (
     Phase,
     ResolvedSpec,
     TenantStatus,
+    format_duration,
 )
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -64,7 +65,8 @@ def derive_status(
 
     provisioned = observed is not None
     resources_ok = observed is not None and observed.resources == spec.resources
-    network_ok = observed is not None and observed.address is not None and observed.network == spec.network
+    network_ok = (observed is not None and observed.address is not None
+                  and observed.network.in_force() == spec.network.in_force())
     running = observed is not None and observed.running
     conditions = [
         _condition(previous, "Scheduled", T, "Bound", f"bound to node {node}", now, gen),
@@ -91,8 +93,20 @@ def derive_status(
         ),
     ]
     ready = all(c.status == T for c in conditions) and running
+    # Asleep and stopped with all else in place: what a sleeping tenant should be (a wake is one start).
+    sleeping = spec.asleep and not running and all(c.status == T for c in conditions) and not spec.deleting
+    since = spec.asleep_since.isoformat(timespec="seconds") if spec.asleep_since else ""
+    if spec.asleep or spec.sleep_after is not None:
+        conditions.append(_condition(
+            previous, "Sleeping", T if sleeping else F,
+            *(("Idle", f"asleep since {since}; the next request through the gateway wakes it") if sleeping else
+              ("FallingAsleep", f"asleep since {since}; stopping the container") if spec.asleep else
+              ("Awake", f"sleeps after {format_duration(spec.sleep_after)} without a visitor")),
+            now, gen))
     if ready:
         ready_condition = _condition(previous, "Ready", T, "Running", "the container is running", now, gen)
+    elif sleeping:
+        ready_condition = _condition(previous, "Ready", F, "Sleeping", f"asleep since {since}", now, gen)
     elif spec.paused:
         ready_condition = _condition(previous, "Ready", F, "Paused", "paused: the reconciler only observes", now, gen)
     else:
@@ -115,6 +129,8 @@ def derive_status(
         phase = Phase.PAUSED
     elif isinstance(error, PermanentError):
         phase = Phase.FAILED
+    elif sleeping:
+        phase = Phase.SLEEPING
     elif ready:
         phase = Phase.RUNNING
     else:
@@ -152,9 +168,9 @@ def describe_drift(spec: ResolvedSpec, observed: Observed | None) -> str:
             if getattr(observed.resources, k) != getattr(spec.resources, k)
         ]
         found.append("limits changed: " + ", ".join(diffs))
-    if observed.network != spec.network or observed.address is None:
+    if observed.network.in_force() != spec.network.in_force() or observed.address is None:
         found.append("network or firewall rules missing or changed")
-    if not observed.running:
+    if not observed.running and not spec.asleep:
         found.append("the container is not running")
     return "; ".join(found) or "nothing"
 

@@ -16,7 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from loguru import logger
 
 from drivers import Driver
-from reconciler.actions import Delete
+from reconciler.actions import Delete, Stop
 from reconciler.clock import Clock
 from reconciler.conditions import derive_status, describe_drift, failed_status, same_status
 from reconciler.executor import Executor
@@ -24,7 +24,7 @@ from reconciler.metrics import Metrics
 from reconciler.plan import plan
 from reconciler.queue import WorkQueue
 from reconciler.urls import PublicAddress
-from specs import Event, FleetError, NotFound, Observed, PermanentError, Phase, TransientError
+from specs import Event, FleetError, NotFound, Observed, PermanentError, Phase, ResolvedSpec, TransientError
 from state import Store
 
 
@@ -114,6 +114,9 @@ class Controller:
         # crash half-way it finishes the half, and a signup saves one read of the host (~10 ms on LXD).
         fresh = previous is None and not spec.deleting and not spec.paused
         observed = None if fresh else self.driver.inspect(name)
+        if spec.asleep and observed is not None and observed.running and previous is not None \
+                and previous.phase == Phase.SLEEPING and not spec.deleting:
+            spec = self._woken_outside(name, spec, events)
         actions = plan(spec, observed)
         if spec.deleting and not actions:
             # Nothing observed, but a crash mid-delete may have left parts inspect cannot see (an address
@@ -129,7 +132,9 @@ class Controller:
         converged_before = (
             previous is not None and previous.phase == Phase.RUNNING and previous.observed_generation == spec.generation
         )
-        if actions and converged_before and not spec.deleting:
+        # Stopping a tenant put to sleep is the plan, not drift.
+        repairs = [a for a in actions if not (spec.asleep and isinstance(a, Stop))]
+        if repairs and converged_before and not spec.deleting:
             drift = describe_drift(spec, observed)
             events.append(
                 Event(
@@ -160,19 +165,34 @@ class Controller:
             now=self.clock.wall(),
         )
         if status.phase == Phase.RUNNING and (previous is None or previous.phase != Phase.RUNNING):
+            woke = previous is not None and previous.phase == Phase.SLEEPING
             events.append(
                 Event(
                     tenant=name,
                     node=node,
-                    reason="Running",
+                    reason="Woke" if woke else "Running",
                     generation=spec.generation,
-                    message=f"running at {status.address}; {status.url}",
+                    message=f"{'awake: ' if woke else ''}running at {status.address}; {status.url}",
                 )
             )
+        elif status.phase == Phase.SLEEPING and (previous is None or previous.phase != Phase.SLEEPING):
+            events.append(Event(tenant=name, node=node, reason="Sleeping", generation=spec.generation,
+                                message="container stopped; filesystem, address, limits and firewall kept"))
         self.store.record(name, None if same_status(previous, status) else status, after, events)
         if execution.error is not None:
             raise execution.error
         return Outcome.SUCCESS
+
+    def _woken_outside(self, name: str, spec: ResolvedSpec, events: list[Event]) -> ResolvedSpec:
+        """Its container runs though it was put to sleep and stopped: started by hand (Fleet's own wake clears
+        the sleep before it starts one). Never killed for it, as it may be serving a request: it is awake
+        now, and the idle rule puts it back to sleep."""
+        event = Event(tenant=name, node=self.config.node, type="Warning", reason="WokenOutsideFleet",
+                      generation=spec.generation,
+                      message="found running while asleep (started by hand?); kept running, awake until idle again")
+        if self.store.set_asleep(name, False, event):
+            self._log.bind(tenant=name).warning("Found a sleeping tenant running; it is awake now")
+        return spec.model_copy(update={"asleep_since": None})
 
     def _finalize(self, name: str, events: list[Event]) -> None:
         events.append(

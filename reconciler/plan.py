@@ -18,20 +18,25 @@ def plan(desired: ResolvedSpec, observed: Observed | None) -> list[Action]:
         return []  # paused: observe only
     # Start comes before the network: a container needs only its (empty) network namespace to start, so
     # its network is set up while it boots; the driver keeps it unreachable until its firewall is in place.
+    # Asleep: the container is stopped and everything else kept as the spec says, so a wake is one start.
+    asleep = desired.asleep
     if observed is None:
         return [
             Clone(desired.template),
             ApplyResources(desired.resources),
-            Start(),
+            *([] if asleep else [Start()]),
             ApplyNetwork(desired.network),
         ]
     actions: list[Action] = []
     if observed.resources != desired.resources:
         actions.append(ApplyResources(desired.resources))
-    if observed.running and observed.restart_reason:
+    if observed.running and asleep:
+        actions.append(Stop())
+    elif observed.running and observed.restart_reason:
         actions += [Stop(), Start()]
-    elif not observed.running:
+    elif not observed.running and not asleep:
         actions.append(Start())
-    if observed.network != desired.network or observed.address is None:
+    # Egress left unset (a spec built without a template's default) is none, as a host enforces it.
+    if observed.network.in_force() != desired.network.in_force() or observed.address is None:
         actions.append(ApplyNetwork(desired.network))
     return actions

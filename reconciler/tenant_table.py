@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from specs import Template, Tenant, format_bytes, format_cpu
+from specs.tenant import egress_display
 
 if TYPE_CHECKING:
     from state import Store
@@ -86,7 +87,10 @@ def document(tenant: Tenant) -> dict[str, Any]:
     data = tenant.model_dump(mode="json", by_alias=True)
     spec = data["spec"]
     spec["resources"] = {k: v for k, v in tenant.spec.resources.display().items() if v is not None}
-    spec["network"] = {"ingress": list(tenant.spec.network.ingress)} if tenant.spec.network.ingress else {}
+    network = tenant.spec.network
+    spec["network"] = {"ingress": list(network.ingress)} if network.ingress else {}
+    if network.egress is not None:  # unset: the template's, left out as the other defaults are
+        spec["network"]["egress"] = egress_display(network.egress)
     if data.get("status") is None:
         data.pop("status", None)
     return data

@@ -10,6 +10,7 @@ from specs.names import validate_name
 from specs.observed import DeleteReceipt, DriverInfo, NodeCapacity, Observed
 from specs.quantity import format_bytes, format_cpu, parse_bytes, parse_cpu
 from specs.resolved import ResolvedSpec
+from specs.sleep import Sleep, format_duration, parse_duration
 from specs.status import Condition, ConditionStatus, Event, Phase, TenantStatus
 from specs.template import Template
 from specs.template_source import TemplateSource
@@ -40,6 +41,7 @@ __all__ = [
     "Phase",
     "ResolvedSpec",
     "Resources",
+    "Sleep",
     "Template",
     "TemplateSource",
     "Tenant",
@@ -49,7 +51,9 @@ __all__ = [
     "Usage",
     "format_bytes",
     "format_cpu",
+    "format_duration",
     "parse_bytes",
     "parse_cpu",
+    "parse_duration",
     "validate_name",
 ]

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specs.names import validate_name
+from specs.sleep import Sleep
 from specs.tenant import NAME_SCHEMA, Network, Resources
 
 PLAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -24,6 +25,7 @@ class Plan(BaseModel):
     template: str = Field(json_schema_extra=NAME_SCHEMA)
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
+    sleep: Sleep | None = None  # None: the template's rule
     description: str = Field(default="", max_length=500)
 
     @field_validator("id")

@@ -10,6 +10,7 @@ MEMORY_PAGE = 4096  # the kernel rounds memory limits down to pages: anything el
 PIDS_MIN = 8
 PIDS_MAX = 4_194_304  # the kernel's pid_max ceiling
 PORTS_MAX = 32
+EGRESS_RULES_MAX = 32  # spec.network.egress: rules per tenant (each up to PORTS_MAX ports)
 LABELS_MAX = 64
 LABEL_VALUE_MAX = 63
 IO_BYTES_PER_SECOND_MIN = 1 << 20  # disk read and write bandwidth, each; below 1Mi/s a tenant cannot boot

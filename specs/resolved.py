@@ -4,6 +4,8 @@ template, and that template itself, so the plan's `Clone` carries what the drive
 Apart from `specs/tenant.py` because it holds a `Template`, whose module builds on that one.
 """
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict
 
 from specs.template import Template
@@ -22,3 +24,11 @@ class ResolvedSpec(BaseModel):
     network: Network
     paused: bool = False
     deleting: bool = False
+    sleep_after: int | None = None  # seconds without a visitor before the gateway puts it to sleep; None: never
+    # When it was put to sleep (idle at the gateway, or `fleet sleep`): its container is to be stopped, all
+    # else kept. None while awake.
+    asleep_since: datetime | None = None
+
+    @property
+    def asleep(self) -> bool:
+        return self.asleep_since is not None

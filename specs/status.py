@@ -17,6 +17,7 @@ class Phase(StrEnum):
     FAILED = "Failed"  # a permanent error; a spec change retries
     DELETING = "Deleting"
     PAUSED = "Paused"  # the reconciler observes only
+    SLEEPING = "Sleeping"  # stopped while idle (filesystem, address, limits, firewall kept); a visitor wakes it
 
 
 class ConditionStatus(StrEnum):

@@ -5,6 +5,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specs.names import validate_name
+from specs.sleep import Sleep
 from specs.tenant import NAME_SCHEMA, Network, Resources
 
 _VERSION_RULE = "must be 1-32 characters of a-z, 0-9, '.', '_' and '-'"
@@ -18,6 +19,7 @@ class Template(BaseModel):
     version: str = Field(default="1", json_schema_extra={"pattern": VERSION_PATTERN})
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
+    sleep: Sleep = Field(default_factory=Sleep)
     description: str = ""
 
     @field_validator("name")

@@ -5,6 +5,8 @@ SQL INSERT that leaves the column NULL gets. `ResolvedSpec` is the spec with eve
 which is what the planner compares against the host.
 """
 
+import ipaddress
+import itertools
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -15,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from specs import limits
 from specs.names import NAME_PATTERN, validate_name
 from specs.quantity import bytes_pattern, cpu_pattern, format_bytes, format_cpu, parse_bytes, parse_cpu
+from specs.sleep import Sleep
 from specs.status import TenantStatus
 
 _LABEL_KEY_BODY = r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
@@ -158,8 +161,151 @@ class Resources(_Strict):
         }
 
 
+INTERNET = "internet"  # an egress rule's `to`: public addresses only (never private, link-local, multicast)
+
+_EGRESS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["to"],
+    "properties": {
+        "to": {"type": "string", "description": 'An IPv4 CIDR (e.g. "203.0.113.0/24", "198.51.100.7") or '
+               '"internet": every public address, never private, link-local, loopback or multicast ranges'},
+        "ports": {"type": "array", "minItems": 1, "maxItems": limits.PORTS_MAX,
+                  "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+                  "description": "TCP and UDP destination ports; absent: every port and protocol"},
+    },
+}
+EGRESS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "enum": ["none", INTERNET]},
+        {"type": "array", "maxItems": limits.EGRESS_RULES_MAX, "items": _EGRESS_RULE_SCHEMA},
+        {"type": "null"},
+    ],
+    "description": 'Where the tenant may open connections: "none" (nowhere outside itself), "internet" (public '
+    "addresses, through the node's outbound interface), or a list of rules {to, ports}; never the node itself or "
+    "another tenant. Null: the template's default",
+}
+
+# As the API answers: always the canonical list ("none" is [], "internet" [{"to": "internet", "ports": null}]).
+EGRESS_SERIALIZED_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "items": {
+    "type": "object", "required": ["to", "ports"], "properties": {
+        "to": {"type": "string"},
+        "ports": {"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535}},
+                            {"type": "null"}]}}}}, {"type": "null"}]}
+
+
+class EgressRule(_Strict):
+    """One destination a tenant may reach: `to` an IPv4 network or "internet", on `ports` (TCP and UDP) or,
+    when absent, on every port and protocol. Built canonical by `Network` (merged, sorted, no overlaps)."""
+
+    to: str
+    ports: tuple[int, ...] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"to": self.to} if self.ports is None else {"to": self.to, "ports": list(self.ports)}
+
+
+def _egress_network(to: Any, where: str) -> str:
+    if not isinstance(to, str) or not to:
+        raise ValueError(f'{where}: "to" must be an IPv4 CIDR such as 203.0.113.0/24, or "internet"')
+    if to == INTERNET:
+        return to
+    try:
+        network = ipaddress.ip_network(to, strict=True)
+    except ValueError as error:
+        text = str(error)
+        if "host bits set" in text:
+            loose = ipaddress.ip_network(to, strict=False)
+            raise ValueError(f"{where}: {to} has host bits set; did you mean {loose}?") from None
+        rule = f'"to" must be an IPv4 CIDR such as 203.0.113.0/24, or "internet", not {to!r}'
+        raise ValueError(f"{where}: {rule}") from None
+    if network.version != 4:
+        raise ValueError(f"{where}: {to} is IPv6; tenants have IPv4 only")
+    return str(network)
+
+
+def _egress_ports(ports: Any, where: str) -> tuple[int, ...] | None:
+    if ports is None:
+        return None
+    if isinstance(ports, (str, bytes, dict)) or not hasattr(ports, "__iter__"):
+        raise ValueError(f"{where}: ports must be a list of port numbers (leave it out for every port)")
+    values = [int(p) if isinstance(p, float) and p.is_integer() else p for p in ports]
+    if not values:
+        raise ValueError(f"{where}: ports must list at least one port (leave it out for every port)")
+    if len(values) > limits.PORTS_MAX:
+        raise ValueError(f"{where}: must list at most {limits.PORTS_MAX} ports")
+    for port in values:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"{where}: ports must be whole numbers from 1 to 65535")
+    return tuple(sorted(set(values)))
+
+
+def egress_rules(value: Any) -> tuple[EgressRule, ...] | None:
+    """`spec.network.egress` in canonical form: "none" is (), "internet" one rule to internet; rules to one
+    destination are merged (every port wins over a list), sorted (internet first, then by network), and two
+    networks may not overlap (nftables could not tell their ports apart). Raises ValueError naming the rule."""
+    if value is None:
+        return None
+    if value == "none":
+        return ()
+    if value == INTERNET:
+        return (EgressRule.model_construct(to=INTERNET, ports=None),)
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ValueError('must be "none", "internet" or a list of rules like {to: 203.0.113.0/24, ports: [443]}')
+    items = list(value)
+    if len(items) > limits.EGRESS_RULES_MAX:
+        raise ValueError(f"must list at most {limits.EGRESS_RULES_MAX} rules")
+    merged: dict[str, tuple[int, tuple[int, ...] | None]] = {}  # to -> (first rule number, ports)
+    for number, item in enumerate(items, start=1):
+        where = f"rule {number}"
+        if isinstance(item, EgressRule):
+            item = item.as_json()
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: must be a mapping like {{to: 203.0.113.0/24, ports: [443]}}")
+        unknown = sorted(str(key) for key in item if key not in ("to", "ports"))
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r} (a rule has to and ports)")
+        to = _egress_network(item.get("to"), where)
+        ports = _egress_ports(item.get("ports"), where)
+        if to in merged:
+            first, have = merged[to]
+            ports = None if have is None or ports is None else tuple(sorted({*have, *ports}))
+            if ports is not None and len(ports) > limits.PORTS_MAX:
+                raise ValueError(f"{where}: rules to {to} list more than {limits.PORTS_MAX} ports together")
+            merged[to] = (first, ports)
+        else:
+            merged[to] = (number, ports)
+    networks = sorted(
+        ((ipaddress.IPv4Network(to), number) for to, (number, _) in merged.items() if to != INTERNET),
+        key=lambda pair: (int(pair[0].network_address), pair[0].prefixlen),
+    )
+    for (one, first), (other, second) in itertools.combinations(networks, 2):
+        if one.overlaps(other):
+            low, high = sorted((first, second))
+            raise ValueError(f"rules {low} and {high} overlap ({one} and {other}); keep one rule per range")
+    ordered = ([INTERNET] if INTERNET in merged else []) + [str(network) for network, _ in networks]
+    return tuple(EgressRule.model_construct(to=to, ports=merged[to][1]) for to in ordered)
+
+
+def egress_summary(rules: tuple[EgressRule, ...] | None) -> str:
+    """One line for people: "none", "internet", "internet:443 10.0.0.0/8:80,443"."""
+    if not rules:
+        return "none"
+    return " ".join(rule.to + (":" + ",".join(map(str, rule.ports)) if rule.ports else "") for rule in rules)
+
+
+def egress_display(rules: tuple[EgressRule, ...] | None) -> Any:
+    """How a document shows egress: "none", "internet", or the list of rules (None: not set)."""
+    if rules is None:
+        return None
+    if not rules:
+        return "none"
+    if len(rules) == 1 and rules[0].to == INTERNET and rules[0].ports is None:
+        return INTERNET
+    return [rule.as_json() for rule in rules]
+
+
 class Network(_Strict):
-    """Ports the tenant accepts connections on, from the gateway and the host only."""
+    """Ports the tenant accepts connections on (from the gateway and the host only), and where it may open
+    connections to (`egress`; the node itself and other tenants never)."""
 
     ingress: Annotated[
         tuple[int, ...] | None,
@@ -184,12 +330,36 @@ class Network(_Strict):
                 raise ValueError("ports must be whole numbers from 1 to 65535")
         return tuple(sorted(set(ports)))
 
+    egress: Annotated[
+        tuple[EgressRule, ...] | None,
+        WithJsonSchema(EGRESS_SCHEMA, mode="validation"),
+        WithJsonSchema(EGRESS_SERIALIZED_SCHEMA, mode="serialization"),
+    ] = None
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress(cls, value: Any) -> Any:
+        return egress_rules(value)
+
+    def filled_from(self, defaults: "Network") -> "Network":
+        """Each field unset here taken from `defaults` (a template's)."""
+        return Network.model_construct(
+            ingress=self.ingress if self.ingress is not None else defaults.ingress,
+            egress=self.egress if self.egress is not None else defaults.egress,
+        )
+
+    def in_force(self) -> "Network":
+        """As a host enforces it: unset egress is none (what the planner compares)."""
+        return self if self.egress is not None else Network.model_construct(ingress=self.ingress, egress=())
+
 
 class TenantSpec(_Strict):
     template: Name
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
     paused: bool = False
+    # None: the template's rule (a plan's rule is written here by the billing webhook).
+    sleep: Sleep | None = None
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -205,6 +375,7 @@ class TenantSpecPatch(_Strict):
     resources: Resources | None = None
     network: Network | None = None
     paused: bool | None = None
+    sleep: Sleep | None = None
 
 
 class Metadata(_Strict):

@@ -19,7 +19,7 @@ from sqlalchemy import (
     text,
 )
 
-from state.schema import METADATA, resource_checks, resource_columns, timestamp
+from state.schema import METADATA, resource_checks, resource_columns, sleep_after_check, sleep_after_column, timestamp
 
 ROLES = ("billing", "operator", "viewer")
 
@@ -85,9 +85,12 @@ PLANS = Table(
     Column("template", Text, nullable=False),
     *resource_columns(),
     Column("ingress_ports", Text),
+    Column("egress", Text),  # migration 12; NULL: the template's
     Column("description", Text, nullable=False, server_default=""),
     timestamp(),
+    sleep_after_column(),
     *resource_checks(),
+    sleep_after_check(),
 )
 
 SIGNING_KEYS = Table(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 
 from specs import Event, TenantStatus
 from state.events import append_events
@@ -58,15 +58,22 @@ def _requested(column: str) -> Any:
     return func.coalesce(TENANTS.c[column], TEMPLATES.c[column])
 
 
+def _awake(column: str) -> Any:
+    """What an awake tenant asks for of `column`; a sleeping one runs nothing, so it asks for none."""
+    return case((TENANTS.c.asleep_since.is_(None), _requested(column)), else_=0)
+
+
 def usage_query() -> Any:
-    """Per node (group by `TENANTS.c.node`): tenants bound and the cpu, memory and disk they ask for."""
+    """Per node (group by `TENANTS.c.node`): tenants bound (a sleeping one takes a slot and its disk) and the
+    cpu and memory the awake ones ask for, so allocatable memory follows what really runs."""
     return (
         select(
             TENANTS.c.node,
             func.count().label("tenants"),
-            func.coalesce(func.sum(_requested("cpu_millicores")), 0).label("cpu"),
-            func.coalesce(func.sum(_requested("memory_bytes")), 0).label("memory"),
+            func.coalesce(func.sum(_awake("cpu_millicores")), 0).label("cpu"),
+            func.coalesce(func.sum(_awake("memory_bytes")), 0).label("memory"),
             func.coalesce(func.sum(_requested("disk_bytes")), 0).label("disk"),
+            func.coalesce(func.sum(case((TENANTS.c.asleep_since.is_(None), 0), else_=1)), 0).label("sleeping"),
         )
         .select_from(TENANTS)
         .outerjoin(TEMPLATES, TEMPLATES.c.name == TENANTS.c.template)

@@ -5,11 +5,13 @@ every reader and writer in `state/` converts through here, so a new resource is 
 `RESOURCE_COLUMNS` plus its migration. It never opens a transaction.
 """
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-from specs import Network, Resources
+from specs import Network, Resources, Sleep
+from specs.tenant import EgressRule, egress_rules
 
 # Resources field -> column, in the order of the tables.
 RESOURCE_COLUMNS: dict[str, str] = {
@@ -44,8 +46,46 @@ def ports(text: str | None) -> tuple[int, ...] | None:
     return None if text is None else tuple(sorted(set(json.loads(text))))
 
 
-def network_from_column(text: str | None) -> Network:
-    return Network.model_construct(ingress=ports(text))
+def network_from_column(text: str | None, egress: str | None = None) -> Network:
+    """`Network` from the `ingress_ports` and `egress` columns (NULL: the template's default)."""
+    return Network.model_construct(ingress=ports(text), egress=egress_from_column(egress))
+
+
+def egress_value(network: Network, *, empty_when_unset: bool = False) -> str | None:
+    """The `egress` column of `network`: its canonical rules as a JSON array ("none" is '[]'), or None when
+    unset (the template's default; a template stores '[]')."""
+    if network.egress is None:
+        return "[]" if empty_when_unset else None
+    return json.dumps([rule.as_json() for rule in network.egress])
+
+
+@functools.lru_cache(maxsize=1024)  # a pass reads thousands of rows, nearly all NULL or one of a few policies
+def egress_from_column(text: str | None) -> tuple[EgressRule, ...] | None:
+    """The rules of an `egress` column, canonical. A value a raw writer made that no spec validates is kept
+    as written: the driver refuses it with a message naming the field, rather than every read failing."""
+    if text is None:
+        return None
+    value = json.loads(text)
+    try:
+        return egress_rules(value)
+    except ValueError:
+        items = value if isinstance(value, list) else []
+        return tuple(
+            EgressRule.model_construct(to=str(item.get("to")), ports=item.get("ports")) if isinstance(item, dict)
+            else EgressRule.model_construct(to=repr(item), ports=None)
+            for item in items
+        )
+
+
+def sleep_value(sleep: Sleep | None) -> int | None:
+    """The `sleep_after_seconds` column: NULL when unset (the template's rule), 0 for never."""
+    if sleep is None:
+        return None
+    return sleep.after or 0
+
+
+def sleep_from_column(seconds: int | None) -> Sleep | None:
+    return None if seconds is None else Sleep.from_column(seconds)
 
 
 def utc(value: Any) -> datetime | None:

@@ -22,7 +22,9 @@ _COLUMN_TO_FIELD = {
     "template": "spec.template",
     **{column: f"spec.resources.{field}" for field, column in RESOURCE_COLUMNS.items()},
     "ingress_ports": "spec.network.ingress",
+    "egress": "spec.network.egress",
     "paused": "spec.paused",
+    "sleep_after_seconds": "spec.sleep.after",
     "deletion_requested_at": "metadata.deletion_requested_at",
 }
 

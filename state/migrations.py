@@ -251,3 +251,47 @@ def _disk_shared(conn: Connection, dialect: Dialect) -> None:
 
 
 MIGRATIONS = (*MIGRATIONS, Migration(11, "disk shared by copy-on-write, per node", _disk_shared))
+
+
+def _egress(conn: Connection, dialect: Dialect) -> None:
+    """Issue 14: `spec.network.egress` on tenants, plans (NULL: the template's) and templates (none, '[]', by
+    default: what every tenant had before), with the CHECK a raw write gets on every engine and, through
+    the triggers, a check of each rule and a generation bump when it changes. A store created since has
+    the column from its first migrations."""
+    if dialect.name == "postgresql":
+        from state.dialects.postgresql import EGRESS_CHECK
+    else:
+        from state.dialects.sqlite import EGRESS_CHECK
+    rule = conn.dialect.identifier_preparer.quote("egress_must_be_a_json_array_of_rules")
+    for name, extra in (("tenants", ""), ("templates", " NOT NULL DEFAULT '[]'"), ("plans", "")):
+        if "egress" in {c["name"] for c in inspect(conn).get_columns(name)}:
+            continue
+        conn.exec_driver_sql(
+            f"ALTER TABLE {name} ADD COLUMN egress TEXT{extra} CONSTRAINT {rule} CHECK ({EGRESS_CHECK})"
+        )
+    dialect.reinstall_triggers(conn)  # their list of spec columns now has egress, and each rule is checked
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(12, "egress by policy (spec.network.egress)", _egress))
+
+
+def _sleep(conn: Connection, dialect: Dialect) -> None:
+    """Issue 14: `sleep.after` on tenants, templates and plans (whole seconds, with the range CHECK a raw
+    write gets) and `asleep_since` on tenants. A store created since has them from its first migrations."""
+    for name in ("tenants", "templates", "plans"):
+        columns = {c["name"] for c in inspect(conn).get_columns(name)}
+        table = METADATA.tables[name]
+        if "sleep_after_seconds" not in columns:
+            check = next(c for c in table.constraints
+                         if isinstance(c, CheckConstraint) and str(c.name).startswith("sleep_after_seconds_"))
+            rule = conn.dialect.identifier_preparer.quote(str(check.name))
+            conn.exec_driver_sql(
+                f"ALTER TABLE {name} ADD COLUMN sleep_after_seconds BIGINT CONSTRAINT {rule} CHECK ({check.sqltext})"
+            )
+        if name == "tenants" and "asleep_since" not in columns:
+            sql_type = table.c.asleep_since.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE tenants ADD COLUMN asleep_since {sql_type}")
+    dialect.reinstall_triggers(conn)  # their list of spec columns now has sleep_after_seconds
+
+
+MIGRATIONS = (*MIGRATIONS, Migration(13, "idle tenants sleep (sleep.after, asleep_since)", _sleep))

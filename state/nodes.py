@@ -52,6 +52,11 @@ class Usage:
     memory_bytes: int = 0
     disk_bytes: int = 0
     tenants: int = 0
+    sleeping: int = 0  # of `tenants`: asleep (their cpu and memory are not counted)
+
+    @property
+    def running(self) -> int:
+        return self.tenants - self.sleeping
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,7 @@ class NodeStore:
         `fleet up` binds to its node without registering it)."""
         with self.session.read() as conn:
             rows = conn.execute(usage_query().group_by(TENANTS.c.node)).all()
-        return {row.node: Usage(int(row.cpu), int(row.memory), int(row.disk), int(row.tenants)) for row in rows}
+        return {row.node: _usage(row) for row in rows}
 
     def get_node(self, name: str) -> NodeRecord:
         for node in self.list_nodes():
@@ -245,8 +250,12 @@ def _node_from_row(row: Any, used: Any) -> NodeRecord:
         ready=bool(row.ready),
         not_ready_reason=row.not_ready_reason,
         heartbeat_age=float(row.age),
-        used=Usage() if used is None else Usage(int(used.cpu), int(used.memory), int(used.disk), int(used.tenants)),
+        used=Usage() if used is None else _usage(used),
     )
+
+
+def _usage(row: Any) -> Usage:
+    return Usage(int(row.cpu), int(row.memory), int(row.disk), int(row.tenants), int(row.sleeping))
 
 
 __all__ = [

@@ -11,7 +11,15 @@ from sqlalchemy import select
 from specs import NotFound
 from specs.billing_plan import Plan
 from state.access_schema import PLANS
-from state.columns import network_from_column, ports_value, resource_values, resources_from_row
+from state.columns import (
+    egress_value,
+    network_from_column,
+    ports_value,
+    resource_values,
+    resources_from_row,
+    sleep_from_column,
+    sleep_value,
+)
 from state.errors import UnknownReference
 from state.schema import TEMPLATES
 from state.session import Session
@@ -23,8 +31,9 @@ def plan_from_row(row: Any) -> Plan:
         id=row.id,
         template=row.template,
         resources=resources_from_row(row),
-        network=network_from_column(row.ingress_ports),
+        network=network_from_column(row.ingress_ports, row.egress),
         description=row.description,
+        sleep=sleep_from_column(row.sleep_after_seconds),
     )
 
 
@@ -45,7 +54,9 @@ class Plans:
                     "template": plan.template,
                     **resource_values(plan.resources),
                     "ingress_ports": ports_value(plan.network),
+                    "egress": egress_value(plan.network),
                     "description": plan.description,
+                    "sleep_after_seconds": sleep_value(plan.sleep),
                 }
                 if conn.execute(PLANS.update().where(PLANS.c.id == plan.id).values(**values)).rowcount == 0:
                     conn.execute(PLANS.insert().values(id=plan.id, **values))

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 
 from specs import format_bytes, limits
+from specs.sleep import SLEEP_AFTER_MAX
 from state.columns import RESOURCE_COLUMNS
 
 METADATA = MetaData()
@@ -67,6 +68,19 @@ def resource_checks() -> tuple[CheckConstraint, ...]:
     )
 
 
+def sleep_after_column() -> Column[int]:
+    """Seconds without a visitor before a tenant sleeps (migration 13): NULL is the template's rule on a
+    tenant or a plan, and never on a template; 0 is never."""
+    return Column("sleep_after_seconds", BigInteger)
+
+
+def sleep_after_check() -> CheckConstraint:
+    return CheckConstraint(
+        f"sleep_after_seconds IS NULL OR (sleep_after_seconds BETWEEN 0 AND {SLEEP_AFTER_MAX})",
+        name=f"sleep_after_seconds_must_be_between_0_and_{SLEEP_AFTER_MAX}",
+    )
+
+
 TENANTS = Table(
     "tenants", METADATA,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -75,7 +89,12 @@ TENANTS = Table(
     Column("template", Text, nullable=False),
     *resource_columns(),  # io since migration 6
     Column("ingress_ports", Text),  # JSON array, e.g. '[80, 443]'
+    Column("egress", Text),  # canonical JSON rules, e.g. '[{"to": "internet"}]'; NULL: the template's (migration 12)
     Column("paused", Boolean, nullable=False, server_default=false()),
+    sleep_after_column(),
+    # When the tenant was put to sleep (idle at the gateway, or `fleet sleep`); NULL while awake. Not spec:
+    # a write of it is a new revision, never a new generation.
+    Column("asleep_since", DateTime(timezone=True)),
     Column("node", Text),
     Column("generation", BigInteger, nullable=False, server_default="1"),
     Column("revision", BigInteger, nullable=False, server_default="0", index=True),
@@ -89,6 +108,7 @@ TENANTS = Table(
     Column("created_revision", BigInteger),
     CheckConstraint("length(name) BETWEEN 1 AND 63", name="name_must_be_1_to_63_characters"),
     *resource_checks(),
+    sleep_after_check(),
 )
 
 STATUS = Table(
@@ -113,9 +133,12 @@ TEMPLATES = Table(
     Column("version", Text, nullable=False),
     *resource_columns(required=True),
     Column("ingress_ports", Text, nullable=False, server_default="[80]"),
+    Column("egress", Text, nullable=False, server_default="[]"),  # migration 12: none unless set
     Column("description", Text, nullable=False, server_default=""),
     timestamp(),
+    sleep_after_column(),
     *resource_checks(),
+    sleep_after_check(),
 )
 
 EVENTS = Table(

@@ -72,6 +72,15 @@ class Store:
     def set_paused(self, name: str, paused: bool) -> int:
         return self._writes.set_paused(name, paused)
 
+    def sleep_candidates(self) -> list[tuple[str, int]]:
+        """(name, sleep.after in seconds) of each Running, awake tenant that has a sleep rule."""
+        return self._reads.sleep_candidates()
+
+    def set_asleep(self, name: str, asleep: bool, event: Event | None = None) -> bool:
+        """Sleep (stop the container, keep all else) or wake a tenant; the reconciler does the rest. True when
+        this call changed it (and `event` was recorded with it)."""
+        return self._writes.set_asleep(name, asleep, event)
+
     def request_delete(self, name: str) -> bool:
         """Mark for deletion (the reconciler finishes it). False when there is no such tenant."""
         return self._writes.request_delete(name)

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from specs import Template
-from state.columns import network_from_column, ports_value, resource_values, resources_from_row
+from specs import Sleep, Template
+from state.columns import egress_value, network_from_column, ports_value, resource_values, resources_from_row
 from state.errors import InvalidRecord
 from state.schema import TEMPLATES
 from state.session import Session
@@ -20,8 +20,9 @@ def template_from_row(row: Any) -> Template:
         name=row.name,
         version=row.version,
         resources=resources_from_row(row),
-        network=network_from_column(row.ingress_ports),
+        network=network_from_column(row.ingress_ports, row.egress),
         description=row.description,
+        sleep=Sleep.from_column(row.sleep_after_seconds),
     )
 
 
@@ -30,7 +31,9 @@ def upsert_template(session: Session, template: Template) -> None:
         "version": template.version,
         **resource_values(template.resources),  # io None: no bandwidth limit
         "ingress_ports": ports_value(template.network, empty_when_unset=True),
+        "egress": egress_value(template.network, empty_when_unset=True),  # unset: none
         "description": template.description,
+        "sleep_after_seconds": template.sleep.after,  # NULL: never
     }
     # io is optional: a template without it leaves its tenants' bandwidth unlimited.
     missing = [k for k in ("cpu", "memory", "disk", "pids") if getattr(template.resources, k) is None]

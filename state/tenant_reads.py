@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select
 
-from specs import Metadata, ResolvedSpec, Resources, Template, Tenant, TenantSpec
-from state.columns import RESOURCE_COLUMNS, network_from_column, resources_from_row, utc
+from specs import Metadata, ResolvedSpec, Resources, Sleep, Template, Tenant, TenantSpec
+from state.columns import RESOURCE_COLUMNS, network_from_column, resources_from_row, sleep_from_column, utc
 from state.records import DesiredRecord, TenantPage
 from state.schema import STATUS, TEMPLATES, TENANTS
 from state.session import Session
@@ -24,7 +24,9 @@ JOINED: Any = (
         TEMPLATES.c.version.label("tpl_version"),
         *(TEMPLATES.c[column].label("tpl_" + column) for column in RESOURCE_COLUMNS.values()),
         TEMPLATES.c.ingress_ports.label("tpl_ingress_ports"),
+        TEMPLATES.c.egress.label("tpl_egress"),
         TEMPLATES.c.description.label("tpl_description"),
+        TEMPLATES.c.sleep_after_seconds.label("tpl_sleep_after_seconds"),
         *STATUS_COLUMNS,
         STATUS.c.revision.label("s_revision"),
     )
@@ -42,8 +44,9 @@ def tenant_from_row(row: Any) -> Tenant:
     spec = TenantSpec.model_construct(
         template=row.template,
         resources=resources_from_row(row),
-        network=network_from_column(row.ingress_ports),
+        network=network_from_column(row.ingress_ports, row.egress),
         paused=bool(row.paused),
+        sleep=sleep_from_column(row.sleep_after_seconds),
     )
     metadata = Metadata.model_construct(
         name=row.name,
@@ -74,8 +77,9 @@ def desired_from_row(
             name=row.template,
             version=row.tpl_version,
             resources=resources_from_row(row, "tpl_"),
-            network=network_from_column(row.tpl_ingress_ports),
+            network=network_from_column(row.tpl_ingress_ports, row.tpl_egress),
             description=row.tpl_description,
+            sleep=Sleep.from_column(row.tpl_sleep_after_seconds),
         )
         if templates is not None:
             templates[key] = template
@@ -86,8 +90,8 @@ def desired_from_row(
             for field, column in RESOURCE_COLUMNS.items()
         })
     network = template.network
-    if row.ingress_ports is not None:
-        network = network_from_column(row.ingress_ports)
+    if row.ingress_ports is not None or row.egress is not None:  # each unset field the template's
+        network = network_from_column(row.ingress_ports, row.egress).filled_from(template.network)
     spec = ResolvedSpec.model_construct(
         name=row.name,
         generation=row.generation,
@@ -96,6 +100,10 @@ def desired_from_row(
         network=network,
         paused=bool(row.paused),
         deleting=row.deletion_requested_at is not None,
+        # The tenant's own rule (0: never), else its template's (NULL there: never).
+        sleep_after=(row.sleep_after_seconds if row.sleep_after_seconds is not None
+                     else row.tpl_sleep_after_seconds) or None,
+        asleep_since=utc(row.asleep_since),
     )
     return DesiredRecord(row.name, row.revision, row.node, spec, status, created_revision=row.created_revision)
 
@@ -145,6 +153,21 @@ class TenantReads:
         with self.session.read() as conn:
             for row in conn.execution_options(yield_per=chunk).execute(query):
                 yield desired_from_row(row, conditions=False, templates=templates)
+
+    def sleep_candidates(self) -> list[tuple[str, int]]:
+        """(name, seconds) of each Running tenant, awake, with a sleep rule of its own or its template's:
+        what the gateway's idle rule looks at every second."""
+        after = func.coalesce(TENANTS.c.sleep_after_seconds, TEMPLATES.c.sleep_after_seconds)
+        query = (
+            select(TENANTS.c.name, after)
+            .select_from(TENANTS)
+            .join(TEMPLATES, TEMPLATES.c.name == TENANTS.c.template)
+            .join(STATUS, STATUS.c.name == TENANTS.c.name)
+            .where(after > 0, TENANTS.c.asleep_since.is_(None), TENANTS.c.deletion_requested_at.is_(None),
+                   TENANTS.c.paused.is_(False), STATUS.c.phase == "Running")
+        )
+        with self.session.read() as conn:
+            return [(name, int(seconds)) for name, seconds in conn.execute(query)]
 
     def counts_by_phase(self) -> dict[str, int]:
         with self.session.read() as conn:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, and_, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
 from specs import Event, FleetError, NotFound, Observed, Tenant
-from state.columns import ports_value, resource_values
+from state.columns import egress_value, ports_value, resource_values, sleep_value
 from state.errors import AlreadyExists, Conflict, StaleWrite, UnknownReference, translate
 from state.events import append_events
 from state.records import ApplyOutcome, ApplyResult, Precondition
@@ -47,7 +47,9 @@ def spec_values(tenant: Tenant) -> dict[str, Any]:
         "template": spec.template,
         **resource_values(spec.resources),
         "ingress_ports": ports_value(spec.network),
+        "egress": egress_value(spec.network),
         "paused": spec.paused,
+        "sleep_after_seconds": sleep_value(spec.sleep),
     }
 
 
@@ -206,6 +208,23 @@ class TenantWrites:
             if result.rowcount == 0:
                 raise NotFound(f"tenant {name} not found")
             return int(conn.execute(select(TENANTS.c.generation).where(TENANTS.c.name == name)).scalar_one())
+
+    def set_asleep(self, name: str, asleep: bool, event: Event | None = None) -> bool:
+        """Put a tenant to sleep (stamp `asleep_since`) or wake it (clear it), with `event`. True when this
+        call changed it; False when it already was so, or is being deleted (a sleep); NotFound when absent.
+        A compare-and-set: of two gateways waking one tenant, one writes and the other finds it awake."""
+        condition = and_(TENANTS.c.name == name, TENANTS.c.asleep_since.is_(None) if asleep
+                         else TENANTS.c.asleep_since.is_not(None))
+        if asleep:
+            condition = and_(condition, TENANTS.c.deletion_requested_at.is_(None))
+        with self.session.write() as conn:
+            changed = conn.execute(TENANTS.update().where(condition).values(
+                asleep_since=func.current_timestamp() if asleep else None)).rowcount
+            if changed and event is not None:
+                append_events(conn, [event])
+            if not changed and conn.execute(select(TENANTS.c.id).where(TENANTS.c.name == name)).first() is None:
+                raise NotFound(f"tenant {name} not found")
+            return bool(changed)
 
     def request_delete(self, name: str) -> bool:
         with self.session.write() as conn:

@@ -16,8 +16,13 @@ class DriverOptions:
     address_range: str = "10.213.0.0/16"
     node: str = "local"
     lxd_socket: Path | None = None  # the LXD (or Incus) API socket; None: LXD's, else Incus's default path
+    egress_interface: str | None = None  # nspawn: where tenants' egress leaves (None: the default route's)
 
 
+EGRESS_INTERFACE_HELP = (
+    "nspawn: the interface tenants' egress (spec.network.egress) leaves the node through, masqueraded. Default: "
+    "the interface of the IPv4 default route, looked up when a tenant first needs egress."
+)
 LXD_SOCKET_HELP = (
     "The LXD API socket for --driver lxd (default /var/lib/lxd/unix.socket, else Incus's /var/lib/incus/unix.socket;"
     " Incus speaks the same API but is untested: it has no package for the Debian release Fleet is tested on)."
@@ -58,6 +63,8 @@ def open_driver(options: DriverOptions) -> tuple[Driver, str]:
         # absent); --pool names a btrfs filesystem for nspawn and means nothing here.
         if options.pool is not None:
             raise PermanentError("--pool is for the nspawn driver; LXD keeps tenants in its storage pool 'fleet'")
+        if options.egress_interface is not None:
+            raise PermanentError("--egress-interface is for the nspawn driver; the lxd driver enforces no egress yet")
         problems = host_problems("lxd", socket=options.lxd_socket)
         if problems:
             raise PermanentError("the lxd driver cannot run: " + "; ".join(problems), reason="HostUnsupported")
@@ -73,6 +80,7 @@ def open_driver(options: DriverOptions) -> tuple[Driver, str]:
         image_size=size,
         address_range=options.address_range,
         node=options.node,
+        **({"egress_interface": options.egress_interface} if options.egress_interface is not None else {}),
     )
     info = driver.info()
     where = f", {info.storage}" if info.storage else ""

@@ -17,7 +17,7 @@ import typer
 from loguru import logger
 
 from reconciler.agent import Agent, AgentConfig
-from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_driver
+from reconciler.cli.driver_options import EGRESS_INTERFACE_HELP, LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
@@ -73,6 +73,7 @@ def agent(
     pool: Path | None = typer.Option(None, "--pool", help="A btrfs filesystem for this node's containers."),
     pool_size: str = typer.Option("20Gi", "--pool-size"),
     address_range: str = typer.Option("10.213.0.0/16", "--address-range"),
+    egress_interface: str | None = typer.Option(None, "--egress-interface", help=EGRESS_INTERFACE_HELP),
     label: list[str] = typer.Option([], "--label", help="KEY=VALUE node label (repeatable), for node selectors."),
     lease: float = typer.Option(10.0, "--lease-seconds", min=1.0, help="Heartbeat lease; NotReady after it."),
     max_tenants: int | None = typer.Option(None, "--max-tenants", min=1, help="Tenant slots on this node."),
@@ -98,7 +99,7 @@ def agent(
     driver, described = open_driver(
         DriverOptions(
             name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node,
-            lxd_socket=lxd_socket,
+            lxd_socket=lxd_socket, egress_interface=egress_interface,
         )
     )
     config = AgentConfig(

@@ -32,6 +32,7 @@ def nodes(
                 "labels": n.labels, "driver": n.driver, "templates": list(n.templates),
                 "heartbeat_age_seconds": round(n.heartbeat_age, 1),
                 "tenants": n.used.tenants, "max_tenants": n.allocatable.tenants,
+                "tenants_running": n.used.running, "tenants_sleeping": n.used.sleeping,
                 "cpu_millicores": {"used": n.used.cpu_millicores, "allocatable": n.allocatable.cpu_millicores},
                 "memory_bytes": {"used": n.used.memory_bytes, "allocatable": n.allocatable.memory_bytes},
                 "disk_bytes": {"used": n.used.disk_bytes, "allocatable": n.allocatable.disk_bytes},
@@ -45,7 +46,7 @@ def nodes(
         [
             n.name,
             ("Ready" if n.ready else "NotReady") + (",SchedulingDisabled" if n.cordoned else ""),
-            f"{n.used.tenants}/{n.allocatable.tenants}",
+            f"{n.used.tenants}/{n.allocatable.tenants}" + (f" ({n.used.sleeping} asleep)" if n.used.sleeping else ""),
             f"{format_cpu(n.used.cpu_millicores)}/{format_cpu(n.allocatable.cpu_millicores)}",
             f"{format_bytes(n.used.memory_bytes)}/{format_bytes(n.allocatable.memory_bytes)}",
             f"{format_bytes(n.used.disk_bytes)}/{format_bytes(n.allocatable.disk_bytes)}",

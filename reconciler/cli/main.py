@@ -33,7 +33,10 @@ COMMANDS = {
     "delete": "Delete a tenant and everything it has (the reconciler does it and records a receipt).",
     "pause": "Stop reconciling a tenant: the reconciler only observes it until resumed.",
     "resume": "Reconcile a paused tenant again.",
+    "sleep": "Put a tenant to sleep now: its container stops, everything else stays; a request wakes it.",
+    "wake": "Wake a sleeping tenant: its container starts again (--wait: until it is Running).",
     "events": "What the reconciler did, newest last; --watch keeps printing new events until Ctrl-C.",
+    "exec": "Run a command inside a tenant as its root (-i: stdin, -t: a terminal); exit with its exit code.",
     "nodes": "Every registered node: Ready, cordoned, tenants and allocatable room, driver, KSM savings.",
     "cordon": "Stop new bindings to NODE; its tenants keep running.",
     "uncordon": "Allow new bindings to NODE again.",
@@ -69,7 +72,7 @@ def target(name: str) -> Callable[..., None] | typer.Typer:
             from reconciler.cli.up import up
 
             return up
-        case "apply" | "get" | "delete" | "pause" | "resume":
+        case "apply" | "get" | "delete" | "pause" | "resume" | "sleep" | "wake":
             from reconciler.cli import tenants
 
             return _verb(tenants, name)
@@ -81,6 +84,10 @@ def target(name: str) -> Callable[..., None] | typer.Typer:
             from reconciler.cli import events
 
             return events.events
+        case "exec":
+            from reconciler.cli import exec as exec_command
+
+            return exec_command.exec_
         case "top":
             from reconciler.cli import top
 

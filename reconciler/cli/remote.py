@@ -202,3 +202,15 @@ def set_paused(remote: Remote, name: str, paused: bool) -> str:
     if answer is None:
         raise RemoteError(f"tenant {name} not found; list them with fleet get tenants")
     return f"tenant/{name} {'paused' if paused else 'resumed'}, generation {answer['generation']}"
+
+
+def set_asleep(remote: Remote, name: str, asleep: bool, wait: bool) -> str:
+    verb = "sleep" if asleep else "wake"
+    answer = remote.call("POST", _tenant_path(name) + f"/{verb}", {"wait": "true"} if wait else None, missing_ok=True)
+    if answer is None:
+        raise RemoteError(f"tenant {name} not found; list them with fleet get tenants")
+    state = "asleep" if asleep else "awake"
+    if not answer["changed"] and not wait:
+        return f"tenant/{name} was already {state}"
+    return f"tenant/{name} {state}: {answer['phase']}" if wait else \
+        f"tenant/{name} marked {state}; its reconciler {'stops' if asleep else 'starts'} the container"

@@ -3,6 +3,7 @@ machines than the controllers. `fleet up` starts both in its own process (see `s
 
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 
@@ -13,10 +14,11 @@ from reconciler.cli.settings import Settings
 from reconciler.documents import BadInput
 from reconciler.metrics import Metrics
 from reconciler.web.app import create_app
-from reconciler.web.context import GatewayLimits, LocalUsage, NodeView, WebConfig, WebContext
+from reconciler.web.context import GatewayLimits, LocalExec, LocalUsage, NodeView, WebConfig, WebContext
 
 __all__ = [
-    "LocalUsage", "NodeView", "api", "gateway", "gateway_limits", "listen", "published", "start_web", "web_config",
+    "LocalExec", "LocalUsage", "NodeView", "api", "gateway", "gateway_limits", "listen", "published", "start_web",
+    "web_config",
 ]
 from reconciler.web.gateway import create_gateway
 from reconciler.web.server import BackgroundServer, Listen
@@ -51,7 +53,8 @@ def web_config(base_domain: str, gateway: Listen | None, public_port: int | None
         raise BadInput(str(error)) from error
     return WebConfig(base_domain=base_domain, public_scheme=public_scheme, public_port=port,
                      webhook_secrets=WebConfig.secrets_from_env(), secure_cookies=public_scheme == "https",
-                     gateway=limits or GatewayLimits(), max_body_bytes=max_body_bytes)
+                     gateway=limits or GatewayLimits(), max_body_bytes=max_body_bytes,
+                     exec_billing=WebConfig.exec_billing_from_env())
 
 
 def gateway_limits(connections: int, body_idle_seconds: float, body_seconds: float) -> GatewayLimits:
@@ -69,11 +72,13 @@ def published(config: WebConfig, servers: list[BackgroundServer]) -> WebConfig:
 
 def start_web(store: Store, config: WebConfig, api: Listen | None, gateway: Listen | None,
               nodes: list[NodeView] | None = None, metrics: Metrics | None = None,
-              usage: LocalUsage | None = None) -> list[BackgroundServer]:
+              usage: LocalUsage | None = None, local_exec: LocalExec | None = None,
+              nudge: Callable[[str], None] | None = None) -> list[BackgroundServer]:
     """Start the API and/or the gateway in background threads; returns them, started. `metrics`: the
-    process's (`/metrics`); `usage`: this node's driver, when it runs in this process."""
+    process's (`/metrics`); `usage`, `local_exec`: this node's driver, when it runs in this process."""
     known = nodes or []
-    context = WebContext(store, config, nodes=lambda: known, metrics=metrics, usage=usage)
+    context = WebContext(store, config, nodes=lambda: known, metrics=metrics, usage=usage, local_exec=local_exec,
+                         nudge=nudge)
     servers = []
     if api is not None:
         servers.append(BackgroundServer(create_app(context), api, name="API").start())

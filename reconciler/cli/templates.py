@@ -11,7 +11,8 @@ from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_d
 from reconciler.cli.render import table
 from reconciler.cli.settings import Settings, this_node
 from reconciler.documents import BadInput, describe_validation
-from specs import Template, TemplateSource, format_bytes, format_cpu
+from specs import Template, TemplateSource, format_bytes, format_cpu, format_duration
+from specs.tenant import egress_summary
 
 app = typer.Typer(help="Templates tenants are cloned from.", no_args_is_help=True)
 
@@ -21,7 +22,8 @@ _LXD_SOCKET = typer.Option(None, "--lxd-socket", help=LXD_SOCKET_HELP)
 
 
 def _template(
-    ref: str, cpu: str, memory: str, disk: str, pids: int, io: str | None, ports: list[int], description: str
+    ref: str, cpu: str, memory: str, disk: str, pids: int, io: str | None, ports: list[int], description: str,
+    sleep_after: str = "never", egress: list[str] | None = None,
 ) -> Template:
     name, _, version = ref.partition("@")
     if not version:
@@ -31,12 +33,30 @@ def _template(
         "version": version,
         "description": description,
         "resources": {"cpu": cpu, "memory": memory, "disk": disk, "pids": pids, "io": io},
-        "network": {"ingress": ports},
+        "network": {"ingress": ports, "egress": _egress(egress or ["none"])},
+        "sleep": {"after": sleep_after},
     }
     try:
         return Template.model_validate(document)
     except ValidationError as error:
         raise BadInput(describe_validation(error)) from error
+
+
+def _egress(values: list[str]) -> Any:
+    """`--egress` values: none, internet, or TO[:PORT,PORT...] with TO a CIDR or internet, one rule each."""
+    if values in (["none"], ["internet"]):
+        return values[0]
+    rules: list[dict[str, Any]] = []
+    for value in values:
+        to, _, ports = value.partition(":")
+        if not ports:
+            rules.append({"to": to})
+            continue
+        try:
+            rules.append({"to": to, "ports": [int(port) for port in ports.split(",")]})
+        except ValueError as error:
+            raise BadInput(f"--egress: {value!r}: ports must be numbers, like 203.0.113.0/24:443,8443") from error
+    return rules
 
 
 def _node_driver(settings: Settings, pool: Path | None, driver_name: str = "nspawn",
@@ -64,11 +84,14 @@ def list_templates(ctx: typer.Context) -> None:
             t.resources.pids,
             format_bytes(t.resources.io) if t.resources.io is not None else "unlimited",
             ",".join(str(p) for p in t.network.ingress or ()),
+            egress_summary(t.network.egress),
+            format_duration(t.sleep.after),
             t.description,
         ]
         for t in store.list_templates()
     ]
-    typer.echo(table(["NAME", "VERSION", "CPU", "MEMORY", "DISK", "PIDS", "IO", "PORTS", "DESCRIPTION"], rows))
+    typer.echo(table(["NAME", "VERSION", "CPU", "MEMORY", "DISK", "PIDS", "IO", "PORTS", "EGRESS", "SLEEP AFTER",
+                      "DESCRIPTION"], rows))
 
 
 def _defaults() -> dict[str, Any]:
@@ -82,6 +105,10 @@ def _defaults() -> dict[str, Any]:
         ),
         "ports": typer.Option([80], "--port", help="Default ingress port (repeat for several)."),
         "description": typer.Option("", "--description"),
+        "egress": typer.Option(["none"], "--egress", help="Default egress of its tenants: none, internet, or "
+                               "TO[:PORT,...] with TO a CIDR or internet (repeat for several rules)."),
+        "sleep_after": typer.Option("never", "--sleep-after",
+                                    help="Default idle time before its tenants sleep (15m, 2h), or never."),
     }
 
 
@@ -101,6 +128,8 @@ def import_template(
     io: str | None = _D["io"],
     ports: list[int] = _D["ports"],
     description: str = _D["description"],
+    sleep_after: str = _D["sleep_after"],
+    egress: list[str] = _D["egress"],
     pool: Path | None = _POOL,
     driver_name: str = _DRIVER,
     lxd_socket: Path | None = _LXD_SOCKET,
@@ -110,7 +139,7 @@ def import_template(
     The tree must have /usr and an executable /fleet/init (the container's entry point)."""
     if (rootfs is None) == (tarball is None):
         raise BadInput("--rootfs or --tarball: give exactly one")
-    template = _template(ref, cpu, memory, disk, pids, io, ports, description)
+    template = _template(ref, cpu, memory, disk, pids, io, ports, description, sleep_after, egress)
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
     source = TemplateSource(kind="rootfs", path=rootfs) if rootfs else TemplateSource(kind="tarball", path=tarball)
@@ -140,6 +169,8 @@ def build_template(
     io: str | None = _D["io"],
     ports: list[int] = _D["ports"],
     description: str = _D["description"],
+    sleep_after: str = _D["sleep_after"],
+    egress: list[str] = _D["egress"],
     pool: Path | None = _POOL,
     driver_name: str = _DRIVER,
     lxd_socket: Path | None = _LXD_SOCKET,
@@ -147,7 +178,7 @@ def build_template(
     """Build a template on this node (with progress) and record it in the store."""
     if busybox == (debootstrap is not None):
         raise BadInput("--busybox or --debootstrap SUITE: give exactly one")
-    template = _template(ref, cpu, memory, disk, pids, io, ports, description)
+    template = _template(ref, cpu, memory, disk, pids, io, ports, description, sleep_after, egress)
     settings: Settings = ctx.obj
     store = settings.open_store(create=True)
     driver = _node_driver(settings, pool, driver_name, lxd_socket)

@@ -5,6 +5,7 @@ imported inside each verb's store path, never at the top."""
 
 from __future__ import annotations
 
+import getpass
 import time
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from reconciler.selectors import FieldRequirement
     from specs import Tenant
     from state import Store
+    from state.records import DesiredRecord
 
 
 class Output(StrEnum):
@@ -150,6 +152,7 @@ def describe(
         raise BadInput(f"kind: must be 'tenant', not {kind!r}")
     from reconciler.tenant_table import age
     from specs import NotFound
+    from specs.tenant import egress_summary
     store = _settings(ctx).open_store()
     tenant = store.get_tenant(name)
     if tenant is None:
@@ -161,6 +164,7 @@ def describe(
     unset = "unlimited" if desired and desired.spec else "-"
     shown = " ".join(f"{k}={unset if v is None else v}" for k, v in resources.items())
     ports = desired.spec.network.ingress if desired and desired.spec else tenant.spec.network.ingress
+    egress = desired.spec.network.egress if desired and desired.spec else tenant.spec.network.egress
     lines = [
         f"Name:          {name}",
         f"Labels:        {', '.join(f'{k}={v}' for k, v in tenant.metadata.labels.items()) or '<none>'}",
@@ -171,7 +175,9 @@ def describe(
         + (f" (cloned {status.template})" if status and status.template else ""),
         f"Resources:     {shown}",
         f"Ingress ports: {', '.join(str(p) for p in ports or ()) or 'none'}",
+        f"Egress:        {egress_summary(egress) if egress is not None else '-'}",
         f"Paused:        {'yes (observe only)' if tenant.spec.paused else 'no'}",
+        f"Sleep:         {_sleep_line(desired)}",
         f"Generation:    {tenant.metadata.generation} (observed {status.observed_generation if status else 0})",
         f"Phase:         {status.phase.value if status else 'Pending'}",
         f"Node:          {status.node if status and status.node else '<not bound yet>'}",
@@ -265,3 +271,63 @@ def resume(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     """Reconcile a paused tenant again."""
     _set_paused(ctx, name, False)
 
+
+
+def _sleep_line(desired: DesiredRecord | None) -> str:
+    from specs import format_duration
+
+    spec = desired.spec if desired else None
+    if spec is None:
+        return "-"
+    rule = f"after {format_duration(spec.sleep_after)} without a visitor" if spec.sleep_after else "never"
+    if spec.asleep_since is not None:
+        return f"asleep since {spec.asleep_since:%Y-%m-%d %H:%M:%S} UTC ({rule})"
+    return rule
+
+
+def _power(ctx: typer.Context, name: str, asleep: bool, wait: bool, timeout: float) -> None:
+    remote = _settings(ctx).remote()
+    if remote is not None:
+        from reconciler.cli import remote as over_api
+
+        typer.echo(over_api.set_asleep(remote, name, asleep, wait))
+        return
+    from reconciler import waking
+    from specs import NotFound, Phase
+
+    store = _settings(ctx).open_store()
+    who = f"{getpass.getuser()} (fleet {'sleep' if asleep else 'wake'})"
+    try:
+        changed = (waking.request_sleep if asleep else waking.request_wake)(store, name, who)
+    except NotFound:
+        typer.echo(f"tenant {name} not found; list them with fleet get tenants", err=True)
+        raise typer.Exit(1) from None
+    verb = "asleep" if asleep else "awake"
+    if not changed and not wait:
+        typer.echo(f"tenant/{name} was already {verb}")
+    if wait:
+        tenant = waking.wait_for_phase(store, name, frozenset({Phase.SLEEPING if asleep else Phase.RUNNING}), timeout)
+        phase = tenant.status.phase.value if tenant.status else "Pending"
+        typer.echo(f"tenant/{name} {verb}: {phase}")
+    elif changed:
+        typer.echo(f"tenant/{name} marked {verb}; its reconciler {'stops' if asleep else 'starts'} the container")
+
+
+def sleep(
+    ctx: typer.Context,
+    name: str = typer.Argument(...),
+    wait: bool = typer.Option(False, "--wait", help="Return once the container is stopped (phase Sleeping)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds --wait waits at most."),
+) -> None:
+    """Put a tenant to sleep now: its container stops, everything else stays; a request wakes it."""
+    _power(ctx, name, True, wait, timeout)
+
+
+def wake(
+    ctx: typer.Context,
+    name: str = typer.Argument(...),
+    wait: bool = typer.Option(False, "--wait", help="Return once it is Running again."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds --wait waits at most."),
+) -> None:
+    """Wake a sleeping tenant: its container starts again (--wait: until it is Running)."""
+    _power(ctx, name, False, wait, timeout)

@@ -11,7 +11,7 @@ from loguru import logger
 
 from reconciler.agent import Agent, AgentConfig
 from reconciler.cli import servers as serving
-from reconciler.cli.driver_options import LXD_SOCKET_HELP, DriverOptions, open_driver
+from reconciler.cli.driver_options import EGRESS_INTERFACE_HELP, LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
@@ -36,6 +36,7 @@ def up(
     ),
     pool_size: str = typer.Option("20Gi", "--pool-size", help="Size of the loop-backed image when Fleet creates it."),
     address_range: str = typer.Option("10.213.0.0/16", "--address-range", help="Tenant addresses on this node."),
+    egress_interface: str | None = typer.Option(None, "--egress-interface", help=EGRESS_INTERFACE_HELP),
     node: str = typer.Option(this_node(), "--node", help="This node's name."),
     workers: int = typer.Option(4, "--workers", min=1, max=64),
     resync: float = typer.Option(30.0, "--resync-seconds", min=0.5, help="How often to compare all with the host."),
@@ -75,7 +76,7 @@ def up(
     driver, described = open_driver(
         DriverOptions(
             name=driver_name, data_dir=data_dir, pool=pool, pool_size=pool_size, address_range=address_range, node=node,
-            lxd_socket=lxd_socket,
+            lxd_socket=lxd_socket, egress_interface=egress_interface,
         )
     )
     # One set of metrics for every part of this process: the store and this node's usage read at scrape time.
@@ -87,7 +88,8 @@ def up(
         []
         if no_api
         else serving.start_web(store, config, api_at, gateway_at, [serving.NodeView(node, driver.name, None)],
-                               metrics, serving.LocalUsage(node, driver.usage))
+                               metrics, serving.LocalUsage(node, driver.usage), serving.LocalExec(node, driver),
+                               nudge=lambda name: agent.take(name, node))  # a wake is reconciled at once
     )
     public = serving.published(config, servers).public
     # The same parts as a fleet, in one process: this node's agent (registration, heartbeat, controller)

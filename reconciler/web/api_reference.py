@@ -64,6 +64,10 @@ def render(document: dict[str, Any]) -> str:
         "`tests/web/test_schemathesis.py` runs schemathesis over it with every check, positive and negative "
         "data and hostile headers (settings in `schemathesis.toml`), and fails on any finding.",
         "",
+        "Not in the OpenAPI document (it has no websockets): the exec websocket `/api/v1/tenants/{name}/exec` "
+        "(operator tokens), `fleet exec` over the API and what a web terminal is built on; its protocol is in "
+        "[exec.md](exec.md).",
+        "",
     ]
     for path, operations in document["paths"].items():
         for method, operation in operations.items():

@@ -2,7 +2,8 @@
 OpenAPI document (`/api/v1/openapi.json`, docs at `/api/v1/docs`).
 
 Build it with `create_app(WebContext(store, config))`. It holds no global state, and it never talks to
-the host: the reconciler does, from the records the API writes.
+the host: the reconciler does, from the records the API writes. One exception: the exec websocket
+(`exec_routes`) runs a command through this node's driver when `fleet up` gave it one (`local_exec`).
 """
 
 from typing import Any
@@ -10,7 +11,17 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from reconciler.web import cli_routes, dashboard, errors, fleet_routes, observability, tenants, watch, webhooks
+from reconciler.web import (
+    cli_routes,
+    dashboard,
+    errors,
+    exec_routes,
+    fleet_routes,
+    observability,
+    tenants,
+    watch,
+    webhooks,
+)
 from reconciler.web.auth import Operator, Reader, TenantWriter
 from reconciler.web.body_limit import BodyLimit, BodyTooLarge, too_large_response
 from reconciler.web.context import AccessDep, ContextDep, StoreDep, WebConfig, WebContext
@@ -48,7 +59,7 @@ def create_app(context: WebContext) -> FastAPI:
         return too_large_response(error)
 
     app.add_exception_handler(BodyTooLarge, on_too_large)
-    for module in (tenants, cli_routes, fleet_routes, watch, webhooks, dashboard, observability):
+    for module in (tenants, cli_routes, fleet_routes, watch, webhooks, dashboard, observability, exec_routes):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness, and the store's revision",

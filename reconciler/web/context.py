@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from drivers import Driver
 from reconciler.metrics import Metrics
 from reconciler.scheduler import Strategy
 from reconciler.urls import PublicAddress
@@ -25,6 +26,7 @@ from state.access import Access
 
 WEBHOOK_SECRET_ENV = "FLEET_WEBHOOK_SECRET"
 MAX_BODY_ENV = "FLEET_MAX_BODY"
+EXEC_BILLING_ENV = "FLEET_EXEC_BILLING"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,15 @@ class LocalUsage:
 
 
 @dataclass(frozen=True)
+class LocalExec:
+    """The driver of the node that runs in this process (`fleet up`), for the exec websocket: commands
+    run only in tenants bound to `node`. A process without a driver (`fleet api`) has none."""
+
+    node: str
+    driver: Driver
+
+
+@dataclass(frozen=True)
 class GatewayLimits:
     """What one tenant's visitors may hold of the gateway, so they cannot starve another tenant's."""
 
@@ -54,6 +65,11 @@ class GatewayLimits:
     # 408, and the tenant's connection is free again.
     request_body_idle_seconds: float = 30.0
     request_body_seconds: float = 300.0
+    # A request for a sleeping tenant waits for its wake this long at most (then 503), and at most this many
+    # wait per tenant (more get 503 at once); the idle rule looks at every tenant this often.
+    wake_timeout_seconds: float = 30.0
+    wake_queue_per_tenant: int = 1000
+    idle_sweep_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class WebConfig:
     # The scheduler's strategy, so a dry run names the node the scheduler would choose.
     strategy: Strategy = Strategy.BINPACK
     gateway: GatewayLimits = field(default_factory=GatewayLimits)
+    # Billing tokens may open the exec websocket too (FLEET_EXEC_BILLING=1); operators always may.
+    exec_billing: bool = False
 
     @property
     def public(self) -> PublicAddress:
@@ -82,6 +100,10 @@ class WebConfig:
     @staticmethod
     def secrets_from_env() -> tuple[str, ...]:
         return tuple(s.strip() for s in os.environ.get(WEBHOOK_SECRET_ENV, "").split(",") if s.strip())
+
+    @staticmethod
+    def exec_billing_from_env() -> bool:
+        return os.environ.get(EXEC_BILLING_ENV, "").strip().lower() in ("1", "true", "yes")
 
     @staticmethod
     def max_body_from_env() -> int:
@@ -104,6 +126,10 @@ class WebContext:
     # The process's metrics (`/metrics`); None: a set of its own that reads the store at scrape time.
     metrics: Metrics | None = None
     usage: LocalUsage | None = None
+    local_exec: LocalExec | None = None  # `fleet exec` over the API: this node's driver, when it runs here
+    # Reconcile a tenant now (the local controller's queue, under `fleet up`): a wake need not wait for the
+    # change feed's next poll. None: the feed brings it.
+    nudge: Callable[[str], None] | None = None
     # The usage the dashboard's ledger read last, reused for a moment (its refreshes come up to once a second).
     ledger_usage: UsageSample = field(default_factory=UsageSample)
     access: Access = field(init=False)

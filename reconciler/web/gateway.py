@@ -31,6 +31,7 @@ import contextlib
 import html
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -44,6 +45,7 @@ from reconciler.web.claims import ClaimRefused, ClaimSigner
 from reconciler.web.context import WebConfig, WebContext
 from reconciler.web.gateway_routes import Admitted, Routes, TenantBusy, TenantSlots
 from reconciler.web.gateway_seams import host_only, same_host_location, split_claim, without_claim_cookie
+from reconciler.web.gateway_sleep import Sleeper, WakeFailed
 from reconciler.web.tenants import CLAIM_PARAMETER
 from specs import Phase
 
@@ -61,6 +63,10 @@ class BodyTimedOut(Exception):
     def __init__(self, rule: str) -> None:
         super().__init__(rule)
         self.rule = rule
+
+
+class FellAsleep(Exception):
+    """The tenant's container refused the connection because it was put to sleep after its route was read."""
 
 
 class VisitorLeft(Exception):
@@ -86,6 +92,9 @@ class Gateway:
         self.signer: ClaimSigner = context.signer
         self.routes = Routes(context.store)
         self.slots = TenantSlots(context.config.gateway.upstream_connections_per_tenant)
+        # The nudge is looked up at each wake: `fleet up` sets it once its controller exists.
+        self.sleeper = Sleeper(context.store, self.routes, context.config.gateway,
+                               nudge=lambda name: context.nudge(name) if context.nudge else None)
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -119,8 +128,10 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.sleeper.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.sleeper.stop()
                 if self._client is not None:
                     await self._client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -177,6 +188,8 @@ class Gateway:
                            [(b"location", same_host_location(raw_path, query).encode("latin-1")),
                             self._cookie_header(token, max_age)])
             return None
+        if self.sleeper.needs_wake(route):
+            return Admitted(tenant, route, query, wake=True)
         if route.phase != Phase.RUNNING or route.address is None:
             await refuse(503, "Not running yet", f"Tenant {tenant} is {route.phase.value}, not Running; "
                          "this page will work once it is.", [(b"retry-after", b"2")])
@@ -204,13 +217,45 @@ class Gateway:
     # -- HTTP ----------------------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         connection = HTTPConnection(scope)
+        tenant = self.tenant_of(connection)
+        with self.sleeper.visiting(tenant) if tenant else contextlib.nullcontext():
+            await self._http_for(connection, scope, receive, send)
+
+    async def _awake(self, admitted: Admitted) -> Admitted | str:
+        """`admitted` with its woken route, or why the tenant could not be woken (for a 503)."""
+        if not admitted.wake:
+            return admitted
+        try:
+            return replace(admitted, route=await self.sleeper.wake(admitted.tenant), wake=False)
+        except TenantBusy:
+            return f"Tenant {admitted.tenant} is waking up and as many requests as it may hold already wait."
+        except WakeFailed as failed:
+            logger.bind(tenant=admitted.tenant, error=str(failed)).warning("Could not wake a tenant")
+            return str(failed)
+
+    async def _http_for(self, connection: HTTPConnection, scope: Scope, receive: Receive, send: Send) -> None:
         admitted = await self._admit(connection, send)
         if admitted is None:
             return
+        awake = await self._awake(admitted)
+        if isinstance(awake, str):
+            await _respond(send, 503, "Waking up", awake + " Try again shortly.", [(b"retry-after", b"2")])
+            return
+        admitted = awake
         limits = self.config.gateway
         try:
             async with self.slots.hold(admitted.tenant, limits.upstream_wait_seconds):
-                await self._proxy(connection, scope, receive, send, admitted)
+                try:
+                    await self._proxy(connection, scope, receive, send, admitted, asleep_since_read=True)
+                except FellAsleep:
+                    # Put to sleep since its route was read (by `fleet sleep`, another gateway): nothing was
+                    # sent yet, so the request is held for the wake like any other.
+                    awake = await self._awake(replace(admitted, wake=True))
+                    if isinstance(awake, str):
+                        await _respond(send, 503, "Waking up", awake + " Try again shortly.",
+                                       [(b"retry-after", b"2")])
+                        return
+                    await self._proxy(connection, scope, receive, send, awake)
         except TenantBusy:
             logger.bind(tenant=admitted.tenant, limit=self.slots.limit).warning("Refused a request: tenant busy")
             await _respond(send, 503, "Too busy", f"Tenant {admitted.tenant} is answering as many requests as it "
@@ -248,7 +293,9 @@ class Gateway:
         return body()
 
     async def _proxy(self, connection: HTTPConnection, scope: Scope, receive: Receive, send: Send,
-                     admitted: Admitted) -> None:
+                     admitted: Admitted, *, asleep_since_read: bool = False) -> None:
+        """`asleep_since_read`: when the container refuses the connection, read the route again and raise
+        FellAsleep if the tenant was put to sleep meanwhile (the cached route is up to 0.5 s old)."""
         tenant, route = admitted.tenant, admitted.route
         url = httpx.URL(scheme="http", host=route.address, port=route.port, path=scope["path"])
         if admitted.query:  # an empty one would be forwarded as a bare "?"
@@ -265,6 +312,14 @@ class Gateway:
                            [(b"connection", b"close")])
             return
         except VisitorLeft:
+            return
+        except httpx.ConnectError as error:
+            if asleep_since_read:
+                fresh = await asyncio.to_thread(self.routes.read, tenant)
+                if fresh is not None and self.sleeper.needs_wake(fresh):
+                    raise FellAsleep(tenant) from error
+            logger.bind(tenant=tenant, error=str(error)).warning("Proxied request failed")
+            await _respond(send, 502, "Sandbox did not answer", f"Tenant {tenant}'s container did not answer.")
             return
         except httpx.HTTPError as error:
             logger.bind(tenant=tenant, error=str(error)).warning("Proxied request failed")
@@ -286,6 +341,10 @@ class Gateway:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         tenant = self.tenant_of(websocket)
+        with self.sleeper.visiting(tenant) if tenant else contextlib.nullcontext():
+            await self._websocket_for(websocket, tenant)
+
+    async def _websocket_for(self, websocket: WebSocket, tenant: str | None) -> None:
         origin = websocket.headers.get("origin", "")
         if tenant is not None and origin.lower() != self.config.public.origin(tenant).lower():
             # A page of a sibling tenant (same registrable domain) must not open a socket with our cookie.
@@ -296,6 +355,11 @@ class Gateway:
         if admitted is None:
             await websocket.close(code=4401, reason="a valid claim for this tenant is required")
             return
+        awake = await self._awake(admitted)
+        if isinstance(awake, str):
+            await websocket.close(code=1013, reason="the sandbox is waking up; try again shortly")
+            return
+        admitted = awake
         try:
             async with self.slots.hold(admitted.tenant, self.config.gateway.upstream_wait_seconds):
                 await self._relay(websocket, admitted)

@@ -23,6 +23,7 @@ class Route:
     address: str | None
     port: int
     created_revision: int | None  # which tenant of this name (claims are bound to it)
+    asleep: bool = False  # put to sleep: a request wakes it (reconciler.web.gateway_sleep)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Admitted:
     tenant: str
     route: Route
     query: str  # the query string to forward: the claim taken out
+    wake: bool = False  # the tenant sleeps: wake it before proxying
 
 
 class TenantBusy(Exception):
@@ -55,7 +57,8 @@ class Routes:
         status = record.status
         phase = Phase.DELETING if record.spec.deleting else (status.phase if status else Phase.PENDING)
         ports = record.spec.network.ingress or (80,)
-        return Route(tenant, phase, status.address if status else None, ports[0], record.created_revision)
+        return Route(tenant, phase, status.address if status else None, ports[0], record.created_revision,
+                     asleep=record.spec.asleep)
 
     async def lookup(self, tenant: str) -> Route | None:
         cached = self._cache.get(tenant)
@@ -72,7 +75,11 @@ class Routes:
         self._reading.pop(tenant, None)
         if done.cancelled() or done.exception() is not None:
             return
-        self._cache[tenant] = (time.monotonic(), done.result())
+        self.remember(tenant, done.result())
+
+    def remember(self, tenant: str, route: Route | None) -> None:
+        """Cache what was just read (a wake's fresh route replaces the sleeping one at once)."""
+        self._cache[tenant] = (time.monotonic(), route)
         self._cache.move_to_end(tenant)
         while len(self._cache) > self.size:
             self._cache.popitem(last=False)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
 
+from reconciler import waking
 from reconciler.actions import Delete, Stop
 from reconciler.applying import planned
 from reconciler.placement_preview import would_place
@@ -293,6 +294,50 @@ def tenant_events(
     after: Annotated[int, Query(ge=0, le=2**62)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Event]:
     return store.events(tenant=name, after_id=after, limit=limit)
+
+
+class PowerState(BaseModel):
+    """Where a tenant is after a sleep or wake request."""
+
+    name: str
+    asleep: bool = Field(description="Whether the tenant is marked asleep now")
+    changed: bool = Field(description="False when it already was so")
+    phase: Phase = Field(description="Its phase as last recorded (with wait: the one waited for)")
+
+
+WAKE_WAIT_SECONDS = 60.0
+Wait = Annotated[bool, Query(description=f"Answer once the reconciler got there (at most {WAKE_WAIT_SECONDS:g}s)")]
+
+
+def _power(context: WebContext, name: str, asleep: bool, who: str, wait: bool) -> PowerState:
+    _existing(context.store, name)
+    if asleep:
+        changed = waking.request_sleep(context.store, name, who)
+    else:
+        changed = waking.request_wake(context.store, name, who)
+    if context.nudge is not None:
+        context.nudge(name)
+    if wait:
+        target = frozenset({Phase.SLEEPING} if asleep else {Phase.RUNNING})
+        tenant = waking.wait_for_phase(context.store, name, target, WAKE_WAIT_SECONDS)
+    else:
+        tenant = _existing(context.store, name)
+    record = context.store.desired(name)
+    return PowerState(name=name, asleep=bool(record and record.spec and record.spec.asleep), changed=changed,
+                      phase=tenant.status.phase if tenant.status else Phase.PENDING)
+
+
+@router.post("/tenants/{name}/sleep", response_model=PowerState, summary="Put a tenant to sleep now")
+def sleep_tenant(name: TenantName, context: ContextDep, token: TenantWriter, wait: Wait = False) -> PowerState:
+    """Its container is stopped; filesystem, address, limits and firewall stay. The next request through the
+    gateway (or a wake) starts it again. A tenant being deleted is not put to sleep (changed: false)."""
+    return _power(context, name, True, f"token {token.name}", wait)
+
+
+@router.post("/tenants/{name}/wake", response_model=PowerState, summary="Wake a sleeping tenant")
+def wake_tenant(name: TenantName, context: ContextDep, token: TenantWriter, wait: Wait = False) -> PowerState:
+    """Its container is started again. Waking an awake tenant changes nothing (changed: false)."""
+    return _power(context, name, False, f"token {token.name}", wait)
 
 
 @router.post("/tenants/{name}/authorize", response_model=Authorization,

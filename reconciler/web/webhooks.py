@@ -278,7 +278,8 @@ class BillingWebhook:
         try:
             return Tenant(
                 metadata=Metadata(name=name, labels=labels),
-                spec=TenantSpec(template=plan.template, resources=plan.resources, network=plan.network),
+                spec=TenantSpec(template=plan.template, resources=plan.resources, network=plan.network,
+                                sleep=plan.sleep),
             )
         except ValidationError as error:
             raise validation_error(error) from error

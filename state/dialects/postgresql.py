@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.engine import make_url
@@ -48,6 +49,28 @@ CHANNEL = "fleet_changes"
 
 NAME_CHECK = "{col} ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$'"
 
+# spec.network.egress (migration 12): a JSON array of at most EGRESS_RULES_MAX rules, NULL the template's.
+EGRESS_CHECK = (
+    "egress IS NULL OR (CASE WHEN coalesce(fleet_json_type(egress), '') = 'array'"
+    f" THEN jsonb_array_length(egress::jsonb) <= {limits.EGRESS_RULES_MAX} ELSE false END)"
+)
+# Each rule {"to": an IPv4 CIDR or "internet", "ports": [1-65535, ...]} (optional); the drivers parse `to`
+# again. CASE keeps each test to the JSON types it can be asked of.
+_BAD_EGRESS = (  # NEW through to_jsonb: see _SPEC_CHANGED
+    "coalesce(fleet_json_type(to_jsonb(NEW)->>'egress'), '') = 'array' AND EXISTS ("
+    " SELECT 1 FROM jsonb_array_elements((to_jsonb(NEW)->>'egress')::jsonb) AS r WHERE CASE"
+    "  WHEN jsonb_typeof(r) <> 'object' THEN true"
+    "  WHEN jsonb_typeof(r->'to') IS DISTINCT FROM 'string' THEN true"
+    "  WHEN (r->>'to') <> 'internet' AND (r->>'to') !~ '^[0-9]{1,3}([.][0-9]{1,3}){3}(/[0-9]{1,2})?$' THEN true"
+    "  WHEN EXISTS (SELECT 1 FROM jsonb_object_keys(r) AS k WHERE k NOT IN ('to', 'ports')) THEN true"
+    "  WHEN r->'ports' IS NULL OR jsonb_typeof(r->'ports') = 'null' THEN false"
+    "  WHEN jsonb_typeof(r->'ports') <> 'array' THEN true"
+    f"  WHEN jsonb_array_length(r->'ports') NOT BETWEEN 1 AND {limits.PORTS_MAX} THEN true"
+    "  ELSE EXISTS (SELECT 1 FROM jsonb_array_elements(r->'ports') AS port"
+    "   WHERE jsonb_typeof(port) <> 'number' OR port::text !~ '^[0-9]+$'"
+    "      OR port::text::numeric < 1 OR port::text::numeric > 65535) END)"
+)
+
 # (table, constraint name, SQL): the same names as SQLite's, so a raw write gets the same rule back.
 CHECKS: list[tuple[str, str, str]] = [
     ("tenants", "name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
@@ -60,6 +83,9 @@ CHECKS: list[tuple[str, str, str]] = [
         f" THEN jsonb_array_length(ingress_ports::jsonb) <= {limits.PORTS_MAX} ELSE false END)",
     ),
     ("templates", "template_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
+    ("tenants", "egress_must_be_a_json_array_of_rules", EGRESS_CHECK),
+    ("templates", "egress_must_be_a_json_array_of_rules", EGRESS_CHECK),
+    ("plans", "egress_must_be_a_json_array_of_rules", EGRESS_CHECK),
 ]
 
 # Created before the tables (their CHECKs call it): the JSON type of a text, NULL when it is not JSON,
@@ -75,9 +101,20 @@ END $$;
 
 # A change to any of these is a spec change: a new generation (and refused while deleting).
 _SPEC_COLUMNS = (
-    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports", "paused"
+    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports",
+    "paused", "sleep_after_seconds", "egress",
 )
-_SPEC_CHANGED = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in _SPEC_COLUMNS)
+# Through to_jsonb: a migration that reinstalls these triggers before a later one adds its column (8 before
+# 12 and 13) must not fail on a column the table does not have yet (a missing key reads as NULL on both sides).
+_SPEC_CHANGED = " OR ".join(f"to_jsonb(OLD)->'{c}' IS DISTINCT FROM to_jsonb(NEW)->'{c}'" for c in _SPEC_COLUMNS)
+
+
+def _with_present_columns(conn: Connection, statement: str) -> str:
+    """`statement` comparing only the spec columns the tenants table has yet: a migration that reinstalls
+    the triggers runs before the later migrations add their columns."""
+    present = {c["name"] for c in inspect(conn).get_columns("tenants")}
+    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in _SPEC_COLUMNS if c in present)
+    return statement.replace(_SPEC_CHANGED, changed)
 
 TRIGGERS = [
     "CREATE SEQUENCE IF NOT EXISTS fleet_revision_seq",
@@ -99,6 +136,11 @@ TRIGGERS = [
            WHERE jsonb_typeof(port) <> 'number' OR port::text !~ '^[0-9]+$'
               OR port::text::numeric < 1 OR port::text::numeric > 65535) THEN
         RAISE EXCEPTION 'ingress_ports: ports must be whole numbers from 1 to 65535'
+          USING ERRCODE = 'check_violation';
+      END IF;
+      IF (TG_OP = 'INSERT' OR to_jsonb(NEW)->'egress' IS DISTINCT FROM to_jsonb(OLD)->'egress') AND {_BAD_EGRESS} THEN
+        RAISE EXCEPTION 'egress: each rule must be {{"to": an IPv4 CIDR or "internet", "ports": [1-65535, ...]'
+          ' or absent}}'
           USING ERRCODE = 'check_violation';
       END IF;
       IF TG_OP = 'INSERT' THEN
@@ -242,7 +284,7 @@ class PostgreSQLDialect:
     def install_triggers(self, conn: Connection) -> None:
         conn.exec_driver_sql(FUNCTIONS)
         for statement in TRIGGERS:
-            conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(_with_present_columns(conn, statement))
 
     def install_tombstone_triggers(self, conn: Connection) -> None:
         for statement in TOMBSTONE_TRIGGERS:

@@ -11,7 +11,18 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CheckConstraint, ColumnElement, Connection, Engine, Table, create_engine, event, func, make_url
+from sqlalchemy import (
+    CheckConstraint,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    make_url,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from specs import limits
@@ -20,6 +31,27 @@ if TYPE_CHECKING:  # imported where a listener is made: a command that only read
     from state.dialects.sqlite_listener import InotifyListener
 
 NAME_CHECK = "{col} NOT GLOB '*[^a-z0-9-]*' AND {col} NOT GLOB '-*' AND {col} NOT GLOB '*-'"
+
+# spec.network.egress (migration 12): a JSON array of at most EGRESS_RULES_MAX rules, NULL the template's.
+EGRESS_CHECK = (
+    f"egress IS NULL OR (json_valid(egress) AND json_type(egress) = 'array'"
+    f" AND json_array_length(egress) <= {limits.EGRESS_RULES_MAX})"
+)
+# Each rule {"to": an IPv4 CIDR or "internet", "ports": [1-65535, ...]} (optional); the drivers parse `to` again.
+_BAD_EGRESS = (
+    "NEW.egress IS NOT NULL AND json_valid(NEW.egress) AND json_type(NEW.egress) = 'array' AND EXISTS ("
+    "SELECT 1 FROM json_each(NEW.egress) AS r WHERE r.type != 'object'"
+    " OR json_type(r.value, '$.to') IS NOT 'text'"
+    " OR (json_extract(r.value, '$.to') != 'internet'"
+    "     AND json_extract(r.value, '$.to') NOT GLOB '[0-9]*.[0-9]*.[0-9]*.[0-9]*')"
+    " OR EXISTS (SELECT 1 FROM json_each(r.value) AS k WHERE k.key NOT IN ('to', 'ports'))"
+    " OR (json_type(r.value, '$.ports') IS NOT NULL AND json_type(r.value, '$.ports') != 'null' AND ("
+    "     json_type(r.value, '$.ports') != 'array'"
+    f"     OR json_array_length(r.value, '$.ports') NOT BETWEEN 1 AND {limits.PORTS_MAX}"
+    "     OR EXISTS (SELECT 1 FROM json_each(r.value, '$.ports') AS p"
+    "                 WHERE p.type != 'integer' OR p.value < 1 OR p.value > 65535))))"
+)
+_EGRESS_RULE = 'egress: each rule must be {"to": an IPv4 CIDR or "internet", "ports": [1-65535, ...] or absent}'
 
 # (table, constraint name, SQL). Names say the rule: SQLite puts them in the error message.
 CHECKS: list[tuple[str, str, str]] = [
@@ -32,15 +64,26 @@ CHECKS: list[tuple[str, str, str]] = [
         f"ingress_ports IS NULL OR (json_valid(ingress_ports) AND json_type(ingress_ports) = 'array'"
         f" AND json_array_length(ingress_ports) <= {limits.PORTS_MAX})",
     ),
+    ("tenants", "egress_must_be_a_json_array_of_rules", EGRESS_CHECK),
+    ("templates", "egress_must_be_a_json_array_of_rules", EGRESS_CHECK),
     ("tenants", "paused_must_be_0_or_1", "paused IN (0, 1)"),
     ("templates", "template_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
 ]
 
 # A change to any of these is a spec change: a new generation (and refused while deleting).
 _SPEC_COLUMNS = (
-    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports", "paused"
+    "template", "cpu_millicores", "memory_bytes", "disk_bytes", "pids", "io_bytes_per_second", "ingress_ports",
+    "paused", "sleep_after_seconds", "egress",
 )
 _SPEC_CHANGED = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _SPEC_COLUMNS)
+
+
+def _with_present_columns(conn: Connection, statement: str) -> str:
+    """`statement` comparing only the spec columns the tenants table has yet: a migration that reinstalls
+    the triggers runs before the later migrations add their columns."""
+    present = {c["name"] for c in inspect(conn).get_columns("tenants")}
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _SPEC_COLUMNS if c in present)
+    return statement.replace(_SPEC_CHANGED, changed)
 
 _BAD_PORTS = (
     "NEW.ingress_ports IS NOT NULL AND json_valid(NEW.ingress_ports) AND EXISTS (SELECT 1 FROM"
@@ -93,6 +136,12 @@ TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS tenants_ports_update BEFORE UPDATE OF ingress_ports ON tenants
          WHEN {_BAD_PORTS} BEGIN
          SELECT RAISE(ABORT, 'ingress_ports: ports must be whole numbers from 1 to 65535');
+       END""",
+    f"""CREATE TRIGGER IF NOT EXISTS tenants_egress_insert BEFORE INSERT ON tenants WHEN {_BAD_EGRESS} BEGIN
+         SELECT RAISE(ABORT, '{_EGRESS_RULE}');
+       END""",
+    f"""CREATE TRIGGER IF NOT EXISTS tenants_egress_update BEFORE UPDATE OF egress ON tenants WHEN {_BAD_EGRESS} BEGIN
+         SELECT RAISE(ABORT, '{_EGRESS_RULE}');
        END""",
     """CREATE TRIGGER IF NOT EXISTS status_stamp_insert AFTER INSERT ON tenant_status BEGIN
          UPDATE fleet_revision SET value = value + 1 WHERE id = 1;
@@ -157,7 +206,7 @@ class SQLiteDialect:
 
     def install_triggers(self, conn: Connection) -> None:
         for statement in TRIGGERS:
-            conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(_with_present_columns(conn, statement))
 
     def install_tombstone_triggers(self, conn: Connection) -> None:
         for statement in TOMBSTONE_TRIGGERS:
@@ -237,6 +286,7 @@ ACCESS_CHECKS: list[tuple[str, str, str]] = [
         f"ingress_ports IS NULL OR (json_valid(ingress_ports) AND json_type(ingress_ports) = 'array'"
         f" AND json_array_length(ingress_ports) <= {limits.PORTS_MAX})",
     ),
+    ("plans", "egress_must_be_a_json_array_of_rules", EGRESS_CHECK),
     ("api_tokens", "token_name_must_be_a_dns_label", NAME_CHECK.format(col="name")),
 ]
 

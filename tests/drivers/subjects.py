@@ -24,7 +24,7 @@ from tests.integration.conftest_runtime import BASE, TEST_DATA_DIR, TEST_IMAGE_S
 PREFIX = f"{TEST_PREFIX}conf-"
 SMALL = Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi")
 LARGE = Resources(cpu="1.5", memory="192Mi", pids=256, disk="256Mi")
-WEB = Network(ingress=(80,))
+WEB = Network(ingress=(80,), egress="none")  # what every driver observes: no egress
 CRASH_STEPS = ("clone", "apply_resources", "apply_network", "start", "stop", "delete")
 
 

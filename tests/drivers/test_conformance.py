@@ -182,3 +182,48 @@ def test_a_crash_in_each_step_converges_and_delete_leaves_nothing(subject: Subje
     assert receipt.removed
     assert subject.driver.inspect(name) is None and name not in {o.name for o in subject.driver.list()}
     assert subject.leftovers(name) == []
+
+
+def _run(process: object) -> tuple[int, bytes, bytes]:
+    """Read a command's output to its end and its exit code (the streams of `Driver.exec`)."""
+    import os
+    import select
+
+    from drivers import ExecProcess
+
+    assert isinstance(process, ExecProcess)
+    streams = {process.stdout: b"", **({process.stderr: b""} if process.stderr is not None else {})}
+    open_streams = set(streams)
+    while open_streams:
+        for fd in select.select(list(open_streams), [], [], 10)[0]:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                streams[fd] += chunk
+            else:
+                open_streams.discard(fd)
+    code = process.wait(10)
+    process.close()
+    return code, streams[process.stdout], streams.get(process.stderr, b"") if process.stderr is not None else b""
+
+
+def test_exec_runs_in_a_running_tenant_and_is_refused_in_a_stopped_one(subject: Subject) -> None:
+    from drivers import ExecRequest
+
+    name = subject.provision("exec")
+    if subject.driver.name == "lxd":
+        with pytest.raises(PermanentError) as unsupported:
+            subject.driver.exec(name, ExecRequest(("true",)))
+        assert unsupported.value.reason == "Unsupported"
+        return
+    assert _run(subject.driver.exec(name, ExecRequest(("echo", "a", "$b")))) == (0, b"a $b\n", b"")
+    assert _run(subject.driver.exec(name, ExecRequest(("false",))))[0] == 1
+    missing = _run(subject.driver.exec(name, ExecRequest(("no-such-command",))))
+    assert missing[0] == 127 and b"not found" in missing[2]
+    cat = subject.driver.exec(name, ExecRequest(("cat",)))
+    cat.write(b"through stdin")
+    cat.close_stdin()
+    assert _run(cat) == (0, b"through stdin", b"")
+    subject.driver.stop(name)
+    with pytest.raises(PermanentError) as stopped:
+        subject.driver.exec(name, ExecRequest(("true",)))
+    assert stopped.value.reason == "NotRunning"

@@ -160,3 +160,29 @@ def test_over_the_api_get_watch_prints_new_changed_and_deleted_tenants_until_ctr
     finally:
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=30) == 0, watcher.stderr.read() if watcher.stderr else ""
+
+
+def test_sleep_and_wake_on_the_store_and_over_the_api(laptop: Laptop) -> None:
+    store = laptop.fleet
+    store.run("apply", "-f", "-", stdin="kind: Tenant\nmetadata: {name: dozy}\nspec: {template: base, "
+                                        "sleep: {after: 15m}}\n")
+    wait_for(lambda: laptop.phase("dozy") == "Running", what="dozy Running")
+    shown = store.run("get", "tenant", "dozy", "-o", "yaml").stdout
+    assert "after: 15m" in shown, shown
+    slept = store.run("sleep", "dozy", "--wait")
+    assert slept.stdout.strip() == "tenant/dozy asleep: Sleeping"
+    assert store.run("sleep", "dozy").stdout.strip() == "tenant/dozy was already asleep"
+    nodes = json.loads(store.run("get", "tenant", "dozy", "-o", "json").stdout)
+    assert nodes["status"]["phase"] == "Sleeping"
+    woken = laptop.run("wake", "dozy", "--wait")  # over the API
+    assert woken.stdout.strip() == "tenant/dozy awake: Running"
+    assert laptop.run("wake", "dozy").stdout.strip() == "tenant/dozy was already awake"
+    assert laptop.run("sleep", "dozy", "--wait").stdout.strip() == "tenant/dozy asleep: Sleeping"
+    events = store.run("events", "dozy", "-n", "50").stdout
+    assert "SleepRequested" in events and "put to sleep by token ops" in events, events
+    assert "woken by token ops" in events
+    missing = laptop.run("wake", "nobody", check=False)
+    assert missing.returncode == 1 and "tenant nobody not found" in missing.stderr
+    bad = store.run("apply", "-f", "-", stdin="kind: Tenant\nmetadata: {name: dozy}\nspec: {template: base, "
+                                             "sleep: {after: 0s}}\n", check=False)
+    assert bad.returncode == 2 and "spec.sleep.after" in bad.stderr and "1s to 30d" in bad.stderr, bad.stderr

@@ -100,7 +100,7 @@ def test_tenant_page_answers_over_http_from_the_host(driver: NspawnDriver) -> No
         ).info("Measured tenant start")
         assert b"Fleet tenant" in body and name.encode() in body
         assert observed.running and observed.problems == ()
-        assert observed.network == Network(ingress=(80,))
+        assert observed.network == Network(ingress=(80,), egress="none")
         assert observed.resources == Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi")
         assert observed.template == BASE.ref
     finally:
@@ -218,11 +218,11 @@ def test_drift_is_seen_by_inspect_and_repaired(driver: NspawnDriver, make_tenant
         ["nft", "delete", "element", "inet", "fleet", "tenant_ingress", f'{{ "{veth_name(name)}" . 80 }}'], check=True
     )
     dropped = driver.inspect(name)
-    assert dropped is not None and dropped.network == Network(ingress=())
+    assert dropped is not None and dropped.network == Network(ingress=(), egress="none")
     assert http_get(address, timeout=0.5) is None  # the host is no longer let in
     driver.apply_network(name, Network(ingress=(80,)))
     final = driver.inspect(name)
-    assert final is not None and final.network == Network(ingress=(80,)) and final.problems == ()
+    assert final is not None and final.network == Network(ingress=(80,), egress="none") and final.problems == ()
     wait_http(address)
     assert final.pid == restarted.pid  # none of the repairs restarted the container
 

@@ -28,7 +28,7 @@ pytest_plugins = ["tests.lxd.runtime"]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 MakeTenant = Callable[..., Observed]
 RESOURCES = Resources(cpu="1", memory="128Mi", pids=128, disk="128Mi")
-WEB = Network(ingress=(80,))
+WEB = Network(ingress=(80,), egress="none")
 STEPS = ("clone", "apply_resources", "apply_network", "start", "stop", "delete")
 
 
@@ -145,7 +145,7 @@ def test_a_tenant_wanting_fewer_ports_than_its_template_never_gets_the_templates
         driver.apply_resources(name, RESOURCES)
         driver.start(name)
         observed = driver.inspect(name)
-        assert observed is not None and observed.network == Network(ingress=()) and not observed.problems
+        assert observed is not None and observed.network == Network(ingress=(), egress="none") and not observed.problems
         assert observed.address is not None and http_get(observed.address, timeout=0.5) is None  # port 80 shut
     finally:
         driver.delete(name)

@@ -199,3 +199,20 @@ def test_tenant_runs_unprivileged_in_a_uid_range_of_its_own(driver: LxdDriver, m
     first, second = ranges
     assert first.stop <= second.start or second.stop <= first.start, f"id ranges overlap: {ranges}"
     assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core_pattern
+
+
+def test_egress_is_refused_saying_what_to_do_and_the_tenant_keeps_what_it_had(
+    driver: LxdDriver, make_lxd_tenant: MakeTenant
+) -> None:
+    from specs import PermanentError
+
+    tenant = make_lxd_tenant("egress")
+    for egress in ("internet", [{"to": "198.51.100.0/24", "ports": [443]}]):
+        with pytest.raises(PermanentError, match="set egress to none") as raised:
+            driver.apply_network(tenant.name, Network(ingress=(80,), egress=egress))
+        assert raised.value.reason == "EgressUnsupported"
+    after = driver.inspect(tenant.name)
+    assert after is not None and after.network == Network(ingress=(80,), egress="none")
+    assert after.address == tenant.address and after.pid == tenant.pid
+    driver.apply_network(tenant.name, Network(ingress=(80,), egress="none"))  # none is what it enforces
+    assert tenant.address is not None and b"Fleet tenant" in wait_http(tenant.address)

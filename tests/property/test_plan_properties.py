@@ -1,5 +1,7 @@
 """plan() is idempotent: applying its actions to what was observed leaves nothing more to do."""
 
+from datetime import UTC, datetime
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +29,7 @@ specs_ = st.builds(
     network=networks,
     paused=st.booleans(),
     deleting=st.booleans(),
+    asleep_since=st.one_of(st.none(), st.just(datetime(2026, 12, 1, tzinfo=UTC))),
 )
 observed_ = st.one_of(
     st.none(),
@@ -86,3 +89,26 @@ def test_plan_is_deterministic_and_never_repeats_an_action(desired: ResolvedSpec
 def test_a_deleting_tenant_ends_with_nothing_on_the_host(desired: ResolvedSpec, observed: Observed | None) -> None:
     deleting = desired.model_copy(update={"deleting": True})
     assert apply(plan(deleting, observed), observed) is None
+
+
+@given(specs_, observed_)
+def test_an_asleep_tenant_ends_stopped_with_all_else_in_place_and_an_awake_one_running(
+    desired: ResolvedSpec, observed: Observed | None
+) -> None:
+    if desired.paused or desired.deleting:
+        return
+    after = apply(plan(desired, observed), observed)
+    assert after is not None and after.running is not desired.asleep
+    assert after.resources == desired.resources and after.network == desired.network and after.address
+
+
+@given(specs_, observed_)
+def test_sleep_and_wake_are_a_stop_and_a_start_and_nothing_else(
+    desired: ResolvedSpec, observed: Observed | None
+) -> None:
+    awake = desired.model_copy(update={"asleep_since": None, "paused": False, "deleting": False})
+    converged = apply(plan(awake, observed), observed)
+    asleep = awake.model_copy(update={"asleep_since": datetime(2026, 12, 1, tzinfo=UTC)})
+    assert plan(asleep, converged) == [Stop()]
+    stopped = apply([Stop()], converged)
+    assert plan(awake, stopped) == [Start()]

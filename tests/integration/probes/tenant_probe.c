@@ -4,6 +4,9 @@
  *   tenant_probe subvol-escape DIR NAME    BTRFS_IOC_SUBVOL_CREATE_V2 asking to inherit no qgroup at all
  *   tenant_probe snapshot SRC DIR NAME     BTRFS_IOC_SNAP_CREATE_V2 of a subvolume the tenant can read
  *   tenant_probe spoof SRC DST PORT        a raw IPv4/UDP packet with a forged source address
+ *   tenant_probe udp DST PORT              a UDP datagram to DST:PORT, and its answer within a second
+ *   tenant_probe icmp DST                  an ICMP echo request (a datagram socket, as an unprivileged ping
+ *                                          sends it: busybox ping wants a raw socket as root), and its reply
  *   tenant_probe blockdev MAJOR MINOR      mknod a block device and open it for reading
  *   tenant_probe deep DIR LEVELS [SUBVOL]  a chain of LEVELS directories (200-byte names) under DIR, far past
  *                                          PATH_MAX, with a nested subvolume SUBVOL at its bottom
@@ -28,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/time.h>
 #include <sys/xattr.h>
 #include <linux/fs.h>
 #include <unistd.h>
@@ -120,6 +124,33 @@ static int spoof(const char *source, const char *destination, int port) {
     return report("spoof", failed);
 }
 
+static int udp(const char *destination, int port) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(port) };
+    struct timeval wait = { .tv_sec = 1 };
+    char answer[256] = {0};
+    if (fd < 0 || inet_pton(AF_INET, destination, &to.sin_addr) != 1) return report("udp", 1);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    if (sendto(fd, "ping", 4, 0, (struct sockaddr *)&to, sizeof to) != 4) return report("udp", 1);
+    ssize_t got = recv(fd, answer, sizeof answer - 1, 0);
+    if (got <= 0) return report("udp", 1);
+    printf("udp ok %s\n", answer);
+    return 0;
+}
+
+static int icmp(const char *destination) {
+    int fd = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    struct sockaddr_in to = { .sin_family = AF_INET };
+    struct timeval wait = { .tv_sec = 1 };
+    unsigned char echo[16] = { 8, 0 }, answer[128];
+    if (fd < 0 || inet_pton(AF_INET, destination, &to.sin_addr) != 1) return report("icmp", 1);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    if (sendto(fd, echo, sizeof echo, 0, (struct sockaddr *)&to, sizeof to) != sizeof echo) return report("icmp", 1);
+    ssize_t got = recv(fd, answer, sizeof answer, 0);
+    if (got <= 0 || answer[0] != 0) return report("icmp", 1);
+    return report("icmp", 0);
+}
+
 static int blockdev(unsigned major_number, unsigned minor_number) {
     const char *path = "/tmp/fleet-probe-blk";
     unlink(path);
@@ -187,6 +218,8 @@ int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "snapshot")) return snapshot(argv[2], argv[3], argv[4]);
     if (argc == 5 && !strcmp(argv[1], "spoof")) return spoof(argv[2], argv[3], atoi(argv[4]));
     if (argc == 4 && !strcmp(argv[1], "blockdev")) return blockdev(atoi(argv[2]), atoi(argv[3]));
+    if (argc == 4 && !strcmp(argv[1], "udp")) return udp(argv[2], atoi(argv[3]));
+    if (argc == 3 && !strcmp(argv[1], "icmp")) return icmp(argv[2]);
     if ((argc == 4 || argc == 5) && !strcmp(argv[1], "deep")) return deep(argv[2], atoi(argv[3]), argc == 5 ? argv[4] : NULL);
     if (argc == 3 && !strcmp(argv[1], "chattr")) return immutable(argv[2]);
     if (argc == 5 && !strcmp(argv[1], "setxattr"))

@@ -1,0 +1,126 @@
+"""`fleet exec` and the API's exec websocket share this: which tenant may be entered from here, the wake
+hook, starting the driver's exec, and the audit events (who, the command, the exit code, how long).
+
+An exec is allowed only on the node the tenant is bound to (the driver there holds its container) and only
+while it runs. Every exec is recorded on the tenant: `ExecStarted` when the command starts (so a session
+cut off by a crash is still on record), `ExecFinished` with its exit code and duration when it ends, and
+`ExecFailed` when it could not start.
+
+What it must never do: pass a command through a shell, or reach a tenant bound to another node.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from drivers import Driver, ExecProcess, ExecRequest
+from specs import Event, NotFound, PermanentError, Phase
+from specs.errors import FleetError
+from state import Store
+from state.records import DesiredRecord
+
+MAX_ARGUMENT_CHARS = 200  # per argument, in an event
+MAX_ARGUMENTS = 50
+MAX_MESSAGE_CHARS = 500
+
+
+def ensure_awake(store: Store, driver: Driver, record: DesiredRecord) -> None:
+    """THE place an exec wakes a sleeping tenant. Today it only checks that the tenant is Running and
+    otherwise refuses with a clear message; the wake (start the container, wait until it runs, within a
+    deadline) is to be plugged in here."""
+    phase = record.status.phase if record.status is not None else Phase.PENDING
+    if phase == Phase.SLEEPING:
+        raise PermanentError(
+            f"tenant {record.name} is Sleeping: exec does not wake it yet; wake it (fleet wake {record.name}) "
+            "and try again", reason="NotRunning",
+        )
+    if phase != Phase.RUNNING:
+        raise PermanentError(f"tenant {record.name} is {phase.value}, not Running: nothing to exec into",
+                             reason="NotRunning")
+
+
+def check_target(store: Store, node: str, name: str) -> DesiredRecord:
+    """The tenant's record if an exec into it may start on `node`: it exists, is bound here, and runs."""
+    record = store.desired(name)
+    if record is None:
+        raise NotFound(f"tenant {name} not found")
+    if record.node is None:
+        raise PermanentError(f"tenant {name} is not bound to a node yet: nothing to exec into", reason="NotRunning")
+    if record.node != node:
+        raise PermanentError(
+            f"tenant {name} is on node {record.node}, not this node ({node}): run fleet exec on {record.node} "
+            "(or against its API)", reason="OtherNode",
+        )
+    return record
+
+
+def _shown(command: tuple[str, ...]) -> list[str]:
+    parts = [part if len(part) <= MAX_ARGUMENT_CHARS else part[:MAX_ARGUMENT_CHARS] + "..." for part in command]
+    return parts[:MAX_ARGUMENTS] + ([f"... {len(parts) - MAX_ARGUMENTS} more"] if len(parts) > MAX_ARGUMENTS else [])
+
+
+def _message(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
+
+
+@dataclass
+class ExecSession:
+    """A started exec: the process, and what its `ExecFinished` event will say."""
+
+    store: Store
+    node: str
+    tenant: str
+    who: str
+    request: ExecRequest
+    process: ExecProcess
+    started: float = field(default_factory=time.monotonic)
+    finished: bool = False
+
+    def finish(self, exit_code: int | None, *, note: str = "") -> None:
+        """Record `ExecFinished` once (exit_code None: the session ended before the command did, and the
+        command was killed)."""
+        if self.finished:
+            return
+        self.finished = True
+        duration_ms = round((time.monotonic() - self.started) * 1000, 1)
+        ended = "killed (session closed)" if exit_code is None else f"exit code {exit_code}"
+        command = shlex.join(_shown(self.request.command))
+        details = {"who": [self.who], "command": _shown(self.request.command), "tty": [str(self.request.tty).lower()],
+                   "exit_code": [] if exit_code is None else [str(exit_code)]}
+        event = Event(tenant=self.tenant, node=self.node, reason="ExecFinished", action="exec",
+                      message=_message(f"{self.who} ran {command}: {ended}{note}"), duration_ms=duration_ms,
+                      details=details)
+        try:
+            self.store.append_events([event])
+        except FleetError as error:  # the exec happened; a store that cannot record it is logged, loudly
+            logger.bind(tenant=self.tenant, who=self.who, error=str(error)).error("Could not record an exec")
+        logger.bind(tenant=self.tenant, node=self.node, who=self.who, exit_code=exit_code,
+                    ms=duration_ms).info("Finished exec")
+
+
+def start(store: Store, driver: Driver, node: str, name: str, request: ExecRequest, who: str) -> ExecSession:
+    """Check the target, wake hook, start the command through the driver, record `ExecStarted` (or
+    `ExecFailed` and re-raise)."""
+    record = check_target(store, node, name)
+    command = shlex.join(_shown(request.command))
+    details = {"who": [who], "command": _shown(request.command), "tty": [str(request.tty).lower()]}
+    try:
+        ensure_awake(store, driver, record)
+        process = driver.exec(name, request)
+    except FleetError as error:
+        store.append_events([Event(tenant=name, node=node, type="Warning", reason="ExecFailed", action="exec",
+                                   message=_message(f"{who} could not run {command}: {error}"), details=details)])
+        raise
+    try:
+        store.append_events([Event(tenant=name, node=node, reason="ExecStarted", action="exec",
+                                   message=_message(f"{who} ran {command}" + (" (terminal)" if request.tty else "")),
+                                   details=details)])
+    except BaseException:
+        process.close()  # nothing runs unrecorded
+        raise
+    logger.bind(tenant=name, node=node, who=who, tty=request.tty).info("Started exec")
+    return ExecSession(store, node, name, who, request, process)
