@@ -159,11 +159,12 @@ class DashboardReads:
         return [PlanTally(row.plan, row.node, int(row.tenants)) for row in rows]
 
     def not_ready(self, *, limit: int = 20, total: int | None = None) -> TenantLines:
-        """Tenants that are not Ready: every phase but Running, and Running tenants of a node that stopped
-        heartbeating (their Ready condition is Unknown). Failed first, each with the reason, and how many
+        """Tenants that are not Ready: every phase but Running and Sleeping (asleep while idle is where a
+        tenant should be), and Running tenants of a node that stopped heartbeating (their Ready condition is
+        Unknown). Failed first, each with the reason, and how many
         there are in all (`total` when the caller has counted them from `counts`)."""
         lost_nodes = select(NODES.c.name).where(NODES.c.ready.is_(False))
-        where = or_(_PHASE != "Running", TENANTS.c.node.in_(lost_nodes))
+        where = or_(_PHASE.not_in(["Running", "Sleeping"]), and_(_PHASE == "Running", TENANTS.c.node.in_(lost_nodes)))
         with self.session.read() as conn:
             rows = conn.execute(_lines_query().where(where).order_by(_URGENCY, TENANTS.c.name).limit(limit)).all()
             if total is None:

@@ -131,7 +131,8 @@ def read_view(context: WebContext) -> html.DashboardView:
         revision=revision,
         nodes=nodes,
         counts=counts,
-        not_ready=reads.not_ready(limit=NOT_READY_SHOWN, total=counts.tenants - counts.phases.get("Running", 0) + lost),
+        not_ready=reads.not_ready(limit=NOT_READY_SHOWN, total=counts.tenants - counts.phases.get("Running", 0)
+                                  - counts.phases.get("Sleeping", 0) + lost),
         events=store.events(limit=EVENTS_SHOWN),
         monthly_prices=prices,
         plans=_plans(context, reads, counts, prices),

@@ -23,7 +23,7 @@ from state.dashboard import FleetCounts, TenantLine, TenantLines
 PREFIX = "/dashboard"
 ASSETS = f"{PREFIX}/assets"
 _LIVE_STATUS = '<p class="live-status">Updates: <span id="live-status">connecting</span></p>'
-PHASE_ORDER = ("Running", "Pending", "Scheduled", "Provisioning", "Paused", "Deleting", "Failed")
+PHASE_ORDER = ("Running", "Sleeping", "Pending", "Scheduled", "Provisioning", "Paused", "Deleting", "Failed")
 
 
 def text(value: object) -> str:

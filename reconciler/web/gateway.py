@@ -45,7 +45,7 @@ from reconciler.web.claims import ClaimRefused, ClaimSigner
 from reconciler.web.context import WebConfig, WebContext
 from reconciler.web.gateway_routes import Admitted, Routes, TenantBusy, TenantSlots
 from reconciler.web.gateway_seams import host_only, same_host_location, split_claim, without_claim_cookie
-from reconciler.web.gateway_sleep import Sleeper, WakeFailed
+from reconciler.web.gateway_sleep import Sleeper, Visit, WakeFailed
 from reconciler.web.tenants import CLAIM_PARAMETER
 from specs import Phase
 
@@ -218,8 +218,8 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         connection = HTTPConnection(scope)
         tenant = self.tenant_of(connection)
-        with self.sleeper.visiting(tenant) if tenant else contextlib.nullcontext():
-            await self._http_for(connection, scope, receive, send)
+        with self.sleeper.visiting(tenant) if tenant else contextlib.nullcontext(Visit()) as visit:
+            await self._http_for(connection, scope, receive, send, visit)
 
     async def _awake(self, admitted: Admitted) -> Admitted | str:
         """`admitted` with its woken route, or why the tenant could not be woken (for a 503)."""
@@ -233,10 +233,12 @@ class Gateway:
             logger.bind(tenant=admitted.tenant, error=str(failed)).warning("Could not wake a tenant")
             return str(failed)
 
-    async def _http_for(self, connection: HTTPConnection, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http_for(self, connection: HTTPConnection, scope: Scope, receive: Receive, send: Send,
+                        visit: Visit) -> None:
         admitted = await self._admit(connection, send)
         if admitted is None:
             return
+        visit.admitted = True
         awake = await self._awake(admitted)
         if isinstance(awake, str):
             await _respond(send, 503, "Waking up", awake + " Try again shortly.", [(b"retry-after", b"2")])
@@ -341,10 +343,10 @@ class Gateway:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         tenant = self.tenant_of(websocket)
-        with self.sleeper.visiting(tenant) if tenant else contextlib.nullcontext():
-            await self._websocket_for(websocket, tenant)
+        with self.sleeper.visiting(tenant) if tenant else contextlib.nullcontext(Visit()) as visit:
+            await self._websocket_for(websocket, tenant, visit)
 
-    async def _websocket_for(self, websocket: WebSocket, tenant: str | None) -> None:
+    async def _websocket_for(self, websocket: WebSocket, tenant: str | None, visit: Visit) -> None:
         origin = websocket.headers.get("origin", "")
         if tenant is not None and origin.lower() != self.config.public.origin(tenant).lower():
             # A page of a sibling tenant (same registrable domain) must not open a socket with our cookie.
@@ -355,6 +357,7 @@ class Gateway:
         if admitted is None:
             await websocket.close(code=4401, reason="a valid claim for this tenant is required")
             return
+        visit.admitted = True
         awake = await self._awake(admitted)
         if isinstance(awake, str):
             await websocket.close(code=1013, reason="the sandbox is waking up; try again shortly")

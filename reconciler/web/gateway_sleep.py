@@ -38,6 +38,11 @@ STORE_POLL_SECONDS = 0.005
 STOP_WAIT_SECONDS = 5.0
 
 
+@dataclass
+class Visit:
+    admitted: bool = False  # its claim was good: it counts as the tenant's activity
+
+
 class WakeFailed(Exception):
     """The tenant did not come back within the deadline, or its reconciler said why not."""
 
@@ -68,15 +73,17 @@ class Sleeper:
 
     # -- visitors ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def visiting(self, tenant: str) -> Iterator[None]:
+    def visiting(self, tenant: str) -> Iterator[Visit]:
         """Around the whole handling of one request or websocket: while any is under way the tenant is not
-        idle, and its end starts the idle time."""
+        idle (from its arrival, before anything is awaited), and the end of one whose claim was good starts
+        the idle time again. A visitor without a valid claim cannot keep a tenant awake."""
         self._active[tenant] = self._active.get(tenant, 0) + 1
-        self._last_active[tenant] = self.clock()
+        visit = Visit()
         try:
-            yield
+            yield visit
         finally:
-            self._last_active[tenant] = self.clock()
+            if visit.admitted:
+                self._last_active[tenant] = self.clock()
             left = self._active[tenant] - 1
             if left:
                 self._active[tenant] = left

@@ -196,11 +196,15 @@ def test_the_idle_rule_sleeps_a_tenant_only_after_its_time_without_a_visitor(
     assert asyncio.run(rule.sweep()) == []  # first seen now: each has its full time
     time_.now += 9
     assert asyncio.run(rule.sweep()) == []
-    with rule.visiting("busy"):  # a request (or websocket) under way: never idle
+    with rule.visiting("busy") as visit:  # a request (or websocket) under way: never idle
+        visit.admitted = True  # its claim was good
         time_.now += 5
         assert asyncio.run(rule.sweep()) == ["idle"]
     assert asyncio.run(rule.sweep()) == []  # its idle time starts again when the request ends
-    time_.now += 10
+    time_.now += 9
+    with rule.visiting("busy"):  # a visitor without a valid claim (answered 401) keeps nobody awake
+        pass
+    time_.now += 1
     assert asyncio.run(rule.sweep()) == ["busy"]
     converge(controller, clock)
     assert (phase(store, "idle"), phase(store, "busy"), phase(store, "forever")) == (
@@ -257,3 +261,18 @@ def test_a_plans_sleep_rule_is_stored_and_given_to_the_tenants_it_makes(store: S
     item = {"price": {"id": "price_idle", "product": "prod_1"}}
     subscription = SubscriptionObject.model_validate({"id": "sub_1", "customer": "cus_1", "items": {"data": [item]}})
     assert BillingWebhook._tenant("acme", subscription, idle).spec.sleep == Sleep(after=900)
+
+
+def test_a_sleeping_tenant_is_not_listed_as_not_ready_on_the_dashboard(
+    store: Store, controller: Controller, clock: ManualClock
+) -> None:
+    from state.dashboard import DashboardReads
+
+    for name in ("awake", "dozy"):
+        store.apply_tenant(tenant(name))
+    converge(controller, clock)
+    store.set_asleep("dozy", True)
+    converge(controller, clock)
+    reads = DashboardReads(store.session)
+    assert reads.counts().phases == {"Running": 1, "Sleeping": 1}
+    assert reads.not_ready().total == 0 and reads.not_ready().lines == []
