@@ -3,8 +3,9 @@
 Why this shape (measured on LXD 5.0.2): per-NIC ACLs are not accepted on bridged NICs, and changing a
 network's `security.acls` list re-applies the bridge's firewall (~0.8 s), while rewriting one ACL's rules
 takes 30-60 ms. So Fleet's bridge carries one Fleet ACL, attached once, with default ingress and egress
-`drop`; each tenant owns exactly one rule in it, marked by its description `fleet:<tenant>`: `allow` tcp
-to its address on its ingress ports (or `drop`, for none). LXD makes ACLs stateful (replies pass), and
+`drop`; each tenant owns exactly one ingress rule in it, marked by its description `fleet:<tenant>`: `allow`
+tcp to its address on its ingress ports (or `drop`, for none), and the egress rules its `spec.network.egress`
+makes, marked the same (`lxd_egress`; the ACL keeps its name `<bridge>-ingress` from before egress). LXD makes ACLs stateful (replies pass), and
 allows the bridge's DHCP/DNS itself. Tenants cannot reach each other because every tenant NIC has
 `security.port_isolation` (the kernel bridge's isolated ports never forward to one another), and cannot
 pass for another because of `security.ipv4_filtering` / `mac_filtering` on their static address.
@@ -76,11 +77,11 @@ class Bridge:
             raise PermanentError(f"address range {address_range} has no room for tenants", reason="BadRange")
         self.gateway = str(self.range.network_address + 1)
         self._lock = threading.Lock()  # read-modify-write of the ACL, within this process
-        # The ACL's ingress rules as this process last read or wrote them (None: unknown). Only `set_rule`
-        # uses it, to skip a read (~10 ms) when they already say what it would write; every read of the
-        # ACL (each inspect and list) replaces it, so a rule changed behind Fleet's back is seen by the
-        # pass's inspect first and then written. Nothing is ever written from it: writes read first.
-        self._last_seen: list[dict[str, Any]] | None = None
+        # The ACL's ingress and egress rules as this process last read or wrote them (None: unknown). Only
+        # `set_rule` and `set_egress` use it, to skip a read (~10 ms) when they already say what it would
+        # write; every read of the ACL (each inspect and list) replaces it, so a rule changed behind
+        # Fleet's back is seen by the pass's inspect first and then written. Nothing is ever written from it: writes read first.
+        self._last_seen: dict[str, list[dict[str, Any]]] | None = None
         self._rewrites = 0  # so a read that a write of this process overtook does not replace _last_seen
         self.address_lock = threading.Lock()  # choosing an address and creating the NIC that takes it
 
@@ -165,21 +166,26 @@ class Bridge:
         return all(device.get(key) == value for key, value in wanted.items())
 
     # -- the ACL's rules ----------------------------------------------------------------------------
-    def rules(self) -> dict[str, IngressRule]:
+    def view(self) -> AclView:
+        """The ACL's ingress rules by tenant and its egress rules as LXD holds them, in one read."""
         rewrites = self._rewrites
         acl = self._get_acl()
+        lists = _lists(acl) if acl is not None else None
         with self._lock:
             if rewrites == self._rewrites:
-                self._last_seen = list(acl.get("ingress") or []) if acl is not None else None
+                self._last_seen = lists
         found: dict[str, IngressRule] = {}
-        for raw in (acl or {}).get("ingress") or []:
+        for raw in (lists or {}).get("ingress") or []:
             rule = IngressRule.from_api(raw)
             if rule is not None:
                 found[rule.tenant] = rule
-        return found
+        return AclView(found, tuple((lists or {}).get("egress") or ()))
 
-    def _rewrite(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
-        """Read the ACL, change its ingress rules, write it back only if nobody wrote in between (ETag)."""
+    def rules(self) -> dict[str, IngressRule]:
+        return self.view().ingress
+
+    def _rewrite(self, change: Callable[[dict[str, list[dict[str, Any]]]], dict[str, list[dict[str, Any]]]]) -> None:
+        """Read the ACL, change its rules, write it back only if nobody wrote in between (ETag)."""
         with self._lock:
             self._rewrites += 1
             self._last_seen = None  # unknown until this read-modify-write has finished
@@ -187,15 +193,22 @@ class Bridge:
             acl = reply.metadata
             if acl.get("config", {}).get(MARKER) != "true":
                 raise PermanentError(f"network ACL {self.acl} lost Fleet's marker; not touching it", reason="NotOwned")
-            before = list(acl.get("ingress") or [])
-            body = {"description": acl.get("description", ""), "config": acl.get("config", {}),
-                    "egress": acl.get("egress") or [], "ingress": change(list(before))}
-            if body["ingress"] == before:
+            before = _lists(acl)
+            after = change({key: list(value) for key, value in before.items()})
+            if after == before:
                 self._last_seen = before
                 return  # nothing to change: LXD would rebuild the bridge's firewall for nothing
+            body = {"description": acl.get("description", ""), "config": acl.get("config", {}), **after}
             headers = {"If-Match": reply.etag} if reply.etag else None
             self.client.request("PUT", f"/1.0/network-acls/{self.acl}", json=body, headers=headers)
-            self._last_seen = body["ingress"]
+            self._last_seen = after
+
+    def _write(self, change: Callable[[dict[str, list[dict[str, Any]]]], dict[str, list[dict[str, Any]]]]) -> None:
+        with self._lock:
+            seen = self._last_seen
+        if seen is not None and change({key: list(value) for key, value in seen.items()}) == seen:
+            return  # as this process last saw the ACL, the rules are there (see _last_seen)
+        self._rewrite(change)
 
     def set_rule(self, rule: IngressRule) -> None:
         validate_name(rule.tenant)
@@ -203,27 +216,64 @@ class Bridge:
         mark = RULE_PREFIX + rule.tenant
         wanted = rule.to_api()
 
-        def change(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        def change(lists: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+            rules, egress = lists["ingress"], lists["egress"]
+            # Another tenant's rules for this address are stale (that tenant's NIC is gone): they must not
+            # open this tenant's ports, nor let it out.
+            egress = [r for r in egress if r.get("description") == mark or r.get("source") != rule.address]
             mine = [r for r in rules if r.get("description") == mark]
-            if len(mine) == 1 and IngressRule.from_api(mine[0]) == rule:
-                return rules  # already so
-            # Another tenant's rule for this address is stale (that tenant's NIC is gone): it must not
-            # open this tenant's ports.
-            return [r for r in rules if r.get("description") != mark and r.get("destination") != rule.address] \
-                + [wanted]
+            if not (len(mine) == 1 and IngressRule.from_api(mine[0]) == rule):
+                rules = [r for r in rules if r.get("description") != mark and r.get("destination") != rule.address] \
+                    + [wanted]
+            return {"ingress": rules, "egress": egress}
 
-        with self._lock:
-            seen = self._last_seen
-        if seen is not None and change(list(seen)) == seen:
-            return  # as this process last saw the ACL, the rule is there (see _last_seen)
-        self._rewrite(change)
+        self._write(change)
+
+    def set_egress(self, tenant: str, address: str, wanted: list[dict[str, str]]) -> None:
+        """The tenant's egress rules exactly `wanted` (from `lxd_egress.acl_rules`; none: no egress)."""
+        mark = RULE_PREFIX + validate_name(tenant)
+        ipaddress.IPv4Address(address)
+
+        def change(lists: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+            egress = lists["egress"]
+            mine = [r for r in egress if r.get("description") == mark]
+            others = [r for r in egress if r.get("description") != mark and r.get("source") != address]
+            if _canonical(mine) == _canonical(wanted) and len(others) + len(mine) == len(egress):
+                return lists
+            return {"ingress": lists["ingress"], "egress": others + list(wanted)}
+
+        self._write(change)
 
     def remove_rule(self, tenant: str) -> bool:
+        """The tenant's ingress and egress rules gone; True when there were some."""
         mark = RULE_PREFIX + validate_name(tenant)
-        if tenant not in self.rules():
+        view = self.view()
+        if tenant not in view.ingress and not any(r.get("description") == mark for r in view.egress):
             return False
-        self._rewrite(lambda rules: [r for r in rules if r.get("description") != mark])
+        self._rewrite(lambda lists: {direction: [r for r in rules if r.get("description") != mark]
+                                     for direction, rules in lists.items()})
         return True
+
+
+@dataclass(frozen=True)
+class AclView:
+    """The ACL as one read showed it: ingress rules by tenant, egress rules as LXD returned them."""
+
+    ingress: dict[str, IngressRule]
+    egress: tuple[dict[str, Any], ...]
+
+    def egress_of(self, tenant: str) -> list[dict[str, Any]]:
+        mark = RULE_PREFIX + tenant
+        return [r for r in self.egress if r.get("description") == mark]
+
+
+def _lists(acl: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {"ingress": list(acl.get("ingress") or []), "egress": list(acl.get("egress") or [])}
+
+
+def _canonical(rules: list[dict[str, Any]]) -> list[tuple[tuple[str, str], ...]]:
+    """Rules compared as LXD returns them: empty fields left out, order ignored."""
+    return sorted(tuple(sorted((k, str(v)) for k, v in r.items() if v not in (None, ""))) for r in rules)
 
 
 # -- the address inside the instance --------------------------------------------------------------------

@@ -18,26 +18,27 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from drivers import Driver, ExecProcess, ExecRequest
+from reconciler import waking
 from specs import Event, NotFound, PermanentError, Phase
 from specs.errors import FleetError
 from state import Store
 from state.records import DesiredRecord
 
+WAKE_SECONDS = 60.0  # an exec into a sleeping tenant waits this long for it to be Running again
 MAX_ARGUMENT_CHARS = 200  # per argument, in an event
 MAX_ARGUMENTS = 50
 MAX_MESSAGE_CHARS = 500
 
 
-def ensure_awake(store: Store, driver: Driver, record: DesiredRecord) -> None:
-    """THE place an exec wakes a sleeping tenant. Today it only checks that the tenant is Running and
-    otherwise refuses with a clear message; the wake (start the container, wait until it runs, within a
-    deadline) is to be plugged in here."""
+def ensure_awake(store: Store, record: DesiredRecord, who: str, *, timeout: float = WAKE_SECONDS) -> None:
+    """THE place an exec wakes a sleeping tenant: the sleep is cleared in the store (`WakeRequested`, by
+    `who`'s exec) and the exec waits until its reconciler has it Running again, for `timeout` seconds at
+    most (then a TransientError saying where it is stuck). Any other phase but Running is refused."""
     phase = record.status.phase if record.status is not None else Phase.PENDING
-    if phase == Phase.SLEEPING:
-        raise PermanentError(
-            f"tenant {record.name} is Sleeping: exec does not wake it yet; wake it (fleet wake {record.name}) "
-            "and try again", reason="NotRunning",
-        )
+    if phase == Phase.SLEEPING or (record.spec is not None and record.spec.asleep):
+        waking.request_wake(store, record.name, f"{who} (fleet exec)")
+        waking.wait_for_phase(store, record.name, frozenset({Phase.RUNNING}), timeout)
+        return
     if phase != Phase.RUNNING:
         raise PermanentError(f"tenant {record.name} is {phase.value}, not Running: nothing to exec into",
                              reason="NotRunning")
@@ -109,7 +110,7 @@ def start(store: Store, driver: Driver, node: str, name: str, request: ExecReque
     command = shlex.join(_shown(request.command))
     details = {"who": [who], "command": _shown(request.command), "tty": [str(request.tty).lower()]}
     try:
-        ensure_awake(store, driver, record)
+        ensure_awake(store, record, who)
         process = driver.exec(name, request)
     except FleetError as error:
         store.append_events([Event(tenant=name, node=node, type="Warning", reason="ExecFailed", action="exec",

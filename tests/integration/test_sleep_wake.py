@@ -207,3 +207,15 @@ def test_kill_9_of_fleet_up_during_a_wake_converges(site: tuple[Site, Fleet]) ->
         assert _tasks() > 0
     finally:
         stop_operator(node, again)
+
+
+def test_an_exec_into_a_sleeping_tenant_wakes_it_and_runs(site: tuple[Site, Fleet]) -> None:
+    here, node = site
+    _create(here, after="30d")
+    httpx.post(f"{here.api}/api/v1/tenants/{NAME}/sleep", params={"wait": "true"}, headers=here.auth, timeout=90)
+    assert _tasks() == 0
+    result = node.run("exec", NAME, "--", "sh", "-c", "echo inside-$(hostname); exit 3", check=False)
+    assert (result.returncode, result.stdout.strip()) == (3, f"inside-{NAME}"), result.stderr
+    assert here.phase() == "Running" and _tasks() > 0
+    reasons = here.reasons()
+    assert reasons.index("WakeRequested") < reasons.index("ExecStarted", reasons.index("WakeRequested"))

@@ -3,6 +3,7 @@ stream pump against the fake driver's exec, and the nspawn helper's host-side ch
 process, which environment). The real driver's exec is proven in tests/integration/test_fleet_exec.py."""
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from reconciler import exec_session
 from reconciler.cli.exec import pump
 from reconciler.clock import ManualClock
 from reconciler.controller import Controller
-from specs import NotFound, PermanentError, Phase
+from specs import NotFound, PermanentError, Phase, TransientError
 from state import Store
 from tests.helpers import drain, tenant
 
@@ -114,17 +115,52 @@ def test_exec_is_refused_with_a_reason_for_a_missing_foreign_or_not_running_tena
     assert fake.execs == []
 
 
-def test_ensure_awake_is_the_one_place_a_sleeping_tenant_is_refused_until_wake_is_plugged_in(
+def test_an_exec_into_a_sleeping_tenant_wakes_it_first(
     store: Store, controller: Controller, fake: FakeDriver, clock: ManualClock
 ) -> None:
     _running(store, controller, clock)
+    store.set_asleep("acme", True)
+    controller.poll_changes()
+    drain(controller, clock=clock)
     record = store.desired("acme")
-    assert record is not None and record.status is not None
-    exec_session.ensure_awake(store, fake, record)  # Running: nothing to do
-    asleep = type(record)(**{**record.__dict__, "status": record.status.model_copy(update={"phase": Phase.SLEEPING})})
-    with pytest.raises(PermanentError, match="acme is Sleeping: exec does not wake it yet; wake it") as sleeping:
-        exec_session.ensure_awake(store, fake, asleep)
-    assert sleeping.value.reason == "NotRunning"
+    assert record is not None and record.status is not None and record.status.phase == Phase.SLEEPING
+    # Its reconciler runs meanwhile (as `fleet up` does), started once the wake is written.
+    stop = threading.Event()
+
+    def reconcile() -> None:
+        while not stop.is_set():
+            controller.poll_changes()
+            drain(controller, clock=clock)
+            stop.wait(0.01)
+
+    worker = threading.Thread(target=reconcile)
+    worker.start()
+    try:
+        session = exec_session.start(store, fake, "n1", "acme", ExecRequest(("true",)), "local:root")
+        session.process.close()
+    finally:
+        stop.set()
+        worker.join()
+    assert fake.containers["acme"].pid is not None
+    reasons = [e.reason for e in store.events(tenant="acme")]
+    since_sleep = reasons[len(reasons) - 1 - reasons[::-1].index("Sleeping"):]
+    assert [r for r in since_sleep if r in ("WakeRequested", "Started", "Woke", "ExecStarted")] == [
+        "WakeRequested", "Started", "Woke", "ExecStarted"], reasons
+    woke = next(e for e in store.events(tenant="acme") if e.reason == "WakeRequested")
+    assert woke.message == "woken by local:root (fleet exec)"
+
+
+def test_an_exec_into_a_tenant_that_does_not_wake_says_where_it_is_stuck(
+    store: Store, controller: Controller, fake: FakeDriver, clock: ManualClock
+) -> None:
+    _running(store, controller, clock)
+    store.set_asleep("acme", True)
+    controller.poll_changes()
+    drain(controller, clock=clock)
+    record = store.desired("acme")
+    assert record is not None
+    with pytest.raises(TransientError, match=r"acme is Sleeping, not Running, after 0\.2s"):
+        exec_session.ensure_awake(store, record, "local:root", timeout=0.2)  # no reconciler runs here
 
 
 def test_a_terminal_of_the_fake_driver_has_the_asked_size() -> None:
