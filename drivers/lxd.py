@@ -46,9 +46,11 @@ from drivers.lxd_config import (
     resource_config,
     root_device,
 )
+from drivers.lxd_egress import Guard, acl_rules
 from drivers.lxd_host import DEFAULT_NETWORK, DEFAULT_POOL, ensure_storage_pool, host_problems, pool_space
-from drivers.lxd_network import Bridge, IngressRule, Inside, configure_inside, look_inside
+from drivers.lxd_network import AclView, Bridge, IngressRule, Inside, configure_inside, look_inside
 from drivers.lxd_observe import observe, usage_of
+from drivers.nspawn_egress import checked_rules
 from specs import (
     DeleteReceipt,
     DriverInfo,
@@ -97,6 +99,7 @@ class LxdDriver:
         # The bridge is made when the first tenant needs it, not here: `fleet template import` opens a driver
         # too, and must not claim an address range for a bridge nobody asked for yet.
         self.bridge = Bridge(self.client, network, address_range)
+        self.guard = Guard.of(network, address_range)  # egress: see lxd_egress (made when first needed)
         self._bridge_checked = False
         self._template_lock = threading.Lock()
         # Template refs this process has seen committed: asking LXD before every clone costs ~10 ms, and a
@@ -123,7 +126,8 @@ class LxdDriver:
             self._info = DriverInfo(
                 name=self.name,
                 version=f"LXD {tools['lxd']}",
-                capabilities=("lxd-api", "copy-on-write-copy", "network-acl", "port-isolation", "idmap-isolated"),
+                capabilities=("lxd-api", "copy-on-write-copy", "network-acl", "port-isolation", "idmap-isolated",
+                              "egress"),
                 tools=tools,
                 storage=f"LXD pool {self.storage_pool}, bridge {self.bridge.name}",
             )
@@ -157,8 +161,13 @@ class LxdDriver:
             return None
         return Inside(current.pid, current.addresses.get(NIC_DEVICE, ()))
 
-    def _observe(self, instance: Instance, rules: dict[str, IngressRule]) -> Observed:
-        return observe(instance, rules.get(instance.name), self.bridge, self._inside(instance))
+    def _guard_problem(self, view: AclView) -> str | None:
+        """What the node guard lacks, read only when some tenant has egress rules (an in-process nft read)."""
+        return self.guard.problem() if view.egress else None
+
+    def _observe(self, instance: Instance, view: AclView, guard_problem: str | None) -> Observed:
+        return observe(instance, view.ingress.get(instance.name), self.bridge, self._inside(instance),
+                       view.egress_of(instance.name), guard_problem)
 
     def _tenants(self, *, state: bool) -> builtins.list[Instance]:
         """Fleet's tenants in one request: LXD leaves out every instance without the marks (their config,
@@ -168,20 +177,24 @@ class LxdDriver:
 
     @at_edge
     def list(self) -> builtins.list[Observed]:
-        """Two requests whatever the number of tenants (the tenants, the ingress ACL) and two reads in /proc
-        per running tenant."""
-        rules = self._pool.submit(self.bridge.rules)  # both reads at once: LXD answers them in parallel
+        """Two requests whatever the number of tenants (the tenants, the ACL with its ingress and egress
+        rules), one nftables read of the node guard when any tenant has egress, and two reads in /proc per
+        running tenant."""
+        acl = self._pool.submit(self.bridge.view)  # both reads at once: LXD answers them in parallel
         tenants = self._tenants(state=False)
-        return [self._observe(i, rules.result()) for i in tenants]
+        view = acl.result()
+        guard_problem = self._guard_problem(view)
+        return [self._observe(i, view, guard_problem) for i in tenants]
 
     @at_edge
     def inspect(self, tenant: str) -> Observed | None:
         validate_name(tenant)
-        rules = self._pool.submit(self.bridge.rules)  # both reads at once (unused when there is no tenant)
+        acl = self._pool.submit(self.bridge.view)  # both reads at once (unused when there is no tenant)
         instance = self.client.instance(tenant, state=False)
         if instance is None or not self._owned_tenant(instance):
             return None
-        return self._observe(instance, rules.result())
+        view = acl.result()
+        return self._observe(instance, view, self._guard_problem(view) if view.egress_of(tenant) else None)
 
     @at_edge
     def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:
@@ -334,13 +347,9 @@ class LxdDriver:
 
     @at_edge
     def apply_network(self, tenant: str, network: Network) -> None:
-        if network.egress:  # before anything changes: the tenant keeps what it had
-            raise PermanentError(
-                f"spec.network.egress: the lxd driver enforces no egress rules yet (asked for "
-                f"{egress_summary(network.egress)}); set egress to none for tenants on LXD nodes, or run them on an "
-                "nspawn node",
-                reason="EgressUnsupported",
-            )
+        """The NIC, the ingress rule, then the egress rules (after the node guard, so no allow rule is ever
+        in the ACL without it: see lxd_egress); each written only when it differs, the container untouched."""
+        egress = checked_rules(network.egress)  # before anything changes: a bad stored value fails here
         self._settle_rule(tenant)
         instance = self._require(tenant)
         if not self._bridge_checked:
@@ -364,13 +373,16 @@ class LxdDriver:
         except NotFound:  # the ACL (or the bridge) was removed behind Fleet's back: make them again
             self._ensure_bridge()
             self.bridge.set_rule(wanted)
+        if egress and self.guard.ensure():
+            logger.bind(node=self.node, table=self.guard.table).info("Made the LXD egress guard")
+        self.bridge.set_egress(tenant, address, acl_rules(tenant, address, egress))
         inside = self._inside(instance)
         # The namespace is entered (~5 ms) only when the address is missing there: the same test inspect
         # makes, so what inspect calls converged is never configured again (start has just done it).
         if inside is not None and address not in inside.addresses:
             configure_inside(tenant, inside.pid, address, self.bridge.range.prefixlen, self.bridge.gateway)
-        logger.bind(tenant=tenant, node=self.node, address=address, ports=list(wanted.ports)).info(
-            "Applied network")
+        logger.bind(tenant=tenant, node=self.node, address=address, ports=list(wanted.ports),
+                    egress=egress_summary(egress)).info("Applied network")
 
     @at_edge
     def start(self, tenant: str) -> None:
@@ -416,9 +428,13 @@ class LxdDriver:
             removed.append(f"process {instance.pid}")
         else:
             absent.append("process")
-        rule = self.bridge.rules().get(tenant)
-        if rule is not None and self.bridge.remove_rule(tenant):
-            removed.append(f"ingress rule of {rule.address} in ACL {self.bridge.acl}")
+        view = self.bridge.view()
+        rule, egress = view.ingress.get(tenant), view.egress_of(tenant)
+        if (rule is not None or egress) and self.bridge.remove_rule(tenant):
+            if rule is not None:
+                removed.append(f"ingress rule of {rule.address} in ACL {self.bridge.acl}")
+            if egress:
+                removed.append(f"{len(egress)} egress rule(s) in ACL {self.bridge.acl}")
         # The instance goes last: while it exists, inspect sees the tenant and the next pass finishes.
         if instance is not None:
             self.client.request("DELETE", f"/1.0/instances/{tenant}")  # with its snapshots and root volume
@@ -442,8 +458,11 @@ class LxdDriver:
             found.append("instance")
         if self.client.exists(f"/1.0/storage-pools/{self.storage_pool}/volumes/container/{tenant}"):
             found.append("root volume")
-        if tenant in self.bridge.rules():
+        view = self.bridge.view()
+        if tenant in view.ingress:
             found.append("ingress rule")
+        if view.egress_of(tenant):
+            found.append("egress rules")
         return found
 
     def close(self) -> None:

@@ -195,7 +195,8 @@ class Guard:
             "  }\n"
             "  chain postrouting {\n"
             "    type nat hook postrouting priority srcnat; policy accept;\n"
-            f'    ip saddr {network} ip daddr != {network} oifname != "{bridge}" masquerade comment "fleet:masquerade"\n'
+            f'    ip saddr {network} ip daddr != {network} oifname != "{bridge}" masquerade'
+            ' comment "fleet:masquerade"\n'
             "  }\n"
             "}\n"
         )

@@ -5,10 +5,11 @@ network's `security.acls` list re-applies the bridge's firewall (~0.8 s), while 
 takes 30-60 ms. So Fleet's bridge carries one Fleet ACL, attached once, with default ingress and egress
 `drop`; each tenant owns exactly one ingress rule in it, marked by its description `fleet:<tenant>`: `allow`
 tcp to its address on its ingress ports (or `drop`, for none), and the egress rules its `spec.network.egress`
-makes, marked the same (`lxd_egress`; the ACL keeps its name `<bridge>-ingress` from before egress). LXD makes ACLs stateful (replies pass), and
-allows the bridge's DHCP/DNS itself. Tenants cannot reach each other because every tenant NIC has
-`security.port_isolation` (the kernel bridge's isolated ports never forward to one another), and cannot
-pass for another because of `security.ipv4_filtering` / `mac_filtering` on their static address.
+makes, marked the same (`lxd_egress`; the ACL keeps its name `<bridge>-ingress` from before egress).
+LXD makes ACLs stateful (replies pass), and allows the bridge's DHCP/DNS itself. Tenants cannot reach
+each other because every tenant NIC has `security.port_isolation` (the kernel bridge's isolated ports
+never forward to one another; routed back through the host, the egress guard of `lxd_egress` drops
+them), and cannot pass for another because of `security.ipv4_filtering` / `mac_filtering` on their static address.
 
 LXD leaves an address on a bridged NIC to DHCP inside the instance, and Fleet's templates run no DHCP
 client, so the driver puts the address on the instance's eth0 itself, from the host, in the instance's
@@ -80,7 +81,8 @@ class Bridge:
         # The ACL's ingress and egress rules as this process last read or wrote them (None: unknown). Only
         # `set_rule` and `set_egress` use it, to skip a read (~10 ms) when they already say what it would
         # write; every read of the ACL (each inspect and list) replaces it, so a rule changed behind
-        # Fleet's back is seen by the pass's inspect first and then written. Nothing is ever written from it: writes read first.
+        # Fleet's back is seen by the pass's inspect first and then written. Nothing is ever written from
+        # it: writes read first.
         self._last_seen: dict[str, list[dict[str, Any]]] | None = None
         self._rewrites = 0  # so a read that a write of this process overtook does not replace _last_seen
         self.address_lock = threading.Lock()  # choosing an address and creating the NIC that takes it

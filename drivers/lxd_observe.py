@@ -1,16 +1,19 @@
 """What an LXD tenant is, read from LXD each time: its limits, network, process and usage as `specs` models.
 
-Why apart from the driver: observation is pure reading (the instance LXD returned, its ingress rule, what
-the host shows of its init and addresses, two cgroup counters), and keeping it here keeps the driver to the
-steps that change things.
+Why apart from the driver: observation is pure reading (the instance LXD returned, its ingress and egress
+rules, the node guard's state, what the host shows of its init and addresses, two cgroup counters), and
+keeping it here keeps the driver to the steps that change things.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from drivers.lxd_api import Instance
 from drivers.lxd_config import GENERATION, NIC_DEVICE, TEMPLATE, observed_resources
+from drivers.lxd_egress import rules_in_force, strays
 from drivers.lxd_network import Bridge, IngressRule, Inside
 from specs import Network, Observed, Usage
 
@@ -29,9 +32,11 @@ def oom_kills(instance: str) -> int:
     return 0
 
 
-def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside: Inside | None) -> Observed:
+def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside: Inside | None,
+            egress: Sequence[dict[str, Any]] = (), guard_problem: str | None = None) -> Observed:
     """The tenant as LXD shows it; its network counts only when NIC, rule and address inside all agree.
-    `inside` is what the host shows of the running instance (None when it is stopped)."""
+    `inside` is what the host shows of the running instance (None when it is stopped); `egress` its rules
+    in the ACL's egress list, in force only while the node guard is whole (`guard_problem` None)."""
     tenant = instance.name
     problems: list[str] = []
     nic = instance.devices.get(NIC_DEVICE)
@@ -45,6 +50,12 @@ def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside
     if address is not None and running and address not in (inside.addresses if inside else ()):
         problems.append(f"address {address} not configured inside")
     ready = not problems and rule is not None
+    # Egress that is not in force shows as less egress than the spec's (so the planner applies the network
+    # again), not as a tenant that is not ready: its address and ingress still work.
+    in_force = rules_in_force(egress, tenant, address) if guard_problem is None else ()
+    if egress and guard_problem is not None:
+        problems.append(f"egress not in force: {guard_problem}")
+    problems += [f"egress rule Fleet does not make: {stray}" for stray in strays(egress, tenant, address)]
     killed = oom_kills(tenant) if running else 0
     if killed:
         problems.append(f"{killed} process(es) killed at the memory limit")
@@ -52,8 +63,8 @@ def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside
         name=tenant,
         template=instance.config.get(TEMPLATE),
         resources=observed_resources(instance.config, instance.devices),
-        # no egress: the LXD driver refuses any (apply_network), so none is what is in force
-        network=Network(ingress=rule.ports, egress=()) if ready and rule is not None else Network(),
+        network=Network.model_construct(ingress=rule.ports, egress=in_force) if ready and rule is not None
+        else Network(),
         running=running,
         address=address if ready else None,
         pid=inside.pid if running and inside is not None else None,

@@ -50,6 +50,7 @@ BLOCKED: tuple[str, ...] = (
     "100.64.0.0/10",  # shared address space (carrier-grade NAT)
     "127.0.0.0/8",  # loopback
     "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+    "168.63.129.16/32",  # Azure's host endpoint (WireServer): public-range, but it answers for the host VM
     "172.16.0.0/12",  # private
     "192.0.0.0/24",  # IETF protocol assignments
     "192.168.0.0/16",  # private

@@ -64,7 +64,8 @@ def open_driver(options: DriverOptions) -> tuple[Driver, str]:
         if options.pool is not None:
             raise PermanentError("--pool is for the nspawn driver; LXD keeps tenants in its storage pool 'fleet'")
         if options.egress_interface is not None:
-            raise PermanentError("--egress-interface is for the nspawn driver; the lxd driver enforces no egress yet")
+            raise PermanentError("--egress-interface is for the nspawn driver; on lxd, tenants' egress leaves by the "
+                                 "node's routing table (docs/lxd.md, Egress)")
         problems = host_problems("lxd", socket=options.lxd_socket)
         if problems:
             raise PermanentError("the lxd driver cannot run: " + "; ".join(problems), reason="HostUnsupported")

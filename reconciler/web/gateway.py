@@ -238,7 +238,7 @@ class Gateway:
         admitted = await self._admit(connection, send)
         if admitted is None:
             return
-        visit.admitted = True
+        visit.admit()
         awake = await self._awake(admitted)
         if isinstance(awake, str):
             await _respond(send, 503, "Waking up", awake + " Try again shortly.", [(b"retry-after", b"2")])
@@ -357,7 +357,7 @@ class Gateway:
         if admitted is None:
             await websocket.close(code=4401, reason="a valid claim for this tenant is required")
             return
-        visit.admitted = True
+        visit.admit()
         awake = await self._awake(admitted)
         if isinstance(awake, str):
             await websocket.close(code=1013, reason="the sandbox is waking up; try again shortly")

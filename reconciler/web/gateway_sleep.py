@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +39,20 @@ STOP_WAIT_SECONDS = 5.0
 
 @dataclass
 class Visit:
-    admitted: bool = False  # its claim was good: it counts as the tenant's activity
+    """One request or websocket. It counts as its tenant's activity only once its claim was found good:
+    a visitor without one can neither wake a tenant nor keep it awake."""
+
+    sleeper: Sleeper | None = None
+    tenant: str = ""
+    admitted: bool = False
+
+    def admit(self) -> None:
+        """Called in the same step of the event loop as the admission's last look at the route (no await
+        in between), so the idle rule either put the tenant to sleep before (and the request wakes it) or
+        sees this request under way (and leaves it awake)."""
+        if self.sleeper is not None and not self.admitted:
+            self.admitted = True
+            self.sleeper.arrived(self.tenant)
 
 
 class WakeFailed(Exception):
@@ -74,21 +86,23 @@ class Sleeper:
     # -- visitors ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def visiting(self, tenant: str) -> Iterator[Visit]:
-        """Around the whole handling of one request or websocket: while any is under way the tenant is not
-        idle (from its arrival, before anything is awaited), and the end of one whose claim was good starts
-        the idle time again. A visitor without a valid claim cannot keep a tenant awake."""
-        self._active[tenant] = self._active.get(tenant, 0) + 1
-        visit = Visit()
+        """Around the whole handling of one request or websocket: from its admission (`Visit.admit`) to its
+        end the tenant is not idle, and its end starts the idle time again."""
+        visit = Visit(self, tenant)
         try:
             yield visit
         finally:
             if visit.admitted:
                 self._last_active[tenant] = self.clock()
-            left = self._active[tenant] - 1
-            if left:
-                self._active[tenant] = left
-            else:
-                del self._active[tenant]
+                left = self._active[tenant] - 1
+                if left:
+                    self._active[tenant] = left
+                else:
+                    del self._active[tenant]
+
+    def arrived(self, tenant: str) -> None:
+        self._active[tenant] = self._active.get(tenant, 0) + 1
+        self._last_active[tenant] = self.clock()
 
     def needs_wake(self, route: Route) -> bool:
         return route.asleep or route.phase == Phase.SLEEPING or route.tenant in self._put_to_sleep
@@ -114,10 +128,11 @@ class Sleeper:
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         deadline = loop.time() + self.limits.wake_timeout_seconds
-        if tenant in self._put_to_sleep:
-            # Its stop may be under way: let it finish rather than proxy into a container being stopped.
-            await self._until(tenant, lambda r: r is None or r.phase == Phase.SLEEPING or not r.asleep,
-                              min(deadline, loop.time() + STOP_WAIT_SECONDS), required=False)
+        # Its stop may be under way (this gateway, `fleet sleep` or another gateway put it to sleep and its
+        # reconciler has not recorded Sleeping yet): let it finish rather than proxy into a container that is
+        # being stopped. Bounded: a reconciler that is down never records it.
+        await self._until(tenant, lambda r: r is None or r.phase == Phase.SLEEPING or not r.asleep,
+                          min(deadline, loop.time() + STOP_WAIT_SECONDS), required=False)
         event = Event(tenant=tenant, reason="WakeRequested", message="a visitor's request at the gateway")
         try:
             await asyncio.to_thread(self.store.set_asleep, tenant, False, event)
@@ -135,7 +150,7 @@ class Sleeper:
         if route is None:
             raise WakeFailed(f"tenant {tenant} was deleted while it woke")
         assert route.address is not None
-        while not await asyncio.to_thread(_accepts, route.address, route.port):
+        while not await _accepts(route.address, route.port):
             if loop.time() > deadline:
                 raise WakeFailed(f"tenant {tenant} is Running but nothing answers on port {route.port}")
             await asyncio.sleep(CONNECT_POLL_SECONDS)
@@ -204,7 +219,9 @@ class Sleeper:
             except FleetError:
                 self._put_to_sleep.pop(name, None)
                 raise
-            if changed:
+            if not changed:  # asleep already, or being deleted: nothing for a request to wait for
+                self._put_to_sleep.pop(name, None)
+            else:
                 slept.append(name)
                 logger.bind(tenant=name, after=format_duration(after)).info("Put idle tenant to sleep")
                 if self.nudge is not None:
@@ -216,9 +233,14 @@ class Sleeper:
         return slept
 
 
-def _accepts(address: str, port: int) -> bool:
+async def _accepts(address: str, port: int) -> bool:
+    """On the event loop, not in a worker thread: a tenant that never accepts must not hold the threads
+    every other tenant's store reads share."""
     try:
-        with socket.create_connection((address, port), timeout=0.5):
-            return True
-    except OSError:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 0.5)
+    except (OSError, TimeoutError):
         return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -150,8 +150,12 @@ def measure_density(site: Site, operator_pid: int, total: int, running: int) -> 
         list(pool.map(lambda item: site.create(item[1], asleep=item[0] >= running), enumerate(names)))
 
     def settled() -> bool:
-        phases = site.http.get(f"{site.api}/api/v1/tenants", params={"limit": 10000}).json()["items"]
-        mine = {t["metadata"]["name"]: (t.get("status") or {}).get("phase") for t in phases}
+        mine: dict[str, str | None] = {}
+        after: str | None = ""
+        while after is not None:
+            page = site.http.get(f"{site.api}/api/v1/tenants", params={"limit": 500, "after": after}).json()
+            mine |= {t["metadata"]["name"]: (t.get("status") or {}).get("phase") for t in page["items"]}
+            after = page["next_after"]
         return bool(sum(mine.get(n) == "Running" for n in names[:running]) == running) and \
             sum(mine.get(n) == "Sleeping" for n in names[running:]) == total - running
 

@@ -3,7 +3,8 @@
 The session starts the daemon when none answers (and stops only a daemon it started), gives the driver a
 storage pool, bridge and address range of the tests' own (so an operator's Fleet on this host is never
 touched), and removes everything it made afterwards, also what a killed earlier run left: tenants of the
-test prefix, template instances on the test pool, Fleet images, the bridge, its ACL, the pool.
+test prefix, template instances on the test pool, Fleet images, the bridge, its ACL, its egress guard
+table, the pool.
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def _until_done(client: LxdClient, method: str, path: str, **body: object) -> No
     wait_for(attempt, timeout=60, interval=0.2, what=f"LXD to {method} {path}")
 
 
+def remove_guard(bridge: str) -> None:
+    """The egress guard's nftables table of `bridge` (drivers/lxd_egress), when a test made one."""
+    from drivers.lxd_egress import Guard
+
+    Guard.of(bridge, "10.0.0.0/8").remove()
+
+
 def sweep(client: LxdClient) -> None:
     """Remove every test tenant, template instance on the test pool, Fleet image, then bridge, ACL, pool,
     and the log directories LXD keeps for the instances removed."""
@@ -112,6 +120,7 @@ def sweep(client: LxdClient) -> None:
     for path in (f"/1.0/networks/{TEST_NETWORK}", f"/1.0/network-acls/{TEST_NETWORK}-ingress",
                  f"/1.0/storage-pools/{TEST_POOL}"):
         _until_done(client, "DELETE", path)
+    remove_guard(TEST_NETWORK)
     (LOG.parent / f"dnsmasq.{TEST_NETWORK}.log").unlink(missing_ok=True)
 
 
@@ -159,6 +168,8 @@ def remove_default_parts(client: LxdClient, made: set[str]) -> None:
             for path in paths[part]:
                 with contextlib.suppress(NotFound):
                     client.request("DELETE", path)
+    if DEFAULT_NETWORK in made:
+        remove_guard(DEFAULT_NETWORK)
     (Path("/var/log/lxd") / f"dnsmasq.{DEFAULT_NETWORK}.log").unlink(missing_ok=True)
 
 

@@ -201,18 +201,25 @@ def test_tenant_runs_unprivileged_in_a_uid_range_of_its_own(driver: LxdDriver, m
     assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core_pattern
 
 
-def test_egress_is_refused_saying_what_to_do_and_the_tenant_keeps_what_it_had(
+def test_egress_no_spec_makes_is_refused_and_the_tenant_keeps_what_it_had(
     driver: LxdDriver, make_lxd_tenant: MakeTenant
 ) -> None:
+    """Egress itself is tests/lxd/test_lxd_egress.py; a value a raw SQL writer stored past validation (two
+    overlapping rules, host bits set) fails before anything changes, typed."""
     from specs import PermanentError
+    from specs.tenant import EgressRule
 
     tenant = make_lxd_tenant("egress")
-    for egress in ("internet", [{"to": "198.51.100.0/24", "ports": [443]}]):
-        with pytest.raises(PermanentError, match="set egress to none") as raised:
-            driver.apply_network(tenant.name, Network(ingress=(80,), egress=egress))
-        assert raised.value.reason == "EgressUnsupported"
+    driver.apply_network(tenant.name, Network(ingress=(80,), egress=[{"to": "198.51.100.0/24", "ports": [443]}]))
+    for bad in ((EgressRule.model_construct(to="198.51.100.7/24", ports=None),),
+                (EgressRule.model_construct(to="10.0.0.0/8", ports=None),
+                 EgressRule.model_construct(to="10.1.0.0/16", ports=(443,)))):
+        with pytest.raises(PermanentError) as raised:
+            driver.apply_network(tenant.name, Network.model_construct(ingress=(80,), egress=bad))
+        assert raised.value.reason == "BadEgress"
     after = driver.inspect(tenant.name)
-    assert after is not None and after.network == Network(ingress=(80,), egress="none")
+    assert after is not None and after.network == Network(ingress=(80,), egress=[{"to": "198.51.100.0/24",
+                                                                                   "ports": [443]}])
     assert after.address == tenant.address and after.pid == tenant.pid
-    driver.apply_network(tenant.name, Network(ingress=(80,), egress="none"))  # none is what it enforces
+    driver.apply_network(tenant.name, Network(ingress=(80,), egress="none"))
     assert tenant.address is not None and b"Fleet tenant" in wait_http(tenant.address)

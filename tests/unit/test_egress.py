@@ -1,6 +1,6 @@
 """Egress by policy without a host: the spec's canonical form and its errors, the store (columns, template
-default, raw SQL checks, generation), the plan, the nftables elements the nspawn driver derives, and the
-drivers that refuse what they cannot enforce."""
+default, raw SQL checks, generation), the plan, the nftables elements the nspawn driver derives, and what
+the drivers refuse (the LXD driver's ACL rules: tests/unit/test_lxd_egress.py)."""
 
 from pathlib import Path
 
@@ -227,13 +227,13 @@ def test_internet_egress_without_a_default_route_says_what_to_set(
     assert raised.value.reason == "EgressUnavailable"
 
 
-def test_the_lxd_driver_refuses_egress_before_changing_anything() -> None:
+def test_the_lxd_driver_refuses_stored_egress_no_spec_makes_before_changing_anything() -> None:
     driver = object.__new__(LxdDriver)  # no daemon: the refusal comes before any request
     driver.node = "lxd-node"
-    with pytest.raises(PermanentError, match=r"spec\.network\.egress: the lxd driver enforces no egress") as raised:
-        driver.apply_network("acme", Network(ingress=(80,), egress=[{"to": "198.51.100.0/24", "ports": [443]}]))
-    assert raised.value.reason == "EgressUnsupported"
-    assert "198.51.100.0/24:443" in str(raised.value) and "set egress to none" in str(raised.value)
+    bad = (EgressRule.model_construct(to="10.0.0.0/8", ports=None), EgressRule.model_construct(to="10.1.0.0/16"))
+    with pytest.raises(PermanentError, match=r"spec\.network\.egress: rules 1 and 2 overlap") as raised:
+        driver.apply_network("acme", Network.model_construct(ingress=(80,), egress=bad))
+    assert raised.value.reason == "BadEgress"
 
 
 def test_template_egress_on_the_command_line() -> None:

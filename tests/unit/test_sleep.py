@@ -197,15 +197,14 @@ def test_the_idle_rule_sleeps_a_tenant_only_after_its_time_without_a_visitor(
     time_.now += 9
     assert asyncio.run(rule.sweep()) == []
     with rule.visiting("busy") as visit:  # a request (or websocket) under way: never idle
-        visit.admitted = True  # its claim was good
+        visit.admit()  # its claim was good
         time_.now += 5
         assert asyncio.run(rule.sweep()) == ["idle"]
     assert asyncio.run(rule.sweep()) == []  # its idle time starts again when the request ends
     time_.now += 9
-    with rule.visiting("busy"):  # a visitor without a valid claim (answered 401) keeps nobody awake
-        pass
-    time_.now += 1
-    assert asyncio.run(rule.sweep()) == ["busy"]
+    with rule.visiting("busy"):  # a visitor without a valid claim (answered 401) keeps nobody awake...
+        time_.now += 1
+        assert asyncio.run(rule.sweep()) == ["busy"]  # ...not even while its request is under way
     converge(controller, clock)
     assert (phase(store, "idle"), phase(store, "busy"), phase(store, "forever")) == (
         Phase.SLEEPING, Phase.SLEEPING, Phase.RUNNING)
