@@ -11,8 +11,10 @@ What it must never do: run anything itself. A driver starts the process; this on
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import select
 import struct
 import subprocess
 import termios
@@ -59,14 +61,19 @@ class ExecProcess(ABC):
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        """All of `data` to the command's input (blocks while its pipe or terminal is full)."""
-        fd = self.stdin
-        if fd is None or not data:
-            return
+        """All of `data` to the command's input; waits while its pipe or terminal is full, but only until the
+        input or the session is closed (OSError EPIPE then): a command that never reads must not hold the
+        writing thread for good. Written in pieces of at most PIPE_BUF, which never block once writable."""
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
-            view = view[written:]
+            fd = self.stdin
+            if fd is None or self._closed:
+                raise OSError(errno.EPIPE, "the command's input is closed")
+            waiting = select.poll()  # not select(): an API process may hold descriptors past FD_SETSIZE
+            waiting.register(fd, select.POLLOUT)
+            if waiting.poll(200):
+                written = os.write(fd, view[:select.PIPE_BUF])
+                view = view[written:]
 
     def close_stdin(self) -> None:
         """End of input: the pipe is closed; a terminal gets its end-of-file character (as Ctrl-D does)."""

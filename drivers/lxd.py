@@ -166,8 +166,9 @@ class LxdDriver:
         return self.guard.problem() if view.egress else None
 
     def _observe(self, instance: Instance, view: AclView, guard_problem: str | None) -> Observed:
+        address = (instance.devices.get(NIC_DEVICE) or {}).get("ipv4.address")
         return observe(instance, view.ingress.get(instance.name), self.bridge, self._inside(instance),
-                       view.egress_of(instance.name), guard_problem)
+                       view.egress_for(address), guard_problem)
 
     def _tenants(self, *, state: bool) -> builtins.list[Instance]:
         """Fleet's tenants in one request: LXD leaves out every instance without the marks (their config,
@@ -194,7 +195,7 @@ class LxdDriver:
         if instance is None or not self._owned_tenant(instance):
             return None
         view = acl.result()
-        return self._observe(instance, view, self._guard_problem(view) if view.egress_of(tenant) else None)
+        return self._observe(instance, view, self._guard_problem(view))
 
     @at_edge
     def usage(self, tenants: Sequence[str] | None = None) -> builtins.list[Usage]:

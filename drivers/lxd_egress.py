@@ -11,7 +11,7 @@ from another's), action `allow`:
 
 LXD ACL rules have no negation, so "internet" is the public complement of the ranges that are never
 "internet" (the nspawn driver's `BLOCKED`: private, shared, loopback, link-local and metadata, multicast,
-reserved), enumerated as 65 CIDRs; a rule naming such a range by CIDR is what lets a tenant reach it.
+reserved), enumerated (88 CIDRs with today's list); a rule naming such a range by CIDR is what lets a tenant reach it.
 The ACL's default egress action stays `drop`, so a tenant without rules reaches nothing.
 
 Why a guard of Fleet's own: a bridge ACL cannot tell traffic to the host from traffic through it (LXD
@@ -104,57 +104,85 @@ def _ports(text: str) -> set[int] | None:
     return found or None
 
 
+def applies_to(rule: dict[str, Any], address: str) -> bool:
+    """Whether an egress rule's `source` covers `address` (empty: every source; unreadable: assumed to, so
+    it is shown rather than hidden)."""
+    source = str(rule.get("source") or "").strip()
+    if not source:
+        return True
+    wanted = ipaddress.IPv4Address(address)
+    for part in (p.strip() for p in source.split(",")):
+        try:
+            if "-" in part:
+                low, high = (ipaddress.IPv4Address(end.strip()) for end in part.split("-", 1))
+                if low <= wanted <= high:
+                    return True
+            elif wanted in ipaddress.IPv4Network(part, strict=False):
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def _fleets(rule: dict[str, Any], mark: str, address: str) -> bool:
+    """Whether `rule` has the exact shape `acl_rules` writes for the tenant marked `mark` at `address`."""
+    protocol = str(rule.get("protocol") or "")
+    ports = str(rule.get("destination_port") or "")
+    return (rule.get("description") == mark and rule.get("source") == address and rule.get("action") == "allow"
+            and rule.get("state") == "enabled" and bool(rule.get("destination"))
+            and not any(rule.get(key) for key in ("source_port", "icmp_type", "icmp_code"))
+            and ((protocol in PROTOCOLS and _ports(ports) is not None) or (not protocol and not ports)))
+
+
+def foreign(raw: Iterable[dict[str, Any]], tenant: str, address: str | None) -> list[str]:
+    """The ACL's egress rules that apply to the tenant's address (by `source`) and are not the ones Fleet
+    writes for it: a hand-made or hand-edited rule, another tenant's mark, a drop. Each makes the tenant's
+    observed egress differ from any spec, so it is shown (and the next pass rewrites the tenant's own)."""
+    if address is None:
+        return []
+    mark = RULE_PREFIX + tenant
+    return [f"{rule.get('action') or '?'} {rule.get('protocol') or 'any protocol'} from {rule.get('source') or 'any'} "
+            f"to {rule.get('destination') or 'any'} ({rule.get('description') or 'no description'})"
+            for rule in raw
+            if rule.get("state") != "disabled" and applies_to(rule, address) and not _fleets(rule, mark, address)]
+
+
 def rules_in_force(raw: Iterable[dict[str, Any]], tenant: str, address: str | None) -> tuple[EgressRule, ...]:
-    """The egress a tenant's ACL rules let through (canonical): its `allow` rules from its own address; a
-    destination with ports counts for the ports both its tcp and its udp rule list (one without the other
-    is not what a spec makes). What no spec makes is shown as found, so it differs from any spec."""
+    """The egress the ACL gives the tenant at `address`, canonical: the rules Fleet writes for it (a
+    destination with ports counts for the ports both its tcp and its udp rule list: one without the other is
+    not what a spec makes), plus, for every `foreign` rule, an entry no spec makes, so it differs."""
     if address is None:
         return ()
+    raw = list(raw)
     mark = RULE_PREFIX + tenant
     any_protocol: set[str] = set()
     by_protocol: dict[str, dict[str, set[int]]] = {}
     for rule in raw:
-        if rule.get("description") != mark or rule.get("source") != address or rule.get("action") != "allow" \
-                or rule.get("state", "enabled") != "enabled" or rule.get("source_port"):
+        if not _fleets(rule, mark, address):
             continue
-        destination = str(rule.get("destination") or "")
+        destination = str(rule["destination"])
         protocol = str(rule.get("protocol") or "")
-        if not destination:
-            continue  # every address: no spec makes it; not counted (the ACL still allows it: see problems)
         if not protocol:
             any_protocol.add(destination)
-        elif protocol in PROTOCOLS:
-            ports = _ports(str(rule.get("destination_port") or ""))
-            if ports is not None:
-                by_protocol.setdefault(destination, {}).setdefault(protocol, set()).update(ports)
+        else:
+            numbers = _ports(str(rule.get("destination_port") or "")) or set()
+            by_protocol.setdefault(destination, {}).setdefault(protocol, set()).update(numbers)
     targets: dict[str, set[int] | None] = {d: None for d in any_protocol}
     for destination, protocols in by_protocol.items():
-        if destination in targets:
-            continue
         both = protocols.get("tcp", set()) & protocols.get("udp", set())
-        if both:
+        if destination not in targets and both:
             targets[destination] = both
     listed: list[dict[str, Any]] = []
     for destination, ports in targets.items():
         to = INTERNET if destination == public_destination() else destination
         listed.append({"to": to} if ports is None else {"to": to, "ports": sorted(ports)})
+    others = tuple(EgressRule.model_construct(to=f"not Fleet's: {text}", ports=None)
+                   for text in foreign(raw, tenant, address))
     try:
-        return egress_rules(listed) or ()
-    except ValueError:  # hand-made rules no spec makes (a list of networks, overlaps): shown as found
+        return (egress_rules(listed) or ()) + others
+    except ValueError:  # hand-edited destinations no spec makes (a list of networks, overlaps): shown as found
         return tuple(EgressRule.model_construct(to=item["to"], ports=tuple(item["ports"]) if "ports" in item else None)
-                     for item in listed)
-
-
-def strays(raw: Iterable[dict[str, Any]], tenant: str, address: str | None) -> list[str]:
-    """The tenant's egress rules that `rules_in_force` does not count but the ACL may still apply."""
-    mark = RULE_PREFIX + tenant
-    found = []
-    for rule in raw:
-        if rule.get("description") != mark or rule.get("action") != "allow":
-            continue
-        if rule.get("source") != address or not rule.get("destination"):
-            found.append(f"source {rule.get('source') or 'any'} to {rule.get('destination') or 'any'}")
-    return found
+                     for item in listed) + others
 
 
 # -- the node guard ------------------------------------------------------------------------------------

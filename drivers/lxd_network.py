@@ -20,6 +20,7 @@ This module never touches a network or ACL without Fleet's marker, nor a rule wi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import threading
@@ -265,8 +266,29 @@ class AclView:
     egress: tuple[dict[str, Any], ...]
 
     def egress_of(self, tenant: str) -> list[dict[str, Any]]:
+        """The rules marked as the tenant's."""
         mark = RULE_PREFIX + tenant
         return [r for r in self.egress if r.get("description") == mark]
+
+    def egress_for(self, address: str | None) -> list[dict[str, Any]]:
+        """The rules whose `source` may cover `address`: those from exactly it, and every rule with an
+        empty or wider source (found through an index, so a list of N tenants is not N scans)."""
+        if address is None:
+            return []
+        exact, wide = self._egress_index
+        return exact.get(address, []) + wide
+
+    @functools.cached_property
+    def _egress_index(self) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+        exact: dict[str, list[dict[str, Any]]] = {}
+        wide: list[dict[str, Any]] = []
+        for rule in self.egress:
+            source = str(rule.get("source") or "")
+            try:
+                exact.setdefault(str(ipaddress.IPv4Address(source)), []).append(rule)
+            except ValueError:
+                wide.append(rule)
+        return exact, wide
 
 
 def _lists(acl: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from drivers.lxd_api import Instance
 from drivers.lxd_config import GENERATION, NIC_DEVICE, TEMPLATE, observed_resources
-from drivers.lxd_egress import rules_in_force, strays
+from drivers.lxd_egress import foreign, rules_in_force
 from drivers.lxd_network import Bridge, IngressRule, Inside
 from specs import Network, Observed, Usage
 
@@ -35,8 +35,8 @@ def oom_kills(instance: str) -> int:
 def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside: Inside | None,
             egress: Sequence[dict[str, Any]] = (), guard_problem: str | None = None) -> Observed:
     """The tenant as LXD shows it; its network counts only when NIC, rule and address inside all agree.
-    `inside` is what the host shows of the running instance (None when it is stopped); `egress` its rules
-    in the ACL's egress list, in force only while the node guard is whole (`guard_problem` None)."""
+    `inside` is what the host shows of the running instance (None when it is stopped); `egress` the ACL's
+    egress rules that may apply to its address, in force only while the node guard is whole."""
     tenant = instance.name
     problems: list[str] = []
     nic = instance.devices.get(NIC_DEVICE)
@@ -55,7 +55,7 @@ def observe(instance: Instance, rule: IngressRule | None, bridge: Bridge, inside
     in_force = rules_in_force(egress, tenant, address) if guard_problem is None else ()
     if egress and guard_problem is not None:
         problems.append(f"egress not in force: {guard_problem}")
-    problems += [f"egress rule Fleet does not make: {stray}" for stray in strays(egress, tenant, address)]
+    problems += [f"egress rule not Fleet's: {text}" for text in foreign(egress, tenant, address)]
     killed = oom_kills(tenant) if running else 0
     if killed:
         problems.append(f"{killed} process(es) killed at the memory limit")

@@ -79,6 +79,9 @@ def _read_int(path: Path) -> int:
         return 0
 
 
+MAX_TENANTS = 2048
+
+
 class NspawnDriver:
     name = "nspawn"
 
@@ -137,12 +140,15 @@ class NspawnDriver:
         return self._info
 
     def capacity(self) -> NodeCapacity:
+        # Tenant slots: what bounds the running ones is memory and CPU (the scheduler's allocatable), and a
+        # sleeping tenant holds neither, so the slots are many (1,000 on one node measured: benchmarks.md,
+        # "Sleep and wake"); `--max-tenants` lowers them.
         disk, _available = self.pool.space()
         return NodeCapacity(
             cpu_millicores=(psutil.cpu_count() or 1) * 1000,
             memory_bytes=psutil.virtual_memory().total,
             disk_bytes=disk,
-            max_tenants=min(300, self.networks.leases.subnets),
+            max_tenants=min(MAX_TENANTS, self.networks.leases.subnets),
             ksm_pages_shared=_read_int(_KSM / "pages_shared"),
             ksm_pages_sharing=_read_int(_KSM / "pages_sharing"),
             disk_shared_bytes=self.pool.disk_shared(),

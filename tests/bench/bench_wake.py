@@ -42,7 +42,8 @@ from tests.helpers import wait_for
 from tests.integration.sweep import sweep_node
 
 COMMAND = ".venv/bin/python tests/bench/bench_wake.py"
-TITLE = "Sleep and wake: wake on request vs a raw start, and sleeping tenants' density"
+TITLE = "Sleep and wake: wake on request vs a raw start"
+DENSITY_TITLE = "Sleep and wake: sleeping tenants' density"
 DATA_DIR = Path("/var/tmp/fleet-bench-wake")
 RANGE = "10.220.0.0/16"
 PREFIX = "fw-"
@@ -214,20 +215,28 @@ def main() -> None:
         " What the gateway wake adds to the raw start: the store write of the wake, the reconciler's pass (read,"
         " inspect, start, inspect, status write) and the gateway's polls (store every 5 ms, the port every 3 ms)."
     )
+    load = f"\n\nLoad average (1 min) before / after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs."
+    density_body = None
     if density is not None:
-        body += (
-            f"\n\nDensity: {density['tenants']:.0f} tenants on this one node, {density['sleeping']:.0f} asleep and"
+        density_body = (
+            f"{density['tenants']:.0f} tenants on this one node (nspawn), {density['sleeping']:.0f} asleep and"
             f" {density['running']:.0f} running, made through the API in {density['made_seconds']:.0f} s. Host"
             f" memory in use (MemTotal - MemAvailable) grew by {density['host_kib_per_tenant']:.0f} KiB per tenant"
             f" (running ones included) and the operator's RSS by {density['rss_kib_per_tenant']:.0f} KiB per"
             f" tenant. Every running tenant answered through the gateway; {density['sampled']:.0f} sleeping ones"
             f" picked at random woke on a request, p50 {density['sample_wake_p50_ms']:.0f} ms."
             " Goal (issue 14): under 100 KiB of host memory per sleeping tenant beyond its row and its disk delta."
+            + load
         )
-    body += f"\n\nLoad average (1 min) before / after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs."
+    body += load
     print(body)
+    if density_body is not None:
+        print(density_body)
     if not args.no_write:
         write_section(TITLE, COMMAND, body)
+        if density_body is not None:
+            write_section(DENSITY_TITLE, COMMAND + f" --density {args.density} --running {args.running}",
+                          density_body)
 
 
 if __name__ == "__main__":

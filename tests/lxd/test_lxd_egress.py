@@ -292,28 +292,42 @@ def _remove_by_hand(driver: LxdDriver, keep: Callable[[dict[str, Any]], bool]) -
     driver.client.request("PUT", f"/1.0/network-acls/{driver.bridge.acl}", json=body)
 
 
-@pytest.mark.parametrize("drift", ["acl-rule", "guard"])
+@pytest.mark.parametrize("drift", ["acl-rule", "guard", "foreign-grant"])
 def test_egress_drift_is_observed_and_repaired_by_the_next_pass(
     driver: LxdDriver, make_lxd_tenant: MakeTenant, tenant_probe: Path, outside: Outside, drift: str
 ) -> None:
     tenant = make_lxd_tenant("eg-drift")
     wanted = Network(ingress=(80,), egress=[{"to": "internet", "ports": [8080]}])
     driver.apply_network(tenant.name, wanted)
-    check = [f"tcp {OUTSIDE} 8080"]
-    assert passed(probe(driver, tenant, tenant_probe, check)) == {f"tcp {OUTSIDE}:8080"}
+    check = [f"tcp {OUTSIDE} 8080", f"tcp {OUTSIDE} 8443"]
+    right = {f"tcp {OUTSIDE}:8080"}
+    assert passed(probe(driver, tenant, tenant_probe, check)) == right
 
     if drift == "acl-rule":
         _remove_by_hand(driver, lambda rule: not (rule.get("description") == f"fleet:{tenant.name}"
                                                   and rule.get("protocol") == "tcp"))
-    else:
+        bitten: set[str] = set()
+    elif drift == "guard":
         subprocess.run(["nft", "delete", "table", "inet", driver.guard.table], check=True)
-    assert passed(probe(driver, tenant, tenant_probe, check)) == set(), "the drift bites"
+        bitten = set()
+    else:  # a rule added by hand that lets the tenant out further than its spec
+        acl = driver.client.get(f"/1.0/network-acls/{driver.bridge.acl}").metadata
+        grant = {"action": "allow", "state": "enabled", "description": "added by hand", "source": tenant.address,
+                 "destination": f"{OUTSIDE}/32", "protocol": "tcp", "destination_port": "8443"}
+        driver.client.request("PUT", f"/1.0/network-acls/{driver.bridge.acl}", json={
+            "description": acl["description"], "config": acl["config"], "ingress": acl["ingress"],
+            "egress": [*acl["egress"], grant]})
+        bitten = right | {f"tcp {OUTSIDE}:8443"}
+    assert passed(probe(driver, tenant, tenant_probe, check)) == bitten, "the drift bites"
 
     observed = driver.inspect(tenant.name)
     assert observed is not None and observed.address == tenant.address, "still reachable: only egress differs"
-    assert observed.network.egress == (), observed.network
+    assert observed.network.egress != wanted.egress, observed.network
     if drift == "guard":
+        assert observed.network.egress == ()
         assert any(p.startswith("egress not in force: table inet") for p in observed.problems), observed.problems
+    if drift == "foreign-grant":
+        assert any(p.startswith("egress rule not Fleet's: allow tcp") for p in observed.problems), observed.problems
     desired = _desired(tenant.name, wanted)
     assert ApplyNetwork(wanted) in plan(desired, observed), (observed.network, observed.problems)
     sent: list[str] = []
@@ -333,7 +347,7 @@ def test_egress_drift_is_observed_and_repaired_by_the_next_pass(
     repaired = driver.inspect(tenant.name)
     assert repaired is not None and repaired.network == wanted and plan(desired, repaired) == []
     assert repaired.pid == tenant.pid and repaired.problems == ()
-    assert passed(probe(driver, tenant, tenant_probe, check)) == {f"tcp {OUTSIDE}:8080"}
+    assert passed(probe(driver, tenant, tenant_probe, check)) == right
 
 
 def test_delete_removes_the_tenants_egress_rules_and_the_next_tenant_has_none(

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from drivers.lxd_egress import Guard, acl_rules, public_destination, public_networks, rules_in_force, strays
+from drivers.lxd_egress import (
+    Guard,
+    acl_rules,
+    applies_to,
+    foreign,
+    public_destination,
+    public_networks,
+    rules_in_force,
+)
 from drivers.nspawn_egress import BLOCKED
 from drivers.nspawn_nft import Result
 from specs import Network, PermanentError
@@ -36,9 +44,10 @@ def test_rules_round_trip_through_the_acl(egress: object) -> None:
     written = acl_rules("acme", ADDRESS, wanted)
     assert all(rule["source"] == ADDRESS and rule["description"] == "fleet:acme" for rule in written)
     assert rules_in_force(as_lxd(written), "acme", ADDRESS) == wanted
-    assert strays(as_lxd(written), "acme", ADDRESS) == []
-    assert rules_in_force(as_lxd(written), "other", ADDRESS) == ()  # another tenant's mark
+    assert foreign(as_lxd(written), "acme", ADDRESS) == []
     assert rules_in_force(as_lxd(written), "acme", "10.219.0.8") == ()  # not from its address: not its egress
+    stolen = rules_in_force(as_lxd(written), "other", ADDRESS)  # another tenant's mark on this one's address
+    assert stolen and all(rule.to.startswith("not Fleet's: allow") for rule in stolen)
 
 
 def test_ports_count_only_where_tcp_and_udp_both_list_them() -> None:
@@ -54,14 +63,21 @@ def test_ports_count_only_where_tcp_and_udp_both_list_them() -> None:
 def test_hand_made_rules_show_as_found_so_they_differ_from_any_spec() -> None:
     edited = as_lxd([{"action": "allow", "state": "enabled", "description": "fleet:acme", "source": ADDRESS,
                       "destination": "198.51.100.0/24,203.0.113.0/24"}])
-    found = rules_in_force(edited, "acme", ADDRESS)
-    assert [rule.to for rule in found] == ["198.51.100.0/24,203.0.113.0/24"]
+    assert [rule.to for rule in rules_in_force(edited, "acme", ADDRESS)] == ["198.51.100.0/24,203.0.113.0/24"]
     anywhere = as_lxd([{"action": "allow", "state": "enabled", "description": "fleet:acme", "source": ADDRESS}])
-    assert rules_in_force(anywhere, "acme", ADDRESS) == ()
-    assert strays(anywhere, "acme", ADDRESS) == [f"source {ADDRESS} to any"]
+    assert foreign(anywhere, "acme", ADDRESS) == [f"allow any protocol from {ADDRESS} to any (fleet:acme)"]
+    assert [rule.to for rule in rules_in_force(anywhere, "acme", ADDRESS)] == [
+        f"not Fleet's: allow any protocol from {ADDRESS} to any (fleet:acme)"]
+    # an administrator's rule for a whole range, or for every source, applies to the tenant too
+    for source in ("10.219.0.0/24", "", "10.219.0.5-10.219.0.9"):
+        wide = as_lxd([{"action": "allow", "state": "enabled", "description": "ops", "source": source,
+                        "destination": "9.9.9.9"}])
+        assert applies_to(wide[0], ADDRESS) and rules_in_force(wide, "acme", ADDRESS) != ()
+    elsewhere = as_lxd([{"action": "allow", "state": "enabled", "source": "10.219.0.8", "destination": "9.9.9.9"}])
+    assert not applies_to(elsewhere[0], ADDRESS) and rules_in_force(elsewhere, "acme", ADDRESS) == ()
     disabled = as_lxd([rule | {"state": "disabled"} for rule in acl_rules(
         "acme", ADDRESS, Network(egress="internet").egress or ())])
-    assert rules_in_force(disabled, "acme", ADDRESS) == ()
+    assert rules_in_force(disabled, "acme", ADDRESS) == () and foreign(disabled, "acme", ADDRESS) == []
 
 
 def test_internet_is_the_complement_of_the_blocked_ranges() -> None:
