@@ -28,12 +28,13 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from drivers import ExecProcess, ExecRequest
 from reconciler import exec_session
 from reconciler.web.context import WebContext
-from specs import NotFound, PermanentError, TransientError, validate_name
+from specs import Event, NotFound, PermanentError, TransientError, validate_name
 from specs.errors import FleetError
 from state.access import ApiToken, Role
 
@@ -44,9 +45,10 @@ CHUNK = 65536
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, who: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.who = who  # a known token refused for its role: the attempt is recorded on the tenant
 
 
 async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
@@ -67,7 +69,8 @@ async def _authenticate(context: WebContext, websocket: WebSocket, first: dict[s
     allowed = {Role.OPERATOR} | ({Role.BILLING} if context.config.exec_billing else set())
     if token.role not in allowed:
         names = ", ".join(sorted(role.value for role in allowed))
-        raise Refused(403, f"role {token.role.value} may not exec into tenants; needs {names}")
+        raise Refused(403, f"role {token.role.value} may not exec into tenants; needs {names}",
+                      who=f"token:{token.name}")
     return token
 
 
@@ -100,6 +103,21 @@ async def _first_frame(websocket: WebSocket) -> dict[str, Any]:
     return first
 
 
+def _record_refusal(context: WebContext, name: str, refused: Refused) -> None:
+    """A token holder's exec refused for its role: a Warning on the tenant (when there is one of that name), so
+    the audit trail shows attempts too. Unknown tokens are not recorded there (anyone could fill the table);
+    the log has them."""
+    try:
+        validate_name(name)
+        if context.store.desired(name) is None:
+            return
+        context.store.append_events([Event(tenant=name, type="Warning", reason="ExecRefused", action="exec",
+                                           message=f"{refused.who} may not exec: {refused}"[:500],
+                                           details={"who": [str(refused.who)]})])
+    except (ValueError, FleetError) as error:
+        logger.bind(tenant=name, error=str(error)).warning("Could not record a refused exec")
+
+
 @router.websocket("/api/v1/tenants/{name}/exec")
 async def exec_socket(websocket: WebSocket, name: str) -> None:
     context: WebContext = websocket.app.state.context
@@ -126,6 +144,8 @@ async def exec_socket(websocket: WebSocket, name: str) -> None:
         except (TransientError, FleetError) as error:
             raise Refused(503, str(error)) from error
     except Refused as refused:
+        if refused.who is not None:
+            await run_in_threadpool(_record_refusal, context, name, refused)
         await _refuse(websocket, refused.status, str(refused))
         return
     except WebSocketDisconnect:
