@@ -35,6 +35,7 @@ from drivers import (
 from drivers.edge import at_edge
 from drivers.exec_process import ExecProcess, ExecRequest
 from drivers.nspawn_host import host_problems
+from drivers.nspawn_limits import LimitsRecord
 from drivers.nspawn_pool import Pool
 from drivers.nspawn_templates import (
     build_busybox,
@@ -103,6 +104,7 @@ class NspawnDriver:
         self.pool = Pool.open(self.data_dir, pool_path=pool_path, image_size=image_size)
         self.cgroups = nspawn_cgroups.detect()
         self.networks = nspawn_network.Networks(state_dir, address_range, egress_interface=egress_interface)
+        self.limits = LimitsRecord(state_dir)
         self.processes = nspawn_process.Processes(
             state_dir,
             init_path=INIT_PATH,
@@ -164,7 +166,13 @@ class NspawnDriver:
         if not self.pool.tenant_exists(tenant):
             return None
         problems: list[str] = []
-        if self.cgroups.exists(tenant):
+        container = self.processes.find(tenant) if running is None else running.get(tenant)
+        pid = container.pid if container else None
+        if container is None:
+            # Stopped: its cgroups, namespace and veth were given back at the stop (`stop`); what it has is
+            # the limits record and its network's lease and firewall elements, which the next start uses.
+            kernel = self.limits.load(tenant) or Resources()
+        elif self.cgroups.exists(tenant):
             kernel = self.cgroups.read(tenant, self.io_devices)
             problems += self.cgroups.problems(tenant)
             oom_kills = self.cgroups.oom_kills(tenant)
@@ -176,10 +184,8 @@ class NspawnDriver:
         resources = Resources.model_construct(
             cpu=kernel.cpu, memory=kernel.memory, disk=self.pool.disk_limit(tenant), pids=kernel.pids, io=kernel.io
         )
-        network = self.networks.observe(tenant, firewall)
+        network = self.networks.observe(tenant, firewall, parked=container is None)
         problems += network.problems
-        container = self.processes.find(tenant) if running is None else running.get(tenant)
-        pid = container.pid if container else None
         self._trim_log(tenant)
         restart_reason = None
         if container is not None and container.uid_base is None:
@@ -289,16 +295,21 @@ class NspawnDriver:
 
     @at_edge
     def apply_resources(self, tenant: str, resources: Resources, *, generation: int | None = None) -> None:
-        """Change limits in place: the container keeps running (cgroup files and qgroup limits are live)."""
+        """Change limits in place: the container keeps running (cgroup files and qgroup limits are live). A
+        stopped tenant has no cgroups: its record is what its next start applies."""
         self._require(tenant)
-        self.cgroups.apply(tenant, resources, self.io_devices)
+        self.limits.save(tenant, resources)
+        if self.cgroups.exists(tenant):
+            self.cgroups.apply(tenant, resources, self.io_devices)
         self.pool.set_disk_limit(tenant, resources.disk)
         logger.bind(tenant=tenant, node=self.node, **resources.display()).info("Applied resources")
 
     @at_edge
     def apply_network(self, tenant: str, network: Network) -> None:
         self._require(tenant)
-        self.networks.ensure(tenant, network.ingress or (), network.egress or ())
+        # A stopped tenant's network is its lease and firewall elements: its start makes the veth from them.
+        connect = self.processes.find(tenant) is not None
+        self.networks.ensure(tenant, network.ingress or (), network.egress or (), connect=connect)
 
     @at_edge
     def start(self, tenant: str) -> None:
@@ -306,15 +317,21 @@ class NspawnDriver:
         self._require(tenant)
         if self.processes.find(tenant) is not None:
             return
-        # The namespace alone, nothing that can carry a packet: the planner applies the network after the
-        # start, while nspawn boots (~100 ms), and the firewall is in place before the veth exists.
-        self.networks.ensure_namespace(tenant)
+        limits = self.limits.load(tenant)
+        if limits is None:  # never run without limits: the planner applies them before a start
+            raise TransientError(f"tenant {tenant} has no limits recorded yet; the next pass applies them first")
         # A tenant cloned by an older Fleet gets its range and its level-1 qgroup here, before it runs in them.
         uid_base = self.pool.uid_base(tenant)
         self.pool.ensure_group(tenant)
         self.cgroups.create(tenant)
         # Leftovers of a container that died (payload children) would be charged with the new one.
         self.cgroups.kill(tenant)
+        self.cgroups.apply(tenant, limits, self.io_devices)
+        # A woken tenant's namespace and veth again, from the lease and firewall elements it kept, so it is
+        # filtered from its first packet. A new tenant gets the namespace alone, nothing that can carry a
+        # packet: the planner applies its network after the start, while nspawn boots (~100 ms). (Connecting
+        # a woken one during the boot instead saved nothing measurable: the two compete for the same CPUs.)
+        self.networks.connect_parked(tenant)
         prepared_ms = round((time.perf_counter() - began) * 1000, 1)
         logger.bind(tenant=tenant, node=self.node, ms=prepared_ms).debug("Prepared start")
         self.processes.start(
@@ -328,11 +345,18 @@ class NspawnDriver:
 
     @at_edge
     def stop(self, tenant: str) -> None:
+        """Stop the container and give its kernel objects back: cgroups, network namespace and veth (a sleeping
+        tenant costs the host next to nothing: docs/benchmarks.md). Its limits record, address lease and
+        firewall elements stay, and `start` makes the rest again from them."""
         validate_name(tenant)
         self.processes.stop(tenant)
         if self.cgroups.exists(tenant):
+            if self.limits.load(tenant) is None and self.pool.tenant_exists(tenant):
+                self.limits.save(tenant, self.cgroups.read(tenant, self.io_devices))  # limits set by an older Fleet
             self.cgroups.kill(tenant)
-            self.cgroups.release_memory(tenant)  # a stopped (sleeping) tenant keeps no page cache charged
+            self.cgroups.release_memory(tenant)  # no page cache stays charged to a cgroup about to go
+            self.cgroups.remove(tenant)
+        self.networks.park(tenant)
 
     @at_edge
     def exec(self, tenant: str, request: ExecRequest) -> ExecProcess:
@@ -363,6 +387,7 @@ class NspawnDriver:
         if not network:
             absent.append("network")
         removed += self.processes.remove_files(tenant)
+        removed += self.limits.remove(tenant)
         # The subvolume goes last: while it exists, inspect sees the tenant and the next pass finishes.
         try:
             storage = self.pool.delete_tenant(tenant)
@@ -391,6 +416,8 @@ class NspawnDriver:
             found.append("network")
         if self.networks.leases.get(tenant) is not None:
             found.append("address lease")
+        if self.limits.path(tenant).exists():
+            found.append("limits record")
         return found
 
     def close(self) -> None:

@@ -8,10 +8,13 @@ The helper, still host root:
    the tenant's verified nspawn process in another pid namespace) and checks it is still that child;
 2. reads the init's seccomp filters (`PTRACE_SECCOMP_GET_FILTER`; it stops the init for well under a
    millisecond): nspawn's own syscall filters and Fleet's (`nspawn_seccomp`) below them, so the command
-   gets exactly the filters the payload has, not a copy that could drift from nspawn's;
+   gets exactly the filters the payload has, not a copy that could drift from nspawn's; and its resource
+   limits (`prlimit`, every RLIMIT_*) and `oom_score_adj`, not the operator's;
 3. joins the init's pid namespace and forks. The child moves itself into the init's cgroups in every
-   hierarchy (`cgroup.procs`: the tenant's cpu, memory, pids, blkio limits hold it), joins the network,
-   cgroup, ipc, uts and mount namespaces, then the tenant's user namespace last, becomes uid/gid 0 there
+   hierarchy (`cgroup.procs`: the tenant's cpu, memory, pids, blkio limits hold it), takes the init's
+   resource limits and `oom_score_adj` while it is still host root (raising a hard limit or lowering the
+   score needs CAP_SYS_RESOURCE in the host's user namespace), joins the network, cgroup, ipc, uts and
+   mount namespaces, then the tenant's user namespace last, becomes uid/gid 0 there
    (host uid = the tenant's range), drops the bounding set to the init's and sets its inheritable set,
    clears ambient capabilities, sets no_new_privs and a parent-death SIGKILL, installs the filters (oldest
    first) and execs the command with a clean environment, looked up on the tenant's PATH.
@@ -53,9 +56,11 @@ import ctypes, os, signal, socket, stat, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.prlimit.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 NAMESPACES = (("net", 0x40000000), ("cgroup", 0x02000000), ("ipc", 0x08000000), ("uts", 0x04000000),
               ("mnt", 0x00020000), ("user", 0x10000000))
 CLONE_NEWPID = 0x20000000
+RLIM_NLIMITS = 16  # RLIMIT_CPU (0) to RLIMIT_RTTIME (15): every line of /proc/PID/limits, RLIMIT_LOCKS too
 
 def fail(code, message):
     os.write(2, ("fleet exec: %s\n" % message).encode("utf-8", "replace"))
@@ -110,6 +115,43 @@ def filters_of(pid):
         libc.ptrace(17, pid, None, ctypes.c_void_p(pending))  # PTRACE_DETACH
     return found
 
+class Limit(ctypes.Structure):
+    _fields_ = [("soft", ctypes.c_uint64), ("hard", ctypes.c_uint64)]
+
+def limits_of(pid):
+    found = []
+    for resource in range(RLIM_NLIMITS):
+        limit = Limit()
+        check(libc.prlimit(pid, resource, None, ctypes.byref(limit)), "prlimit(%d)" % resource)
+        found.append((resource, limit))
+    return found
+
+def take_limits(limits):
+    for resource, limit in limits:
+        if libc.prlimit(0, resource, ctypes.byref(limit), None) == 0:
+            continue
+        if ctypes.get_errno() != 1:  # EPERM: a hard limit above ours, and no CAP_SYS_RESOURCE to raise it
+            check(-1, "setrlimit(%d)" % resource)
+        ours = Limit()
+        check(libc.prlimit(0, resource, None, ctypes.byref(ours)), "getrlimit(%d)" % resource)
+        hard = min(limit.hard, ours.hard)  # ours where it is lower: never more than the init
+        lower = Limit(min(limit.soft, hard), hard)
+        check(libc.prlimit(0, resource, ctypes.byref(lower), None), "setrlimit(%d)" % resource)
+
+def take_oom_score_adj(score):
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(score))
+    except PermissionError:  # below ours, without CAP_SYS_RESOURCE: ours stays, more likely to be killed
+        pass
+
+def oom_score_adj_of(proc):
+    fd = os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+    try:
+        return int(os.read(fd, 64))
+    finally:
+        os.close(fd)
+
 class Prog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
@@ -118,10 +160,14 @@ def install(code):
     prog = Prog(len(code) // 8, ctypes.cast(program, ctypes.c_void_p))
     check(libc.prctl(22, 2, ctypes.byref(prog), 0, 0), "prctl(PR_SET_SECCOMP)")
 
-def enter(fds, procs, status, filters, cap_last, tty, env, command):
+def enter(fds, procs, status, filters, limits, oom_score_adj, cap_last, tty, env, command):
     for path in procs:
         with open(path, "w") as handle:
             handle.write("0")
+    # Still host root, in the host's /proc: the init's limits may be above the operator's and its score
+    # below (both need CAP_SYS_RESOURCE in the host's user namespace, gone once in the tenant's).
+    take_limits(limits)
+    take_oom_score_adj(oom_score_adj)
     for name, flag in NAMESPACES:
         check(libc.setns(fds[name], flag), "setns(%s)" % name)
         os.close(fds[name])
@@ -197,8 +243,9 @@ def main(args):
     if int(status["PPid"]) != nspawn_pid:
         fail(126, "the container's init is gone (the tenant stopped?)")
     filters = filters_of(init_pid)
+    limits, oom_score_adj = limits_of(init_pid), oom_score_adj_of(proc)
     status = status_of(proc)
-    if int(status["PPid"]) != nspawn_pid:  # still the same process: its namespaces are the ones we hold
+    if int(status["PPid"]) != nspawn_pid:  # still the same process: its namespaces and limits are the ones we hold
         fail(126, "the container's init is gone (the tenant stopped?)")
     os.close(proc)
     check(libc.setns(pid_ns, CLONE_NEWPID), "setns(pid)")
@@ -207,7 +254,7 @@ def main(args):
     if child == 0:
         try:
             check(libc.prctl(1, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
-            enter(fds, procs, status, filters, cap_last, tty, env, command)
+            enter(fds, procs, status, filters, limits, oom_score_adj, cap_last, tty, env, command)
         except BaseException as error:
             fail(126, "could not enter the tenant: %s" % (error,))
         os._exit(126)

@@ -23,9 +23,11 @@ no value reaches nft text unchecked (names are DNS labels, interface names hex, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,9 @@ from specs import PermanentError, TransientError, validate_name
 from specs.tenant import EgressRule
 
 NETNS_DIR = Path("/run/netns")
+# The protocol number Fleet's routes carry (iproute2 shows it as "proto 211"): ours to remove, no one else's.
+ROUTE_PROTO = 211
+RTN_UNREACHABLE = 7
 LOOPBACK_INDEX = 1  # the kernel gives lo this index in every network namespace
 NETNS_SYSCTLS = {
     "net/ipv4/ip_unprivileged_port_start": "0",
@@ -123,6 +128,17 @@ def _ipv4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
     return [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)]
 
 
+@contextlib.contextmanager
+def _host_errors(tenant: str) -> Iterator[None]:
+    """What the kernel refused while a tenant's network was set up, as a TransientError (the next pass retries)."""
+    try:
+        yield
+    except NetlinkError as error:
+        raise TransientError(f"netlink refused a change for tenant {tenant}: {error}") from error
+    except OSError as error:
+        raise TransientError(f"network setup of tenant {tenant} failed: {error}") from error
+
+
 class Networks:
     """Facade the driver uses: ensure / observe / remove a tenant's network; list tenants that have one."""
 
@@ -177,52 +193,113 @@ class Networks:
         The sysctls are written before the namespace is bound, so no bound namespace lacks them."""
         return netns.create(netns_path(tenant), prepare=_write_namespace_sysctls)
 
-    def ensure(self, tenant: str, ports: tuple[int, ...], egress: tuple[EgressRule, ...] = ()) -> str:
+    def ensure(
+        self, tenant: str, ports: tuple[int, ...], egress: tuple[EgressRule, ...] = (), *, connect: bool = True
+    ) -> str:
         """Make the tenant's namespace, veth, addresses, route, firewall and egress match; returns its address.
+        `connect` False (its container is stopped): the lease and the firewall only; `connect_parked` makes
+        the namespace and veth at the next start.
 
         The order keeps a tenant unreachable until it is isolated, even when its container already runs in
         the namespace: the firewall lists the veth's name (sets match interface names, not links) before
         the veth exists, so no packet crosses it unfiltered."""
         started = time.perf_counter()
-        veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
+        veth = veth_name(tenant)
         rules = nspawn_egress.checked_rules(egress)  # before anything changes: a bad rule is refused whole
         wanted_egress = nspawn_egress.elements(veth, rules)
-        try:
-            # A first ensure that fails half way takes back what it made (lease, firewall elements, veth,
-            # and the namespace unless it was there before: a container may run in it); a repair of an
-            # existing network keeps it, and the next pass converges either way.
-            with Reverter() as revert, IPRoute() as ipr:
-                existing = self._owned_link(ipr, tenant, veth)
-                lease = self.leases.get(tenant)
-                if lease is None:  # the host is searched for addresses in use only when a lease is made
-                    lease = self.leases.acquire(tenant, self._host_indexes(), veth)
-                    revert.add("release the address lease", lambda: self.leases.release(tenant))
-                    revert.add("remove the firewall elements", lambda: self._unfirewall_if_unlinked(veth))
-                    revert.add("remove the veth", lambda: self._delete_link(veth, tenant))
-                with self.firewall.locked():  # the node's egress and the tenant's elements, seen together
-                    if wanted_egress:
-                        self._ensure_node_egress()
-                    before = self.firewall.ensure_tenant(
-                        tenant, veth, ports, lease.tenant_address, self._known_sources(), egress=wanted_egress
-                    )
-                    if not wanted_egress and (before.egress_of(veth) or (before.egress_out and not before.egress)):
-                        self._remove_node_egress_if_unused()  # its rules were the last, or none were left
-                if self.ensure_namespace(tenant):
-                    revert.add("remove the network namespace", lambda: netns.remove(netns_path(tenant)))
-                peer_index = self._ensure_host_end(ipr, tenant, veth, peer, ns, lease, existing)
-                # Forwarding for this veth only while it has egress (its packets still pass the egress chain).
-                nspawn_egress.write_forwarding(veth, bool(wanted_egress))
-                self._ensure_namespace_end(tenant, peer, lease, peer_index)
-                revert.success()
-        except NetlinkError as error:
-            raise TransientError(f"netlink refused a change for tenant {tenant}: {error}") from error
-        except OSError as error:
-            raise TransientError(f"network setup of tenant {tenant} failed: {error}") from error
+        # A first ensure that fails half way takes back what it made (lease, firewall elements, veth, and the
+        # namespace unless it was there before: a container may run in it); a repair of an existing network
+        # keeps it, and the next pass converges either way.
+        with _host_errors(tenant), Reverter() as revert, IPRoute() as ipr:
+            existing = self._owned_link(ipr, tenant, veth)
+            lease = self.leases.get(tenant)
+            if lease is None:  # the host is searched for addresses in use only when a lease is made
+                lease = self.leases.acquire(tenant, self._host_indexes(), veth)
+                revert.add("release the address lease", lambda: self.leases.release(tenant))
+                revert.add("remove the firewall elements", lambda: self._unfirewall_if_unlinked(veth))
+                revert.add("remove the veth", lambda: self._delete_link(veth, tenant))
+            with self.firewall.locked():  # the node's egress and the tenant's elements, seen together
+                if wanted_egress:
+                    self._ensure_node_egress()
+                before = self.firewall.ensure_tenant(
+                    tenant, veth, ports, lease.tenant_address, self._known_sources(), egress=wanted_egress
+                )
+                if not wanted_egress and (before.egress_of(veth) or (before.egress_out and not before.egress)):
+                    self._remove_node_egress_if_unused()  # its rules were the last, or none were left
+            if connect:
+                self._connect(ipr, revert, tenant, lease, existing, egress=bool(wanted_egress))
+            revert.success()
         ms = round((time.perf_counter() - started) * 1000, 1)
         logger.bind(tenant=tenant, address=lease.tenant_address, ports=list(ports), egress=len(rules), ms=ms).info(
             "Applied network"
         )
         return lease.tenant_address
+
+    def _connect(
+        self, ipr: IPRoute, revert: Reverter, tenant: str, lease: Lease, existing: Any | None, *, egress: bool
+    ) -> None:
+        """Namespace, veth pair, addresses, route and the veth's forwarding (on only with egress rules)."""
+        veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
+        self._range_unreachable(ipr)
+        if self.ensure_namespace(tenant):
+            revert.add("remove the network namespace", lambda: netns.remove(netns_path(tenant)))
+        peer_index = self._ensure_host_end(ipr, tenant, veth, peer, ns, lease, existing)
+        # Forwarding for this veth only while it has egress (its packets still pass the egress chain).
+        nspawn_egress.write_forwarding(veth, egress)
+        self._ensure_namespace_end(tenant, peer, lease, peer_index)
+
+    def connect_parked(self, tenant: str) -> bool:
+        """At the start of a stopped tenant: its namespace and veth again, as its lease and the firewall
+        elements it kept while stopped say (those were never removed, so the veth is filtered from its
+        first packet). False, with only the namespace made, when the tenant has no lease or no elements yet:
+        the planner's ApplyNetwork then sets up the whole network."""
+        veth = veth_name(tenant)
+        lease = self.leases.get(tenant)
+        firewall = self.firewall.read()
+        if lease is None or veth not in firewall.links or (veth, lease.tenant_address) not in firewall.sources:
+            self.ensure_namespace(tenant)
+            return False
+        started = time.perf_counter()
+        with _host_errors(tenant), Reverter() as revert, IPRoute() as ipr:
+            existing = self._owned_link(ipr, tenant, veth)
+            egress = bool(nspawn_egress.rules_from(veth, firewall.egress))
+            self._connect(ipr, revert, tenant, lease, existing, egress=egress)
+            revert.success()
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        logger.bind(tenant=tenant, address=lease.tenant_address, ms=ms).debug("Connected network")
+        return True
+
+    def park(self, tenant: str) -> list[str]:
+        """A stopped tenant's veth and namespace go back to the kernel (~236 KiB of it per tenant, measured:
+        docs/benchmarks.md); its lease and firewall elements stay, so a start reconnects it as it was.
+        Returns what was removed; never touches a veth without the tenant's alias."""
+        veth, ns = veth_name(tenant), netns_name(tenant)
+        removed = []
+        try:
+            with IPRoute() as ipr:
+                self._range_unreachable(ipr)  # before the veth goes: its address must never route elsewhere
+                link = _link(ipr, veth)
+                if link is not None and (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant:
+                    ipr.link("del", index=link["index"])
+                    removed.append(f"veth {veth}")
+        except NetlinkError as error:
+            raise TransientError(f"netlink refused to remove the veth of tenant {tenant}: {error}") from error
+        if netns_path(tenant).exists():
+            netns.remove(netns_path(tenant))
+            removed.append(f"network namespace {ns}")
+        return removed
+
+    def _range_unreachable(self, ipr: IPRoute) -> None:
+        """The node's whole address range is unreachable on the host except through a tenant's veth (its
+        /30 is more specific). Without it, a sleeping tenant's address, whose veth is gone, would follow the
+        default route off the node: a gateway's connection to it would reach whatever answers out there."""
+        ipr.route("replace", dst=str(self.leases.range), type="unreachable", proto=ROUTE_PROTO)
+
+    def release_range_if_unused(self) -> list[str]:
+        """Remove the range's unreachable route once no tenant holds a lease in it."""
+        if self.leases.all():
+            return []
+        return remove_range_route(str(self.leases.range))
 
     # -- the node's side of egress ------------------------------------------------------------------------
     def outbound_interface(self) -> str:
@@ -369,7 +446,11 @@ class Networks:
             nsr.route("replace", dst="0.0.0.0/0", gateway=lease.host_address, oif=index)
 
     # -- observe ----------------------------------------------------------------------------------------
-    def observe(self, tenant: str, firewall: FirewallState | None = None) -> NetworkState:
+    def observe(self, tenant: str, firewall: FirewallState | None = None, *, parked: bool = False) -> NetworkState:
+        """`parked`: the tenant's container is stopped, so it has no namespace or veth by design (`park`);
+        its network is then its lease and firewall elements, and its address the lease's."""
+        if parked:
+            return self._observe_parked(tenant, firewall or self.firewall.read())
         veth, ns = veth_name(tenant), netns_name(tenant)
         problems: list[str] = []
         has_netns = netns.is_bound(netns_path(tenant))
@@ -413,6 +494,30 @@ class Networks:
         return NetworkState(
             netns=has_netns, veth=veth_present, veth_up=veth_up, address=address, ports=ports, problems=tuple(problems),
             egress=egress,
+        )
+
+    def _observe_parked(self, tenant: str, firewall: FirewallState) -> NetworkState:
+        veth = veth_name(tenant)
+        lease = self.leases.get(tenant)
+        problems: list[str] = []
+        if lease is None:
+            return NetworkState(netns=False, veth=False, veth_up=False, address=None, ports=None)
+        ports: tuple[int, ...] | None = None
+        egress: tuple[EgressRule, ...] = ()
+        if not firewall.complete:
+            problems.append("firewall table incomplete")
+        elif veth not in firewall.links:
+            problems.append(f"firewall does not isolate {veth}")
+        elif (veth, lease.tenant_address) not in firewall.sources:
+            problems.append(f"firewall does not pin {veth} to source {lease.tenant_address}")
+        else:
+            ports = tuple(sorted(port for (name, port) in firewall.ingress if name == veth))
+            egress = self._egress_in_force(veth, firewall, False, problems)
+        # Stands for the namespace and veth the next start makes from the lease and these elements.
+        whole = ports is not None
+        return NetworkState(
+            netns=whole, veth=whole, veth_up=whole, address=lease.tenant_address if whole else None, ports=ports,
+            problems=tuple(problems), egress=egress,
         )
 
     def _egress_in_force(
@@ -463,6 +568,19 @@ class Networks:
         lease = self.leases.release(tenant)
         if lease is not None:
             removed.append(f"address {lease.tenant_address}")
+        removed += self.release_range_if_unused()
         ms = round((time.perf_counter() - started) * 1000, 1)
         logger.bind(tenant=tenant, removed=len(removed), ms=ms).info("Removed network")
         return removed
+
+
+def remove_range_route(address_range: str) -> list[str]:
+    """Fleet's unreachable route of `address_range` (told apart from others' by its protocol number)."""
+    removed = []
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=2, proto=ROUTE_PROTO):
+            network = f"{route.get('RTA_DST')}/{route['dst_len']}"
+            if route["type"] == RTN_UNREACHABLE and network == address_range:
+                ipr.route("del", dst=network, type="unreachable", proto=ROUTE_PROTO)
+                removed.append(f"unreachable route {network}")
+    return removed

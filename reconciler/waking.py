@@ -1,8 +1,8 @@
 """Putting a tenant to sleep and waking it on request (`fleet sleep`/`fleet wake`, the API, `fleet exec`):
 the store write with its event, and waiting for the reconciler to get there.
 
-The gateway's idle rule and its wake on a visitor's request live in `reconciler.web.gateway_sleep`; this
-is the same store write for everyone else, so every path records who asked.
+The gateway's idle rule and its wake on a visitor's request live in `reconciler.web.gateway_sleep`; its
+wake clears the sleep here too (`request_wake`), so every path records who asked the same way.
 """
 
 import time
@@ -21,7 +21,9 @@ def request_sleep(store: Store, name: str, who: str) -> bool:
 
 
 def request_wake(store: Store, name: str, who: str) -> bool:
-    """Clear the sleep (its reconciler starts the container). False when it was awake already."""
+    """Clear the sleep (its reconciler starts the container), with a `WakeRequested` event "woken by WHO". False
+    when it was awake already (a compare-and-set: of many callers waking one tenant at once, one writes and
+    records the event); NotFound when there is no such tenant."""
     event = Event(tenant=name, reason="WakeRequested", message=f"woken by {who}")
     return store.set_asleep(name, False, event)
 

@@ -12,6 +12,7 @@ import typer
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings
 from reconciler.documents import BadInput
+from reconciler.exec_session import ExecLimits
 from reconciler.metrics import Metrics
 from reconciler.web.app import create_app
 from reconciler.web.context import GatewayLimits, LocalExec, LocalUsage, NodeView, WebConfig, WebContext
@@ -30,7 +31,10 @@ PUBLIC_SCHEME_HELP = "http, or https behind a TLS proxy (tenant URLs say https, 
 CONNECTIONS_HELP = "Requests and websockets proxied to one tenant at once; more wait, then 503."
 BODY_IDLE_HELP = "A request body that sends nothing for this long is cut off (408)."
 BODY_SECONDS_HELP = "A request body not whole after this long is cut off (408)."
+EXEC_PER_TENANT_HELP = "Exec websocket sessions open into one tenant at once; more are refused (429)."
+EXEC_TOTAL_HELP = "Exec websocket sessions open at once in all (each holds a ~10 MB helper); more are refused (429)."
 DEFAULT_LIMITS = GatewayLimits()
+DEFAULT_EXEC_LIMITS = ExecLimits()
 
 
 def listen(text: str, option: str) -> Listen:
@@ -41,7 +45,7 @@ def listen(text: str, option: str) -> Listen:
 
 
 def web_config(base_domain: str, gateway: Listen | None, public_port: int | None, public_scheme: str,
-               limits: GatewayLimits | None = None) -> WebConfig:
+               limits: GatewayLimits | None = None, exec_limits: ExecLimits | None = None) -> WebConfig:
     """Behind a TLS proxy (https) customers reach the proxy's port, 443 unless said; over plain http, the
     gateway's own port."""
     if public_scheme not in ("http", "https"):
@@ -54,7 +58,7 @@ def web_config(base_domain: str, gateway: Listen | None, public_port: int | None
     return WebConfig(base_domain=base_domain, public_scheme=public_scheme, public_port=port,
                      webhook_secrets=WebConfig.secrets_from_env(), secure_cookies=public_scheme == "https",
                      gateway=limits or GatewayLimits(), max_body_bytes=max_body_bytes,
-                     exec_billing=WebConfig.exec_billing_from_env())
+                     exec_billing=WebConfig.exec_billing_from_env(), exec_limits=exec_limits or ExecLimits())
 
 
 def gateway_limits(connections: int, body_idle_seconds: float, body_seconds: float) -> GatewayLimits:

@@ -14,6 +14,7 @@ from reconciler.cli import servers as serving
 from reconciler.cli.driver_options import EGRESS_INTERFACE_HELP, LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.logs import configure
 from reconciler.cli.settings import Settings, this_node
+from reconciler.exec_session import ExecLimits
 from reconciler.housekeeping import RETAIN_HELP, Housekeeper, HousekeeperConfig, parse_retention
 from reconciler.metrics import Metrics
 from reconciler.scheduler import Scheduler, SchedulerConfig, Strategy
@@ -51,6 +52,10 @@ def up(
                                     help=serving.BODY_IDLE_HELP),
     body_seconds: float = typer.Option(serving.DEFAULT_LIMITS.request_body_seconds, "--body-seconds", min=0.1,
                                        help=serving.BODY_SECONDS_HELP),
+    exec_per_tenant: int = typer.Option(serving.DEFAULT_EXEC_LIMITS.per_tenant, "--exec-sessions-per-tenant", min=1,
+                                        help=serving.EXEC_PER_TENANT_HELP),
+    exec_total: int = typer.Option(serving.DEFAULT_EXEC_LIMITS.total, "--exec-sessions", min=1,
+                                   help=serving.EXEC_TOTAL_HELP),
     log_level: str = typer.Option("INFO", "--log-level"),
     api_listen: str = typer.Option("127.0.0.1:8080", "--api-listen", help="HOST:PORT of the HTTP API (port 0: any)."),
     gateway_listen: str = typer.Option("127.0.0.1:8081", "--gateway-listen", help="HOST:PORT of the tenant gateway."),
@@ -68,7 +73,8 @@ def up(
     api_at = None if no_api else serving.listen(api_listen, "--api-listen")
     gateway_at = None if no_api else serving.listen(gateway_listen, "--gateway-listen")
     config = serving.web_config(base_domain, gateway_at, public_port, public_scheme,
-                            serving.gateway_limits(tenant_connections, body_idle, body_seconds))
+                                serving.gateway_limits(tenant_connections, body_idle, body_seconds),
+                                ExecLimits(per_tenant=exec_per_tenant, total=exec_total))
     settings: Settings = ctx.obj
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

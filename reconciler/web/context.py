@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from drivers import Driver
+from reconciler.exec_session import ExecLimits, ExecSlots
 from reconciler.metrics import Metrics
 from reconciler.scheduler import Strategy
 from reconciler.urls import PublicAddress
@@ -89,6 +90,8 @@ class WebConfig:
     gateway: GatewayLimits = field(default_factory=GatewayLimits)
     # Billing tokens may open the exec websocket too (FLEET_EXEC_BILLING=1); operators always may.
     exec_billing: bool = False
+    # Exec websocket sessions open at once, per tenant and in all (`fleet up --exec-sessions[-per-tenant]`).
+    exec_limits: ExecLimits = field(default_factory=ExecLimits)
 
     @property
     def public(self) -> PublicAddress:
@@ -135,6 +138,7 @@ class WebContext:
     access: Access = field(init=False)
     signer: ClaimSigner = field(init=False)
     creates: CreateWriter = field(init=False)
+    exec_slots: ExecSlots = field(init=False)  # the exec sessions open in this process, within config.exec_limits
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -142,6 +146,7 @@ class WebContext:
             self.metrics.watch_store(self.store)
         self.access = Access(self.store)
         self.creates = CreateWriter(self.store)
+        self.exec_slots = ExecSlots(self.config.exec_limits)
         self.signer = ClaimSigner(self.access) if self.clock is None else ClaimSigner(self.access, clock=self.clock)
 
 

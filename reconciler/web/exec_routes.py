@@ -6,10 +6,11 @@ built on. The protocol (docs/api-reference.md, "The exec websocket"):
     client, then               binary frames: stdin;  text {"resize": [rows, cols]};  text {"stdin_eof": true}
     server                     binary frames: one channel byte (1 stdout, 2 stderr) then the bytes;
                                last, text {"exit_code": N}, then close 1000
-    server, on refusal         text {"error": "...", "status": 401|403|404|409|422|501|503}, then close 4000+status
+    server, on refusal         text {"error": "...", "status": 401|403|404|409|422|429|501|503}, then close 4000+status
 
 Operators may exec; billing tokens only when the setting allows it (FLEET_EXEC_BILLING=1); viewers never.
 Only the API of a process that runs the tenant's node's driver (`fleet up`) can exec; `fleet api` says so.
+Sessions open at once are capped per tenant and in all (`WebConfig.exec_limits`); one over a cap gets 429.
 A client that goes away ends the session: the command is killed.
 
 What it must never do: start a command before the token is checked, or for a tenant bound to another node.
@@ -136,12 +137,14 @@ async def exec_socket(websocket: WebSocket, name: str) -> None:
                                "runs the tenant's node, or run fleet exec on that node")
         try:
             session = await run_in_threadpool(exec_session.start, context.store, local.driver, local.node, name,
-                                              request, f"token:{token.name}")
+                                              request, f"token:{token.name}", slots=context.exec_slots)
         except NotFound as error:
             raise Refused(404, str(error)) from error
         except PermanentError as error:
             raise Refused(501 if error.reason == "Unsupported" else 409, str(error)) from error
-        except (TransientError, FleetError) as error:
+        except TransientError as error:
+            raise Refused(429 if error.reason == exec_session.TOO_MANY_SESSIONS else 503, str(error)) from error
+        except FleetError as error:
             raise Refused(503, str(error)) from error
     except Refused as refused:
         if refused.who is not None:

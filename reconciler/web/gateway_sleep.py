@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from reconciler import waking
 from reconciler.web.context import GatewayLimits
 from reconciler.web.gateway_routes import Route, Routes, TenantBusy
 from specs import Event, FleetError, Phase, format_duration
@@ -35,6 +36,7 @@ STORE_POLL_SECONDS = 0.005
 # How long a request waits for a stop this gateway asked for to finish before it wakes the tenant anyway
 # (a reconciler that is down never records the stop).
 STOP_WAIT_SECONDS = 5.0
+VISITOR = "a visitor's request at the gateway"  # who wakes a tenant here, in its WakeRequested event
 
 
 @dataclass
@@ -133,9 +135,8 @@ class Sleeper:
         # being stopped. Bounded: a reconciler that is down never records it.
         await self._until(tenant, lambda r: r is None or r.phase == Phase.SLEEPING or not r.asleep,
                           min(deadline, loop.time() + STOP_WAIT_SECONDS), required=False)
-        event = Event(tenant=tenant, reason="WakeRequested", message="a visitor's request at the gateway")
-        try:
-            await asyncio.to_thread(self.store.set_asleep, tenant, False, event)
+        try:  # the store's compare-and-set: of many gateways waking it, one writes (and records WakeRequested)
+            await asyncio.to_thread(waking.request_wake, self.store, tenant, VISITOR)
         except FleetError as error:
             raise WakeFailed(f"could not wake {tenant}: {error}") from error
         self._put_to_sleep.pop(tenant, None)

@@ -7,9 +7,10 @@ client to the first byte of the container's page), and the raw start (the same c
 driver in this process, timed to the first byte of its page read straight from its address: what a
 start costs with no gateway, no store and no reconciler). Between the two it is put to sleep again.
 
-Density (`--density N`): N tenants through the API, all but `--running` of them put to sleep; the host's
-memory in use (MemTotal - MemAvailable) and the operator's RSS are read before and after, and every
-running tenant and a sample of the sleeping ones are reached through the gateway.
+Density (`--density N`): N tenants through the API; `--running` of them stay up, the rest run once and are
+put to sleep. The host's memory in use (MemTotal - MemAvailable, caches dropped) and the operator's RSS are
+read with only the running ones and again with every tenant, and every running tenant and a sample of the
+sleeping ones are reached through the gateway.
 
 Root and what the nspawn driver needs; refuses to run while the nspawn integration tests run (they share
 the firewall table and the cgroup root). Run:
@@ -87,9 +88,9 @@ class Site:
             browser.cookies.set("fleet_claim", claim)
             began = time.perf_counter()
             with browser.stream("GET", "/") as response:
-                next(response.iter_raw(1))
+                first = next(response.iter_raw(1), b"")
                 took = time.perf_counter() - began
-                assert response.status_code == 200, response.status_code
+                assert response.status_code == 200 and first, (response.status_code, response.headers)
         return took
 
 
@@ -138,18 +139,25 @@ def measure_wakes(site: Site, samples: int) -> dict[str, list[float]]:
     return times
 
 
-def _memory_in_use() -> int:
-    memory = psutil.virtual_memory()
-    return int(memory.total - memory.available)
+MEMINFO_FIELDS = ("MemTotal", "MemAvailable", "Slab", "SUnreclaim", "Percpu")
 
 
-def measure_density(site: Site, operator_pid: int, total: int, running: int) -> dict[str, float]:
-    names = [f"{PREFIX}d{index:04d}" for index in range(total)]
-    before_host, before_rss = _memory_in_use(), psutil.Process(operator_pid).memory_info().rss
-    began = time.monotonic()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda item: site.create(item[1], asleep=item[0] >= running), enumerate(names)))
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes, after the reclaimable caches are dropped (page cache of the pool's loop file
+    and of the store, dentries and inodes): what stays is what the tenants hold, not what the kernel keeps
+    around because nothing else wants the memory."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    found: dict[str, int] = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in MEMINFO_FIELDS:
+            found[key] = int(value.split()[0]) * 1024
+    found["in_use"] = found["MemTotal"] - found["MemAvailable"]
+    return found
 
+
+def _wait_phases(site: Site, names: list[str], phase: str) -> None:
     def settled() -> bool:
         mine: dict[str, str | None] = {}
         after: str | None = ""
@@ -157,22 +165,46 @@ def measure_density(site: Site, operator_pid: int, total: int, running: int) -> 
             page = site.http.get(f"{site.api}/api/v1/tenants", params={"limit": 500, "after": after}).json()
             mine |= {t["metadata"]["name"]: (t.get("status") or {}).get("phase") for t in page["items"]}
             after = page["next_after"]
-        return bool(sum(mine.get(n) == "Running" for n in names[:running]) == running) and \
-            sum(mine.get(n) == "Sleeping" for n in names[running:]) == total - running
+        return all(mine.get(name) == phase for name in names)
 
-    wait_for(settled, timeout=3600, interval=2.0, what="every tenant Running or Sleeping")
+    wait_for(settled, timeout=3600, interval=1.0, what=f"{len(names)} tenants {phase}")
+
+
+def measure_density(site: Site, operator_pid: int, total: int, running: int, wave: int = 100) -> dict[str, float]:
+    """`running` tenants made and left running, memory read; then the rest in waves of `wave`, each made
+    running, then put to sleep (as a real tenant sleeps: after it ran), and memory read again. The second
+    reading less the first, over the sleeping tenants, is what a sleeping tenant costs the host."""
+    names = [f"{PREFIX}d{index:04d}" for index in range(total)]
+    operator = psutil.Process(operator_pid)
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(site.create, names[:running]))
+        _wait_phases(site, names[:running], "Running")
+        base, base_rss = _meminfo(), operator.memory_info().rss
+        for first in range(running, total, wave):
+            batch = names[first:first + wave]
+            list(pool.map(site.create, batch))
+            _wait_phases(site, batch, "Running")
+            list(pool.map(lambda name: site.http.post(f"{site.api}/api/v1/tenants/{name}/sleep"), batch))
+            _wait_phases(site, batch, "Sleeping")
     made = time.monotonic() - began
-    time.sleep(5)  # settling of the page cache before memory is read: a reading, not a synchronisation
-    after_host, after_rss = _memory_in_use(), psutil.Process(operator_pid).memory_info().rss
+    _wait_phases(site, names[:running], "Running")
+    after, after_rss = _meminfo(), operator.memory_info().rss
     # Everything is reachable: each running tenant, and a sample of sleeping ones (each wakes).
     for name in names[:running]:
         assert site.first_byte(name, site.claim(name)) > 0
     sample = random.Random(7).sample(names[running:], min(20, total - running))
     wakes = [site.first_byte(name, site.claim(name)) for name in sample]
     sleeping = total - running
+
+    def per_sleeping(key: str) -> float:
+        return (after[key] - base[key]) / sleeping / 1024
+
     return {"tenants": total, "running": running, "sleeping": sleeping, "made_seconds": made,
-            "host_kib_per_tenant": (after_host - before_host) / total / 1024,
-            "rss_kib_per_tenant": (after_rss - before_rss) / total / 1024,
+            "host_kib_per_sleeping": per_sleeping("in_use"), "slab_kib_per_sleeping": per_sleeping("Slab"),
+            "unreclaimable_kib_per_sleeping": per_sleeping("SUnreclaim"),
+            "percpu_kib_per_sleeping": per_sleeping("Percpu"),
+            "rss_kib_per_sleeping": (after_rss - base_rss) / sleeping / 1024,
             "sample_wake_p50_ms": statistics.median(wakes) * 1000, "sampled": len(sample)}
 
 
@@ -219,12 +251,18 @@ def main() -> None:
     density_body = None
     if density is not None:
         density_body = (
-            f"{density['tenants']:.0f} tenants on this one node (nspawn), {density['sleeping']:.0f} asleep and"
-            f" {density['running']:.0f} running, made through the API in {density['made_seconds']:.0f} s. Host"
-            f" memory in use (MemTotal - MemAvailable) grew by {density['host_kib_per_tenant']:.0f} KiB per tenant"
-            f" (running ones included) and the operator's RSS by {density['rss_kib_per_tenant']:.0f} KiB per"
-            f" tenant. Every running tenant answered through the gateway; {density['sampled']:.0f} sleeping ones"
-            f" picked at random woke on a request, p50 {density['sample_wake_p50_ms']:.0f} ms."
+            f"{density['tenants']:.0f} tenants on this one node (nspawn): {density['running']:.0f} made and left"
+            f" running, then {density['sleeping']:.0f} more in waves of 100, each wave made running and then put to"
+            f" sleep, in {density['made_seconds']:.0f} s through the API. Memory is read (caches dropped first)"
+            " after the running ones are up and again at the end; the difference over the sleeping tenants:\n\n"
+            "| per sleeping tenant | KiB |\n| --- | --- |\n"
+            f"| host memory in use (MemTotal - MemAvailable) | {density['host_kib_per_sleeping']:.1f} |\n"
+            f"| of which kernel slab (all) | {density['slab_kib_per_sleeping']:.1f} |\n"
+            f"| of which kernel slab, unreclaimable | {density['unreclaimable_kib_per_sleeping']:.1f} |\n"
+            f"| of which per-CPU kernel memory | {density['percpu_kib_per_sleeping']:.1f} |\n"
+            f"| the operator's RSS | {density['rss_kib_per_sleeping']:.1f} |\n\n"
+            f"Every running tenant answered through the gateway; {density['sampled']:.0f} sleeping ones picked at"
+            f" random woke on a request, p50 {density['sample_wake_p50_ms']:.0f} ms."
             " Goal (issue 14): under 100 KiB of host memory per sleeping tenant beyond its row and its disk delta."
             + load
         )

@@ -1,7 +1,10 @@
-"""Run `fleet` as a user would: a real subprocess, a real SQLite file in a temporary data directory."""
+"""Run `fleet` as a user would: a real subprocess, a real SQLite file in a temporary data directory; and as
+an operator's laptop would (`Laptop`: a token and the API's address, no store)."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,3 +108,58 @@ def operator(fleet: Fleet) -> Iterator[subprocess.Popen[str]]:
     process = start_operator(fleet, "--driver", "fake")
     yield process
     stop_operator(fleet, process)
+
+
+HEAVY = ("pydantic", "sqlalchemy", "specs", "state", "fastapi", "yaml")  # what a laptop's commands never load
+
+
+@dataclass
+class Laptop:
+    """A user with the API's address and a token, and no store: FLEET_DATA_DIR is an empty directory."""
+
+    fleet: Fleet
+    api: str
+    env: dict[str, str]
+
+    def run(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([FLEET, *args], input=stdin, capture_output=True, text=True,
+                                env=env or self.env, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"fleet {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def phase(self, name: str) -> str | None:
+        result = self.run("get", "tenant", name, "-o", "json", check=False)
+        return json.loads(result.stdout).get("status", {}).get("phase") if result.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def laptop_of(fleet: Fleet, tmp_path: Path, *args: str) -> Iterator[Laptop]:
+    """`fleet up --driver fake ARGS` with an operator token, and a laptop with its API's address and that
+    token, no store; stopped when the block ends."""
+    fleet.data_dir.mkdir(parents=True)
+    token = fleet.run("token", "create", "--name", "ops", "--role", "operator").stdout.strip()
+    process = start_operator(fleet, "--driver", "fake", *args)
+    try:
+        line = next(line for line in fleet.logs if "Fleet is up" in line)
+        api = re.search(r"API: (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
+        nowhere = tmp_path / "laptop"
+        nowhere.mkdir()
+        env = {**fleet.env, "FLEET_DATA_DIR": str(nowhere), "FLEET_SERVER": api, "FLEET_TOKEN": token}
+        yield Laptop(fleet, api, env)
+    finally:
+        stop_operator(fleet, process)
+
+
+@pytest.fixture
+def laptop(fleet: Fleet, tmp_path: Path) -> Iterator[Laptop]:
+    with laptop_of(fleet, tmp_path) as on_the_laptop:
+        yield on_the_laptop
+
+
+def tenants(*names: str, cpu: str = "250m") -> str:
+    """Tenant documents for `fleet apply -f -`: the first labelled tier gold, the others free."""
+    return "---\n".join(
+        f"kind: Tenant\nmetadata: {{name: {name}, labels: {{tier: {'gold' if i == 0 else 'free'}}}}}\n"
+        f"spec: {{template: base, resources: {{cpu: {cpu}}}}}\n" for i, name in enumerate(names))

@@ -3,34 +3,12 @@
 on the node, errors on one line, and none of the store's or the models' imports. The real driver, locally
 and over the API, is in tests/integration/test_fleet_exec.py."""
 
-import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.e2e.conftest import FLEET, Fleet, start_operator, stop_operator
-from tests.e2e.test_cli_server import HEAVY, Laptop, tenants
+from tests.e2e.conftest import FLEET, HEAVY, Fleet, Laptop, laptop_of, tenants
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def remote(fleet: Fleet, tmp_path: Path) -> Iterator[Laptop]:
-    """`fleet up --driver fake`, and a laptop with its API's address and an operator token, no store."""
-    fleet.data_dir.mkdir(parents=True)
-    token = fleet.run("token", "create", "--name", "ops", "--role", "operator").stdout.strip()
-    process = start_operator(fleet, "--driver", "fake")
-    try:
-        line = next(line for line in fleet.logs if "Fleet is up" in line)
-        api = re.search(r"API: (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
-        nowhere = tmp_path / "laptop"
-        nowhere.mkdir()
-        yield Laptop(fleet, api, {**fleet.env, "FLEET_DATA_DIR": str(nowhere), "FLEET_SERVER": api,
-                                  "FLEET_TOKEN": token})
-    finally:
-        stop_operator(fleet, process)
 
 
 def _exec(laptop: Laptop, *args: str, stdin: bytes | None = None,
@@ -39,8 +17,7 @@ def _exec(laptop: Laptop, *args: str, stdin: bytes | None = None,
                           **({} if stdin is not None else {"stdin": subprocess.DEVNULL}))
 
 
-def test_over_the_api_exec_streams_and_exits_with_the_commands_code(remote: Laptop) -> None:
-    laptop = remote
+def test_over_the_api_exec_streams_and_exits_with_the_commands_code(laptop: Laptop) -> None:
     laptop.run("apply", "-f", "-", stdin=tenants("acme"))
     wait_for(lambda: laptop.phase("acme") == "Running", what="acme Running")
     echo = _exec(laptop, "acme", "--", "echo", "hello", "$HOME")
@@ -55,8 +32,7 @@ def test_over_the_api_exec_streams_and_exits_with_the_commands_code(remote: Lapt
     assert "token:ops ran echo hello '$HOME'" in events and "ExecFinished" in events, events
 
 
-def test_over_the_api_a_refused_exec_is_one_line_and_exit_1(remote: Laptop) -> None:
-    laptop = remote
+def test_over_the_api_a_refused_exec_is_one_line_and_exit_1(laptop: Laptop) -> None:
     laptop.run("apply", "-f", "-", stdin=tenants("acme"))
     wait_for(lambda: laptop.phase("acme") == "Running", what="acme Running")
     ghost = _exec(laptop, "ghost", "--", "true")
@@ -67,8 +43,29 @@ def test_over_the_api_a_refused_exec_is_one_line_and_exit_1(remote: Laptop) -> N
     assert refused.stderr.count(b"\n") == 1
 
 
-def test_over_the_api_exec_loads_neither_the_store_nor_the_models(remote: Laptop) -> None:
-    laptop = remote
+def test_over_the_api_an_exec_over_the_sessions_cap_is_one_line_and_exit_1(fleet: Fleet, tmp_path: Path) -> None:
+    with laptop_of(fleet, tmp_path, "--exec-sessions-per-tenant", "1") as laptop:
+        laptop.run("apply", "-f", "-", stdin=tenants("acme"))
+        wait_for(lambda: laptop.phase("acme") == "Running", what="acme Running")
+        held = subprocess.Popen([FLEET, "exec", "-i", "acme", "--", "sleep"], env=laptop.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: "ExecStarted" in laptop.fleet.run("events", "acme").stdout, what="the first session")
+            refused = _exec(laptop, "acme", "--", "true")
+            assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused
+            assert refused.stderr.startswith(b"error: tenant acme already has 1 exec session open, the most allowed "
+                                             b"per tenant (fleet up --exec-sessions-per-tenant)"), refused
+        finally:
+            held.terminate()  # the session ends: its slot is free again
+            held.wait(timeout=30)
+        events = laptop.fleet.run("events", "acme").stdout
+        assert "ExecRefused" in events and "token:ops may not exec now" in events, events
+        wait_for(lambda: "ExecFinished" in laptop.fleet.run("events", "acme").stdout, what="the first session's end")
+        again = _exec(laptop, "acme", "--", "echo", "again")
+        assert (again.returncode, again.stdout) == (0, b"again\n"), again
+
+
+def test_over_the_api_exec_loads_neither_the_store_nor_the_models(laptop: Laptop) -> None:
     laptop.run("apply", "-f", "-", stdin=tenants("acme"))
     wait_for(lambda: laptop.phase("acme") == "Running", what="acme Running")
     probe = ("import sys\nfrom reconciler.cli.main import main\nsys.argv = ['fleet', *sys.argv[1:]]\n"
@@ -79,8 +76,7 @@ def test_over_the_api_exec_loads_neither_the_store_nor_the_models(remote: Laptop
     assert result.stdout == "light\n" and "LOADED []" in result.stderr, result.stderr
 
 
-def test_over_the_api_a_terminal_follows_resizes_and_ends_with_the_commands_code(remote: Laptop) -> None:
-    laptop = remote
+def test_over_the_api_a_terminal_follows_resizes_and_ends_with_the_commands_code(laptop: Laptop) -> None:
     import errno
     import fcntl
     import os

@@ -3,64 +3,13 @@ store): the same tables and documents as on the store, the same errors and exit 
 store's or the models' imports."""
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
-
-from tests.e2e.conftest import FLEET, Fleet, start_operator, stop_operator
+from tests.e2e.conftest import FLEET, HEAVY, Laptop, tenants
 from tests.helpers import wait_for
-
-HEAVY = ("pydantic", "sqlalchemy", "specs", "state", "fastapi", "yaml")
-
-
-@dataclass
-class Laptop:
-    """A user with the API's address and a token, and no store: FLEET_DATA_DIR is an empty directory."""
-
-    fleet: Fleet
-    api: str
-    env: dict[str, str]
-
-    def run(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([FLEET, *args], input=stdin, capture_output=True, text=True,
-                                env=env or self.env, timeout=60)
-        if check and result.returncode != 0:
-            raise AssertionError(f"fleet {' '.join(args)} exited {result.returncode}: {result.stderr}")
-        return result
-
-    def phase(self, name: str) -> str | None:
-        result = self.run("get", "tenant", name, "-o", "json", check=False)
-        return json.loads(result.stdout).get("status", {}).get("phase") if result.returncode == 0 else None
-
-
-@pytest.fixture
-def laptop(fleet: Fleet, tmp_path: Path) -> Iterator[Laptop]:
-    fleet.data_dir.mkdir(parents=True)
-    token = fleet.run("token", "create", "--name", "ops", "--role", "operator").stdout.strip()
-    process = start_operator(fleet, "--driver", "fake")
-    try:
-        line = next(line for line in fleet.logs if "Fleet is up" in line)
-        api = re.search(r"API: (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
-        nowhere = tmp_path / "laptop"
-        nowhere.mkdir()
-        env = {**fleet.env, "FLEET_DATA_DIR": str(nowhere), "FLEET_SERVER": api, "FLEET_TOKEN": token}
-        yield Laptop(fleet, api, env)
-    finally:
-        stop_operator(fleet, process)
-
-
-def tenants(*names: str, cpu: str = "250m") -> str:
-    return "---\n".join(
-        f"kind: Tenant\nmetadata: {{name: {name}, labels: {{tier: {'gold' if i == 0 else 'free'}}}}}\n"
-        f"spec: {{template: base, resources: {{cpu: {cpu}}}}}\n" for i, name in enumerate(names))
 
 
 def without_age(table: str) -> list[list[str]]:

@@ -75,6 +75,7 @@ def sweep_runtime(state_dir: Path) -> None:
         processes.stop(name)
         cgroups.remove(name)
         networks.remove(name)
+    networks.release_range_if_unused()
     with contextlib.suppress(Exception):
         networks.firewall.remove_table_if_unused()
 

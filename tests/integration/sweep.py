@@ -47,8 +47,9 @@ def sweep_node(data_dir: Path, *, prefix: str, address_range: str, image_size: i
         for name in sorted(n for n in names if n.startswith(prefix)):
             wait_for(lambda name=name: deleted(name), timeout=30, what=f"sweeping {name}")  # type: ignore[misc]
         driver.close()
-    from drivers import nspawn_firewall
+    from drivers import nspawn_firewall, nspawn_network
 
+    nspawn_network.remove_range_route(address_range)
     nspawn_firewall.Firewall().remove_table_if_unused()
     teardown_loop_pool(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import re
+import resource
 import signal
 import struct
 import subprocess
@@ -92,6 +93,16 @@ def _payload_pid() -> int:
         except OSError:
             continue
     raise AssertionError("the tenant's httpd is not running")
+
+
+def _unlike_the_tenant() -> None:
+    """In `fleet exec` before it starts: soft limits and an OOM score of its own, which its command must not
+    inherit (hard limits stay: a host without CAP_SYS_RESOURCE could not raise them back)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (321, hard))
+    _, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    resource.setrlimit(resource.RLIMIT_STACK, (12 << 20, hard))
+    Path("/proc/self/oom_score_adj").write_text("345")
 
 
 def _find_in_tenant(marker: bytes) -> int | None:
@@ -215,10 +226,12 @@ def test_exec_runs_as_the_payload_does_and_stops_with_its_session(
     node: tuple[Fleet, subprocess.Popen[str], str],
 ) -> None:
     """From the host: the exec's process is in the tenant's cgroups, runs as the tenant's uid range, with
-    the payload's capabilities, no_new_privs and seccomp filters; killing `fleet exec` kills it."""
+    the payload's capabilities, no_new_privs, seccomp filters, resource limits and OOM score (the container
+    init's, not those of the `fleet exec` that started it); killing `fleet exec` kills it."""
     fleet, _, _ = node
     session = subprocess.Popen([FLEET, "exec", NAME, "--", "sleep", "4321"], env=fleet.env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=_unlike_the_tenant)
     try:
         pid = wait_for(lambda: _find_in_tenant(b"4321"), timeout=10, what="the exec'd sleep in the tenant")
         mine, payload = _status(pid), _status(_payload_pid())
@@ -227,6 +240,11 @@ def test_exec_runs_as_the_payload_does_and_stops_with_its_session(
             assert mine[field] == payload[field], f"{field}: exec {mine[field]!r}, payload {payload[field]!r}"
         assert not int(mine["CapEff"], 16) & (1 << CAP_SYS_ADMIN)
         assert int(mine["Uid"].split()[0]) >= nspawn_userns.FIRST_BASE
+        init = int(_status(_payload_pid())["PPid"])  # the container's init, the payload's parent
+        for name in ("limits", "oom_score_adj"):
+            exec_value, init_value = (Path(f"/proc/{p}/{name}").read_text() for p in (pid, init))
+            assert exec_value == init_value, f"{name}: exec\n{exec_value}init\n{init_value}"
+            assert exec_value != Path(f"/proc/{session.pid}/{name}").read_text(), f"{name}: fleet exec's own"
         host_view = Path(f"/proc/{pid}/cgroup").read_text()
         for controller in ("memory", "pids", "cpu"):
             assert re.search(rf"^\d+:[^:]*\b{controller}\b[^:]*:/fleet/tenant-{NAME}(/|$)", host_view, re.M), host_view

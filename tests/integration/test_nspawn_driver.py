@@ -4,8 +4,10 @@ repaired, delete leaves nothing. Traffic goes only to the tenant namespaces thes
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -117,6 +119,32 @@ def test_requota_changes_cgroups_without_restarting(driver: NspawnDriver, make_t
     assert after.pid == before.pid and after.running
     assert _cgroup_file("cpu", before.name, "cpu.cfs_quota_us").read_text().strip() == "150000"
     assert _cgroup_file("pids", before.name, "pids.max").read_text().strip() == "300"
+
+
+def test_a_stopped_tenant_gives_back_its_kernel_objects_and_its_address_routes_nowhere(
+    driver: NspawnDriver, make_tenant: MakeTenant
+) -> None:
+    limits = Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi")
+    tenant = make_tenant("parked", limits)
+    address = tenant.address
+    assert address is not None and b"Fleet tenant" in wait_http(address)
+    driver.stop(tenant.name)
+    # What a sleeping tenant costs the kernel: no cgroup, no namespace, no veth (docs/operations.md).
+    assert not any(_cgroup_file(c, tenant.name, "").exists() for c in ("cpu", "memory", "pids", "blkio"))
+    assert not netns_path(tenant.name).exists()
+    assert not Path(f"/sys/class/net/{veth_name(tenant.name)}").exists()
+    # Its address is unreachable on the host, at once: never routed off the node by the default route.
+    with pytest.raises(OSError) as failed:
+        socket.create_connection((address, 80), timeout=5)
+    assert failed.value.errno == errno.EHOSTUNREACH, failed.value
+    stopped = driver.inspect(tenant.name)
+    assert stopped is not None and (stopped.resources, stopped.address, stopped.problems) == (limits, address, ())
+    driver.start(tenant.name)
+    assert b"Fleet tenant" in wait_http(address)  # the same address, behind its kept firewall elements
+    assert _cgroup_file("memory", tenant.name, "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+    assert _cgroup_file("pids", tenant.name, "pids.max").read_text().strip() == "64"
+    started = driver.inspect(tenant.name)
+    assert started is not None and started.running and started.problems == () and started.resources == limits
 
 
 def test_memory_hog_is_oom_killed_in_its_tenant_only(driver: NspawnDriver, make_tenant: MakeTenant) -> None:

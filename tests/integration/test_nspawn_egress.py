@@ -1,11 +1,12 @@
 """Egress by policy on the real host: `spec.network.egress` none, internet and rule lists, changed in place,
 drift repaired, and nothing reaching the node or another tenant in any mode.
 
-The outside is the test's own: a network namespace `egt-outside` joined to the host by a veth the test
-makes (`egt-up` on the host, the driver's outbound interface), holding a public-looking address of the
-documentation range 198.51.100.0/24, plus 203.0.113.9 (another public one), 10.222.9.9 (private) and
-169.254.222.9 (link-local) on its loopback, each routed to it from the host by a /32 route the test adds.
-Servers in it (TCP 8080 and 8443, UDP 5353) say which address they were reached on and whom they saw.
+The outside is the test's own (made by tests/egress_outside.py): a network namespace `egt-outside` joined to
+the host by a veth the test makes (`egt-up` on the host, the driver's outbound interface), holding a
+public-looking address of the documentation range 198.51.100.0/24, plus 203.0.113.9 (another public one),
+10.222.9.9 (private) and 169.254.222.9 (link-local) on its loopback, each routed to it from the host by a
+/32 route the test adds. Servers in it (TCP 8080 and 8443, UDP 5353) say which address they were reached on
+and whom they saw.
 
 Every probe runs *as the tenant's payload* (a CGI its own busybox httpd runs: busybox nc for TCP,
 tenant_probe for UDP and ICMP), never entered from the host. Everything made here is removed after,
@@ -15,18 +16,14 @@ switch it on and put it back.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from drivers import netns, nspawn_egress
+from drivers import nspawn_egress
 from drivers.nspawn import NspawnDriver
 from drivers.nspawn_network import veth_name
 from reconciler.actions import ApplyNetwork
@@ -34,6 +31,7 @@ from reconciler.plan import plan
 from specs import Network, Observed, PermanentError, ResolvedSpec, Resources, Template
 
 pytest.register_assert_rewrite("tests.integration.conftest_runtime")  # before the import: its asserts are rewritten
+from tests.egress_outside import HostListener, Outside, OutsideAddresses, outside_world  # noqa: E402
 from tests.integration.conftest_runtime import TEST_DATA_DIR, TEST_IMAGE_SIZE, as_payload  # noqa: E402
 
 pytest_plugins = ["tests.integration.conftest_runtime"]
@@ -45,81 +43,16 @@ HOST_SIDE, OUTSIDE = "198.51.100.1", "198.51.100.2"
 PUBLIC_TOO, PRIVATE, LINK_LOCAL = "203.0.113.9", "10.222.9.9", "169.254.222.9"
 HOST_PORT = 8099  # a listener of the host's own, on its addresses a tenant could try
 MakeTenant = Callable[..., Observed]
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@dataclass
-class Outside:
-    """The fake outside: who reached which of its servers, from where."""
-
-    seen: list[tuple[str, str]] = field(default_factory=list)  # (local address:port, peer address)
-    sockets: list[socket.socket] = field(default_factory=list)
-
-    def serve(self) -> None:
-        for listener in self.sockets:
-            target = self._tcp if listener.type == socket.SOCK_STREAM else self._udp
-            threading.Thread(target=target, args=(listener,), daemon=True).start()
-
-    def _tcp(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, (peer, _) = listener.accept()
-                with connection:
-                    local, port = connection.getsockname()
-                    self.seen.append((f"{local}:{port}", peer))
-                    connection.sendall(f"outside {local}:{port} saw {peer}\n".encode())
-
-    def _udp(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                _, (peer, port) = listener.recvfrom(64)
-                self.seen.append(("udp", peer))
-                listener.sendto(f"outside-udp-saw-{peer}".encode(), (peer, port))
-
-
-def _listeners() -> list[socket.socket]:
-    """Made inside the outside namespace (a socket stays in the namespace it was made in)."""
-    made = [socket.create_server(("0.0.0.0", port)) for port in (8080, 8443)]
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", 5353))
-    return [*made, udp]
-
-
-def _cleanup_outside() -> None:
-    for route in (PUBLIC_TOO, PRIVATE, LINK_LOCAL):
-        subprocess.run(["ip", "route", "del", f"{route}/32"], capture_output=True)
-    subprocess.run(["ip", "link", "del", UPLINK], capture_output=True)
-    if netns.is_bound(netns.NETNS_DIR / OUTSIDE_NS):
-        netns.remove(netns.NETNS_DIR / OUTSIDE_NS)
+ADDRESSES = OutsideAddresses(OUTSIDE_NS, UPLINK, DOWNLINK, HOST_SIDE, OUTSIDE, PUBLIC_TOO, PRIVATE, LINK_LOCAL)
 
 
 @pytest.fixture(scope="module")
 def outside() -> Iterator[Outside]:
-    _cleanup_outside()  # a killed run's
-    path = netns.NETNS_DIR / OUTSIDE_NS
-    netns.create(path)
-    world = Outside()
-    try:
-        _ip("link", "add", UPLINK, "type", "veth", "peer", "name", DOWNLINK, "netns", OUTSIDE_NS)
-        _ip("addr", "add", f"{HOST_SIDE}/24", "dev", UPLINK)
-        Path(nspawn_egress.FORWARDING.format(UPLINK)).write_text("0")  # as on a host that forwards nothing
-        _ip("link", "set", UPLINK, "up")
-        _ip("-n", OUTSIDE_NS, "addr", "add", f"{OUTSIDE}/24", "dev", DOWNLINK)
-        _ip("-n", OUTSIDE_NS, "link", "set", DOWNLINK, "up")
-        _ip("-n", OUTSIDE_NS, "link", "set", "lo", "up")
-        for address in (PUBLIC_TOO, PRIVATE, LINK_LOCAL):
-            _ip("-n", OUTSIDE_NS, "addr", "add", f"{address}/32", "dev", "lo")
-            _ip("route", "add", f"{address}/32", "via", OUTSIDE, "dev", UPLINK)
-        world.sockets = netns.inside(path, _listeners)
-        world.serve()
+    def forwarding_off() -> None:  # as on a host that forwards nothing
+        Path(nspawn_egress.FORWARDING.format(UPLINK)).write_text("0")
+
+    with outside_world(ADDRESSES, before_up=forwarding_off) as world:
         yield world
-    finally:
-        for listener in world.sockets:
-            listener.close()
-        _cleanup_outside()
 
 
 @pytest.fixture
@@ -127,32 +60,6 @@ def egress_driver(nspawn_driver: object, outside: Outside) -> NspawnDriver:
     """A driver on the session's pool whose outbound interface is the test's uplink."""
     assert isinstance(nspawn_driver, NspawnDriver)
     return NspawnDriver(TEST_DATA_DIR, image_size=TEST_IMAGE_SIZE, egress_interface=UPLINK)
-
-
-@dataclass
-class HostListener:
-    addresses: list[str]
-    sockets: list[socket.socket] = field(default_factory=list)
-    accepted: list[str] = field(default_factory=list)
-
-    def __enter__(self) -> HostListener:
-        for address in self.addresses:
-            listener = socket.create_server((address, HOST_PORT))
-            self.sockets.append(listener)
-            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
-
-    def _accept(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, (peer, _) = listener.accept()
-                self.accepted.append(peer)
-                connection.sendall(b"host\n")
-                connection.close()
-
-    def __exit__(self, *_: object) -> None:
-        for listener in self.sockets:
-            listener.close()
 
 
 PROBE = r"""
@@ -239,7 +146,7 @@ def test_none_internet_and_rule_lists_apply_in_place_and_never_reach_the_node_or
     other = driver.networks.leases.get(neighbour.name)
     assert lease is not None and other is not None
     every = OUT_TCP + OUT_OTHER + NON_PUBLIC
-    with HostListener([lease.host_address, HOST_SIDE, other.host_address]) as host:
+    with HostListener([lease.host_address, HOST_SIDE, other.host_address], HOST_PORT) as host:
         never = forbidden(driver, tenant.name, neighbour)
 
         # none: today's behaviour, nothing outside the tenant

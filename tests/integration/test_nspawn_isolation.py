@@ -349,6 +349,7 @@ def test_a_tenant_from_an_older_fleet_moves_into_its_own_user_namespace_on_resta
     (path / "srv/www/kept.txt").write_text("data from before the upgrade\n")
     older = _OlderFleetProcesses(driver.processes.state_dir, init_path=INIT_PATH, owner_of=driver.cgroups.owner_of)
     driver.cgroups.create(tenant.name)
+    driver.networks.connect_parked(tenant.name)  # an older Fleet's container ran in its namespace, veth and all
     older.start(
         tenant.name, root=path, netns_path=netns_path(tenant.name), uid_base=nspawn_userns.FIRST_BASE,
         procs_files=driver.cgroups.procs_files(tenant.name), tenant_pids=lambda: driver.cgroups.pids(tenant.name),

@@ -5,6 +5,7 @@ on a loop-backed btrfs pool and nspawn containers; requests over HTTP with the c
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from drivers.nspawn_network import netns_path, veth_name
 from tests.e2e.conftest import Fleet, start_operator, stop_operator
 from tests.helpers import wait_for
 from tests.integration.test_fleet_nspawn import ARGS, _unavailable
@@ -95,6 +97,14 @@ def _cgroup(controller: str, name: str) -> Path:
     return Path(f"/sys/fs/cgroup/{controller}/fleet/tenant-{NAME}/{name}")
 
 
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "systemd", "unified")
+
+
+def _nft_ingress() -> str:
+    return subprocess.run(["nft", "list", "set", "inet", "fleet", "tenant_links"], capture_output=True,
+                          text=True, check=True).stdout
+
+
 def _tasks() -> int:
     """Processes in the tenant's pids cgroup and below (its payload's own groups included)."""
     top = _cgroup("pids", "")
@@ -117,16 +127,21 @@ def test_an_idle_tenant_sleeps_and_the_first_request_through_the_gateway_wakes_i
         assert isinstance(status, dict)
         sleeping = next(c for c in status["conditions"] if c["type"] == "Sleeping")
         assert sleeping["status"] == "True" and "asleep since" in sleeping["message"]
-        assert _tasks() == 0, "a sleeping tenant runs no process"
-        memory = int(_cgroup("memory", "memory.usage_in_bytes").read_text())
-        assert memory < 4 << 20, f"a sleeping tenant still holds {memory} bytes"
+        # Its kernel objects went back to the host: no cgroup (so no process and no memory charged), no
+        # network namespace, no veth; its address and firewall elements are kept for the wake.
+        assert not any(_cgroup(c, "").exists() for c in CONTROLLERS), "a sleeping tenant keeps no cgroup"
+        assert not netns_path(NAME).exists() and not Path(f"/sys/class/net/{veth_name(NAME)}").exists()
         assert status["address"], "its address is kept for the wake"
+        assert veth_name(NAME) in _nft_ingress(), "its firewall elements stay while it sleeps"
         began = time.monotonic()
         woken = browser.get("/")
         took = time.monotonic() - began
         assert woken.status_code == 200 and NAME in woken.text, woken.text
         print(f"wake to first byte {took * 1000:.0f} ms")
     assert here.phase() == "Running" and _tasks() > 0
+    # Woken with the limits it slept with, in place before its first process ran.
+    assert int(_cgroup("memory", "memory.limit_in_bytes").read_text()) == 128 << 20
+    assert int(_cgroup("cpu", "cpu.cfs_quota_us").read_text()) == 50_000
     reasons = here.reasons()
     after_sleep = reasons[reasons.index("SleepRequested"):]
     assert [r for r in after_sleep if r in ("Stopped", "Sleeping", "WakeRequested", "Started", "Woke")] == [
@@ -217,5 +232,8 @@ def test_an_exec_into_a_sleeping_tenant_wakes_it_and_runs(site: tuple[Site, Flee
     result = node.run("exec", NAME, "--", "sh", "-c", "echo inside-$(hostname); exit 3", check=False)
     assert (result.returncode, result.stdout.strip()) == (3, f"inside-{NAME}"), result.stderr
     assert here.phase() == "Running" and _tasks() > 0
+    # Woken with the limits it slept with, in place before its first process ran.
+    assert int(_cgroup("memory", "memory.limit_in_bytes").read_text()) == 128 << 20
+    assert int(_cgroup("cpu", "cpu.cfs_quota_us").read_text()) == 50_000
     reasons = here.reasons()
     assert reasons.index("WakeRequested") < reasons.index("ExecStarted", reasons.index("WakeRequested"))

@@ -2,30 +2,26 @@
 lists as rules of Fleet's ACL, changed in place, drift repaired, deleted with the tenant, and nothing
 reaching the host or another tenant in any mode.
 
-The outside is the test's own: a network namespace `elt-outside` joined to the host by a veth the test
-makes (`elt-up` on the host), holding 198.18.0.2 (benchmarking range: public to Fleet) on its end, plus
-203.0.113.19 (another public one), 10.223.9.9 (private) and 169.254.223.9 (link-local) on its loopback,
-each routed to it from the host by a /32 route the test adds. Its servers (TCP 8080 and 8443, UDP 5353)
-say which address they were reached on and whom they saw. Every probe runs *as the tenant's payload* (a
-CGI its own busybox httpd runs: busybox nc and ping, tenant_probe for UDP). Everything made here is
-removed after (the namespace, the veth, the routes; the guard table with the bridge, by the session).
+The outside is the test's own (made by tests/egress_outside.py): a network namespace `elt-outside` joined to
+the host by a veth the test makes (`elt-up` on the host), holding 198.18.0.2 (benchmarking range: public to
+Fleet) on its end, plus 203.0.113.19 (another public one), 10.223.9.9 (private) and 169.254.223.9
+(link-local) on its loopback, each routed to it from the host by a /32 route the test adds. Its servers (TCP
+8080 and 8443, UDP 5353) say which address they were reached on and whom they saw. Every probe runs *as the
+tenant's payload* (a CGI its own busybox httpd runs: busybox nc and ping, tenant_probe for UDP). Everything
+made here is removed after (the namespace, the veth, the routes; the guard table with the bridge, by the
+session).
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drivers import netns
 from drivers.lxd import LxdDriver
 from drivers.lxd_egress import public_destination
 from reconciler.actions import ApplyNetwork
@@ -33,6 +29,7 @@ from reconciler.plan import plan
 from specs import Network, Observed, ResolvedSpec, Resources, Template
 
 pytest.register_assert_rewrite("tests.lxd.runtime")
+from tests.egress_outside import HostListener, Outside, OutsideAddresses, outside_world  # noqa: E402
 from tests.lxd.runtime import as_payload  # noqa: E402
 
 pytest_plugins = ["tests.lxd.runtime"]
@@ -45,82 +42,13 @@ PUBLIC_TOO, PRIVATE, LINK_LOCAL = "203.0.113.19", "10.223.9.9", "169.254.223.9"
 HOST_PORT = 8098  # a listener of the host's own, on its addresses a tenant could try
 PROBE_SOURCE = Path(__file__).parents[1] / "integration" / "probes" / "tenant_probe.c"
 MakeTenant = Callable[..., Observed]
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@dataclass
-class Outside:
-    """The fake outside: who reached which of its servers, from where."""
-
-    seen: list[tuple[str, str]] = field(default_factory=list)  # (local address:port, peer address)
-    sockets: list[socket.socket] = field(default_factory=list)
-
-    def serve(self) -> None:
-        for listener in self.sockets:
-            target = self._tcp if listener.type == socket.SOCK_STREAM else self._udp
-            threading.Thread(target=target, args=(listener,), daemon=True).start()
-
-    def _tcp(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, (peer, _) = listener.accept()
-                with connection:
-                    local, port = connection.getsockname()
-                    self.seen.append((f"{local}:{port}", peer))
-                    connection.sendall(f"outside {local}:{port} saw {peer}\n".encode())
-
-    def _udp(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                _, sender = listener.recvfrom(64)
-                if sender is None:  # shut down
-                    return
-                peer, port = sender
-                self.seen.append(("udp", peer))
-                listener.sendto(f"outside-udp-saw-{peer}".encode(), (peer, port))
-
-
-def _listeners() -> list[socket.socket]:
-    """Made inside the outside namespace (a socket stays in the namespace it was made in)."""
-    made = [socket.create_server(("0.0.0.0", port)) for port in (8080, 8443)]
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", 5353))
-    return [*made, udp]
-
-
-def _cleanup_outside() -> None:
-    for route in (PUBLIC_TOO, PRIVATE, LINK_LOCAL):
-        subprocess.run(["ip", "route", "del", f"{route}/32"], capture_output=True)
-    subprocess.run(["ip", "link", "del", UPLINK], capture_output=True)
-    if netns.is_bound(netns.NETNS_DIR / OUTSIDE_NS):
-        netns.remove(netns.NETNS_DIR / OUTSIDE_NS)
+ADDRESSES = OutsideAddresses(OUTSIDE_NS, UPLINK, DOWNLINK, HOST_SIDE, OUTSIDE, PUBLIC_TOO, PRIVATE, LINK_LOCAL)
 
 
 @pytest.fixture(scope="module")
 def outside() -> Iterator[Outside]:
-    _cleanup_outside()  # a killed run's
-    path = netns.NETNS_DIR / OUTSIDE_NS
-    netns.create(path)
-    world = Outside()
-    try:
-        _ip("link", "add", UPLINK, "type", "veth", "peer", "name", DOWNLINK, "netns", OUTSIDE_NS)
-        _ip("addr", "add", f"{HOST_SIDE}/24", "dev", UPLINK)
-        _ip("link", "set", UPLINK, "up")
-        _ip("-n", OUTSIDE_NS, "addr", "add", f"{OUTSIDE}/24", "dev", DOWNLINK)
-        _ip("-n", OUTSIDE_NS, "link", "set", DOWNLINK, "up")
-        _ip("-n", OUTSIDE_NS, "link", "set", "lo", "up")
-        for address in (PUBLIC_TOO, PRIVATE, LINK_LOCAL):
-            _ip("-n", OUTSIDE_NS, "addr", "add", f"{address}/32", "dev", "lo")
-            _ip("route", "add", f"{address}/32", "via", OUTSIDE, "dev", UPLINK)
-        world.sockets = netns.inside(path, _listeners)
-        world.serve()
+    with outside_world(ADDRESSES) as world:
         yield world
-    finally:
-        _close(world.sockets)
-        _cleanup_outside()
 
 
 @pytest.fixture(scope="module")
@@ -138,39 +66,6 @@ def tenant_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def driver(lxd_driver: object, outside: Outside) -> LxdDriver:
     assert isinstance(lxd_driver, LxdDriver)
     return lxd_driver
-
-
-@dataclass
-class HostListener:
-    addresses: list[str]
-    sockets: list[socket.socket] = field(default_factory=list)
-    accepted: list[str] = field(default_factory=list)
-
-    def __enter__(self) -> HostListener:
-        for address in self.addresses:
-            listener = socket.create_server((address, HOST_PORT))
-            self.sockets.append(listener)
-            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
-
-    def _accept(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, (peer, _) = listener.accept()
-                self.accepted.append(peer)
-                connection.sendall(b"host\n")
-                connection.close()
-
-    def __exit__(self, *_: object) -> None:
-        _close(self.sockets)
-
-
-def _close(sockets: list[socket.socket]) -> None:
-    """Shut down first: a close alone leaves a socket listening while a thread still waits in accept()."""
-    for listener in sockets:
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
 
 
 PROBE = r"""
@@ -236,7 +131,7 @@ def test_none_internet_and_rule_lists_apply_in_place_and_never_reach_the_host_or
     tenant, neighbour = make_lxd_tenant("eg-a"), make_lxd_tenant("eg-b")
     every = OUT_TCP + OUT_OTHER + NON_PUBLIC
     never = forbidden(driver, neighbour)
-    with HostListener([driver.bridge.gateway, HOST_SIDE]) as host:
+    with HostListener([driver.bridge.gateway, HOST_SIDE], HOST_PORT) as host:
         # none: nothing outside the tenant
         assert tenant.network.egress == () and acl_egress(driver, tenant.name) == []
         assert passed(probe(driver, tenant, tenant_probe, every + never)) == set()

@@ -246,6 +246,25 @@ def test_the_gateway_refuses_to_queue_more_than_its_limit_for_one_wake(store: St
     assert rule.wakes == 1  # one wake, however many waited
 
 
+def test_two_gateways_waking_one_tenant_write_one_wake_that_says_a_visitor_woke_it(store: Store) -> None:
+    limits = GatewayLimits(wake_timeout_seconds=0.2)
+    gateways = [Sleeper(store, Routes(store), limits) for _ in range(2)]
+    store.apply_tenant(tenant("acme"))
+    store.set_asleep("acme", True)  # no reconciler runs here: the wakes cannot finish
+
+    async def many() -> list[object]:
+        return await asyncio.gather(*(gateway.wake("acme") for gateway in gateways for _ in range(5)),
+                                    return_exceptions=True)
+
+    outcomes = asyncio.run(many())
+    assert all(type(o).__name__ == "WakeFailed" for o in outcomes), outcomes
+    assert [gateway.wakes for gateway in gateways] == [1, 1]  # one wake each, however many waited
+    woken = [e for e in store.events(tenant="acme") if e.reason == "WakeRequested"]
+    assert [e.message for e in woken] == ["woken by a visitor's request at the gateway"]  # one write in all
+    record = store.desired("acme")
+    assert record is not None and record.spec is not None and not record.spec.asleep
+
+
 def test_a_plans_sleep_rule_is_stored_and_given_to_the_tenants_it_makes(store: Store) -> None:
     from reconciler.web.webhooks import BillingWebhook, SubscriptionObject
     from specs.billing_plan import Plan

@@ -12,6 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from reconciler.exec_session import ExecLimits, ExecSlots
 from reconciler.web.context import LocalExec
 from state.access import Role
 from tests.helpers import wait_for
@@ -166,6 +167,7 @@ def test_refusals_say_why_with_a_status(node_web: Web) -> None:
 
 def test_many_sessions_at_once_each_get_their_own_stream(node_web: Web) -> None:
     """Sessions stay open together (a reader per stream each): none waits for another to end."""
+    node_web.context.exec_slots = ExecSlots(ExecLimits(per_tenant=12))
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(_socket(node_web)) for _ in range(12)]
         for index, socket in enumerate(sockets):
@@ -176,3 +178,44 @@ def test_many_sessions_at_once_each_get_their_own_stream(node_web: Web) -> None:
         for index, socket in enumerate(sockets):
             socket.send(json.dumps({"stdin_eof": True}))
             assert json.loads(socket.recv(timeout=10)) == {"exit_code": 0}, index
+
+
+def test_a_session_over_the_cap_is_refused_with_429_saying_which_limit_and_what_to_do(node_web: Web) -> None:
+    node_web.context.exec_slots = ExecSlots(ExecLimits(per_tenant=2, total=64))
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(_socket(node_web)) for _ in range(2)]
+        for socket in sockets:
+            socket.send(json.dumps({"command": ["cat"]}))
+            socket.send(b"open\n")
+            assert socket.recv(timeout=10) == b"\x01open\n"  # both sessions run
+        with _socket(node_web) as socket:
+            refused = _session(socket, {"command": ["echo", "one more"]})
+        assert refused["close"] == 4429 and refused["stdout"] == b"", refused
+        assert refused["last"] == {"status": 429, "error": (
+            "tenant acme already has 2 exec sessions open, the most allowed per tenant (fleet up "
+            "--exec-sessions-per-tenant): end one of them, or retry once one has ended")}
+        recorded = [e for e in node_web.store.events(tenant="acme") if e.reason == "ExecRefused"]
+        assert [(e.type, e.details["who"]) for e in recorded] == [("Warning", ["token:t-operator"])]
+        assert "--exec-sessions-per-tenant" in recorded[0].message and len(node_web.driver.execs) == 2
+        sockets[0].send(json.dumps({"stdin_eof": True}))
+        assert json.loads(sockets[0].recv(timeout=10)) == {"exit_code": 0}
+    # Sessions that ended (the command exited, or the client went away) free their slots.
+    wait_for(lambda: node_web.context.exec_slots.open_sessions() == 0, what="the closed sessions' slots")
+    with _socket(node_web) as socket:
+        assert _session(socket, {"command": ["echo", "again"]})["stdout"] == b"again\n"
+
+
+def test_the_total_cap_counts_the_sessions_into_every_tenant(node_web: Web) -> None:
+    with node_web.client() as client:
+        created = client.post("/api/v1/tenants", json={"kind": "Tenant", "metadata": {"name": "beta"},
+                                                       "spec": {"template": "base"}})
+        assert created.status_code == 201, created.text
+    node_web.wait_running("beta")
+    node_web.context.exec_slots = ExecSlots(ExecLimits(per_tenant=8, total=1))
+    with _socket(node_web) as open_one:
+        open_one.send(json.dumps({"command": ["sleep"]}))
+        wait_for(lambda: node_web.context.exec_slots.open_sessions() == 1, what="the first session")
+        with _socket(node_web, name="beta") as socket:
+            refused = _session(socket, {"command": ["echo"]})
+    assert refused["last"]["status"] == 429 and "(fleet up --exec-sessions)" in refused["last"]["error"], refused
+    assert [e.reason for e in node_web.store.events(tenant="beta") if e.action == "exec"] == ["ExecRefused"]
