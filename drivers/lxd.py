@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 from loguru import logger
 
-from drivers import lxd_images
+from drivers import lxd_exec, lxd_images
 from drivers.edge import at_edge
 from drivers.exec_process import ExecProcess, ExecRequest
 from drivers.lxd_api import Instance, LxdClient
@@ -247,12 +247,11 @@ class LxdDriver:
 
     @at_edge
     def exec(self, tenant: str, request: ExecRequest) -> ExecProcess:
-        """Not yet: LXD's exec API (POST /1.0/instances/NAME/exec with its websockets) is not wired up."""
-        validate_name(tenant)
-        raise PermanentError(
-            "fleet exec is not supported by the lxd driver yet (LXD's exec API is not wired up); "
-            f"on the LXD host: lxc exec {tenant} -- COMMAND", reason="Unsupported",
-        )
+        """Run a command in the running container through LXD's exec API, as its root (`lxd_exec`)."""
+        instance = self._require(tenant)
+        if not instance.running:
+            raise PermanentError(f"tenant {tenant} has no running container on node {self.node}", reason="NotRunning")
+        return lxd_exec.start(self.client, tenant, request)
 
     # -- provisioning -----------------------------------------------------------------------------------
     @at_edge

@@ -115,6 +115,55 @@ def test_exec_is_refused_with_a_reason_for_a_missing_foreign_or_not_running_tena
     assert fake.execs == []
 
 
+def test_a_session_over_a_cap_is_refused_naming_the_limit_and_recorded_until_one_ends(
+    store: Store, controller: Controller, fake: FakeDriver, clock: ManualClock
+) -> None:
+    _running(store, controller, clock)
+    _running(store, controller, clock, "beta")
+    slots = exec_session.ExecSlots(exec_session.ExecLimits(per_tenant=2, total=3))
+
+    def start(name: str) -> exec_session.ExecSession:
+        return exec_session.start(store, fake, "n1", name, ExecRequest(("sleep",)), "token:ops", slots=slots)
+
+    sessions = [start("acme"), start("acme")]
+    with pytest.raises(TransientError, match=r"^tenant acme already has 2 exec sessions open, the most allowed per "
+                                             r"tenant \(fleet up --exec-sessions-per-tenant\): end one") as refused:
+        start("acme")
+    assert refused.value.reason == exec_session.TOO_MANY_SESSIONS
+    recorded = store.events(tenant="acme")[-1]
+    assert (recorded.reason, recorded.type, recorded.action) == ("ExecRefused", "Warning", "exec")
+    assert recorded.message.startswith("token:ops may not exec now: tenant acme already has 2 exec sessions open")
+    assert recorded.details["who"] == ["token:ops"] and len(fake.execs) == 2
+    sessions.append(start("beta"))  # another tenant still may, up to the total
+    with pytest.raises(TransientError, match=r"already has 3 exec sessions open, the most it allows \(fleet up "
+                                             r"--exec-sessions\)"):
+        start("beta")
+    assert store.events(tenant="beta")[-1].reason == "ExecRefused"
+    first = sessions.pop(0)
+    first.process.close()
+    first.finish(None)
+    first.finish(None)  # once only: the slot is given back once
+    assert (slots.open_sessions("acme"), slots.open_sessions()) == (1, 2)
+    sessions.append(start("acme"))  # the slot is free again
+    for session in sessions:
+        session.process.close()
+        session.finish(None)
+    assert slots.open_sessions() == 0
+
+
+def test_a_session_that_could_not_start_gives_its_slot_back(
+    store: Store, controller: Controller, fake: FakeDriver, clock: ManualClock
+) -> None:
+    _running(store, controller, clock)
+    slots = exec_session.ExecSlots(exec_session.ExecLimits(per_tenant=1, total=1))
+    fake.stop("acme")  # behind the reconciler's back: the driver cannot exec
+    for _ in range(3):
+        with pytest.raises(PermanentError, match="no running container"):
+            exec_session.start(store, fake, "n1", "acme", ExecRequest(("true",)), "local:root", slots=slots)
+    assert slots.open_sessions() == 0
+    assert [e.reason for e in store.events(tenant="acme") if e.action == "exec"] == ["ExecFailed"] * 3
+
+
 def test_an_exec_into_a_sleeping_tenant_wakes_it_first(
     store: Store, controller: Controller, fake: FakeDriver, clock: ManualClock
 ) -> None:
@@ -178,11 +227,27 @@ def test_a_terminal_of_the_fake_driver_has_the_asked_size() -> None:
         process.close()
 
 
-def test_the_lxd_driver_says_exec_is_not_supported_yet() -> None:
-    driver = LxdDriver.__new__(LxdDriver)  # no daemon needed: it refuses before talking to LXD
-    with pytest.raises(PermanentError, match="not supported by the lxd driver") as refused:
-        driver.exec("acme", ExecRequest(("true",)))
-    assert refused.value.reason == "Unsupported"
+def test_the_lxd_driver_execs_only_into_its_own_running_containers() -> None:
+    from types import SimpleNamespace
+
+    from drivers.lxd_api import Instance
+    from specs import NotFound
+
+    def instance(name: str, status: str, **config: str) -> Instance:
+        return Instance(name=name, status=status, config={"user.fleet.managed": "true", "user.fleet.role": "tenant",
+                                                          **config}, devices={})
+
+    known = {"stopped": instance("stopped", "Stopped"), "frozen": instance("frozen", "Frozen"),
+             "stranger": Instance(name="stranger", status="Running", config={}, devices={})}
+    driver = LxdDriver.__new__(LxdDriver)  # no daemon needed: it refuses before starting anything
+    driver.node = "n1"
+    driver.client = SimpleNamespace(instance=lambda name, state=True: known.get(name))  # type: ignore[assignment]
+    with pytest.raises(NotFound):
+        driver.exec("absent", ExecRequest(("true",)))
+    for name, reason in (("stopped", "NotRunning"), ("frozen", "NotRunning"), ("stranger", "NotOwned")):
+        with pytest.raises(PermanentError) as refused:
+            driver.exec(name, ExecRequest(("true",)))
+        assert refused.value.reason == reason, name
 
 
 def test_a_request_is_an_argument_list_with_a_sane_terminal() -> None:
