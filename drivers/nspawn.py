@@ -105,6 +105,7 @@ class NspawnDriver:
         self.cgroups = nspawn_cgroups.detect()
         self.networks = nspawn_network.Networks(state_dir, address_range, egress_interface=egress_interface)
         self.limits = LimitsRecord(state_dir)
+        self.networks.ensure_range_route()  # after a reboot: sleeping tenants' addresses must not route out
         self.processes = nspawn_process.Processes(
             state_dir,
             init_path=INIT_PATH,
@@ -166,12 +167,22 @@ class NspawnDriver:
         if not self.pool.tenant_exists(tenant):
             return None
         problems: list[str] = []
+        stop_unfinished = False
         container = self.processes.find(tenant) if running is None else running.get(tenant)
         pid = container.pid if container else None
         if container is None:
             # Stopped: its cgroups, namespace and veth were given back at the stop (`stop`); what it has is
             # the limits record and its network's lease and firewall elements, which the next start uses.
-            kernel = self.limits.load(tenant) or Resources()
+            recorded = self.limits.load(tenant)
+            if recorded is None:
+                # No spec asks for 0 CPU, so the planner applies the limits again (which writes the record);
+                # until then `start` refuses: a tenant never runs without its limits.
+                problems.append("limits record missing")
+                recorded = Resources.model_construct(cpu=0)
+            kernel = recorded
+            stop_unfinished = self.cgroups.exists(tenant) or nspawn_network.netns_path(tenant).exists()
+            if stop_unfinished:
+                problems.append("stopped, but its cgroups or network namespace are still there")
         elif self.cgroups.exists(tenant):
             kernel = self.cgroups.read(tenant, self.io_devices)
             problems += self.cgroups.problems(tenant)
@@ -204,6 +215,7 @@ class NspawnDriver:
             pid=pid,
             problems=tuple(problems),
             restart_reason=restart_reason,
+            stop_unfinished=stop_unfinished,
         )
 
     def _trim_log(self, tenant: str) -> None:

@@ -18,11 +18,14 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from specs import PermanentError, TransientError
+
+T = TypeVar("T")
 
 _RTM_GETADDR, _NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_ERROR, _NLMSG_DONE = 22, 1, 0x300, 2, 3
 _IFA_ADDRESS, _IFA_LABEL = 1, 3
@@ -160,6 +163,11 @@ class Leases:
                     self._save(leases)
                     return Lease(index, self._subnet(index))
         raise PermanentError(f"address range {self.range} has no free /30 left", reason="AddressesExhausted")
+
+    def when_empty(self, action: Callable[[], T]) -> T | None:
+        """`action()` under the lock if no tenant holds a lease (none can be taken meanwhile), else None."""
+        with self._locked():
+            return action() if not self._load() else None
 
     def release(self, tenant: str) -> Lease | None:
         with self._locked():

@@ -30,7 +30,10 @@ class LimitsRecord:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path(tenant)
         scratch = target.with_suffix(".tmp")
-        scratch.write_text(resources.model_dump_json())
+        with open(scratch, "w") as handle:
+            handle.write(resources.model_dump_json())
+            handle.flush()
+            os.fsync(handle.fileno())  # a power cut must not leave an empty record (the tenant could not start)
         os.replace(scratch, target)
 
     def load(self, tenant: str) -> Resources | None:

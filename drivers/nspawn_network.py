@@ -43,8 +43,11 @@ from specs import PermanentError, TransientError, validate_name
 from specs.tenant import EgressRule
 
 NETNS_DIR = Path("/run/netns")
-# The protocol number Fleet's routes carry (iproute2 shows it as "proto 211"): ours to remove, no one else's.
+# Fleet's range route carries its own protocol number and metric ("proto 211 metric 4211" in `ip route`):
+# a replace or delete touches only a route with that metric, and a route someone else made for the same
+# range (metric 0 as usual) keeps precedence over it.
 ROUTE_PROTO = 211
+ROUTE_METRIC = 4211
 RTN_UNREACHABLE = 7
 LOOPBACK_INDEX = 1  # the kernel gives lo this index in every network namespace
 NETNS_SYSCTLS = {
@@ -218,6 +221,9 @@ class Networks:
                 revert.add("release the address lease", lambda: self.leases.release(tenant))
                 revert.add("remove the firewall elements", lambda: self._unfirewall_if_unlinked(veth))
                 revert.add("remove the veth", lambda: self._delete_link(veth, tenant))
+            # After the lease exists (a release of the range's last lease removes the route under the leases'
+            # lock), and whether or not the container runs: a stopped tenant's address has no veth.
+            self._range_unreachable(ipr)
             with self.firewall.locked():  # the node's egress and the tenant's elements, seen together
                 if wanted_egress:
                     self._ensure_node_egress()
@@ -240,7 +246,6 @@ class Networks:
     ) -> None:
         """Namespace, veth pair, addresses, route and the veth's forwarding (on only with egress rules)."""
         veth, peer, ns = veth_name(tenant), _peer_name(tenant), netns_name(tenant)
-        self._range_unreachable(ipr)
         if self.ensure_namespace(tenant):
             revert.add("remove the network namespace", lambda: netns.remove(netns_path(tenant)))
         peer_index = self._ensure_host_end(ipr, tenant, veth, peer, ns, lease, existing)
@@ -256,7 +261,8 @@ class Networks:
         veth = veth_name(tenant)
         lease = self.leases.get(tenant)
         firewall = self.firewall.read()
-        if lease is None or veth not in firewall.links or (veth, lease.tenant_address) not in firewall.sources:
+        if (lease is None or not firewall.complete or veth not in firewall.links
+                or (veth, lease.tenant_address) not in firewall.sources):
             self.ensure_namespace(tenant)
             return False
         started = time.perf_counter()
@@ -292,14 +298,32 @@ class Networks:
     def _range_unreachable(self, ipr: IPRoute) -> None:
         """The node's whole address range is unreachable on the host except through a tenant's veth (its
         /30 is more specific). Without it, a sleeping tenant's address, whose veth is gone, would follow the
-        default route off the node: a gateway's connection to it would reach whatever answers out there."""
-        ipr.route("replace", dst=str(self.leases.range), type="unreachable", proto=ROUTE_PROTO)
+        default route off the node: a gateway's connection to it, or a tenant's egress rule naming it, would
+        reach whatever answers there. One netlink message, idempotent."""
+        ipr.route("replace", dst=str(self.leases.range), type="unreachable", proto=ROUTE_PROTO,
+                  priority=ROUTE_METRIC)
+
+    def ensure_range_route(self) -> None:
+        """At the driver's start: after a reboot or a route flush, the route is back before any pass runs."""
+        if self.leases.all():
+            with _host_errors("(node)"), IPRoute() as ipr:
+                self._range_unreachable(ipr)
 
     def release_range_if_unused(self) -> list[str]:
-        """Remove the range's unreachable route once no tenant holds a lease in it."""
-        if self.leases.all():
-            return []
-        return remove_range_route(str(self.leases.range))
+        """Remove the range's unreachable route once no tenant holds a lease in it (under the leases' lock, so
+        a lease acquired meanwhile, whose route is added after it, is never left without one)."""
+        return self.leases.when_empty(lambda: remove_range_route(str(self.leases.range))) or []
+
+    def _routes_off_node(self, tenant: str, address: str) -> bool:
+        """True when the host would send a packet for a stopped tenant's address anywhere but its own veth
+        (the range route is missing): the network is then not whole, and the pass's ApplyNetwork repairs it."""
+        with IPRoute() as ipr:
+            try:
+                found = ipr.route("get", dst=address)
+            except NetlinkError as error:
+                return bool(error.code != errno.EHOSTUNREACH)
+            link = _link(ipr, veth_name(tenant))  # a veth left by a stop that did not finish: still local
+        return not found or link is None or found[0].get("RTA_OIF") != link["index"]
 
     # -- the node's side of egress ------------------------------------------------------------------------
     def outbound_interface(self) -> str:
@@ -513,6 +537,10 @@ class Networks:
         else:
             ports = tuple(sorted(port for (name, port) in firewall.ingress if name == veth))
             egress = self._egress_in_force(veth, firewall, False, problems)
+        if ports is not None and self._routes_off_node(tenant, lease.tenant_address):
+            problems.append(f"address {lease.tenant_address} routes off the node (the range's unreachable route is "
+                            "missing)")
+            ports = None
         # Stands for the namespace and veth the next start makes from the lease and these elements.
         whole = ports is not None
         return NetworkState(
@@ -580,7 +608,8 @@ def remove_range_route(address_range: str) -> list[str]:
     with IPRoute() as ipr:
         for route in ipr.get_routes(family=2, proto=ROUTE_PROTO):
             network = f"{route.get('RTA_DST')}/{route['dst_len']}"
-            if route["type"] == RTN_UNREACHABLE and network == address_range:
-                ipr.route("del", dst=network, type="unreachable", proto=ROUTE_PROTO)
+            ours = route["type"] == RTN_UNREACHABLE and route.get("RTA_PRIORITY") == ROUTE_METRIC
+            if ours and network == address_range:
+                ipr.route("del", dst=network, type="unreachable", proto=ROUTE_PROTO, priority=ROUTE_METRIC)
                 removed.append(f"unreachable route {network}")
     return removed

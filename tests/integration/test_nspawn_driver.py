@@ -18,7 +18,7 @@ from loguru import logger
 
 from drivers.nspawn import NspawnDriver
 from drivers.nspawn_network import netns_path, veth_name
-from specs import Network, Observed, Resources
+from specs import Network, Observed, Resources, TransientError
 
 pytest.register_assert_rewrite("tests.integration.conftest_runtime")  # before the import: its asserts are rewritten
 from tests.integration.conftest_runtime import (  # noqa: E402
@@ -145,6 +145,41 @@ def test_a_stopped_tenant_gives_back_its_kernel_objects_and_its_address_routes_n
     assert _cgroup_file("pids", tenant.name, "pids.max").read_text().strip() == "64"
     started = driver.inspect(tenant.name)
     assert started is not None and started.running and started.problems == () and started.resources == limits
+
+
+def test_a_stopped_tenants_lost_parts_are_seen_and_repaired(driver: NspawnDriver, make_tenant: MakeTenant) -> None:
+    limits = Resources(cpu="500m", memory="64Mi", pids=64, disk="64Mi")
+    tenant = make_tenant("parked-drift", limits)
+    assert tenant.address is not None
+    driver.stop(tenant.name)
+    route = ["ip", "route", "show", "exact", str(driver.networks.leases.range), "proto", "211"]
+    assert "unreachable" in subprocess.run(route, capture_output=True, text=True, check=True).stdout
+    # A route flush (a network manager, a reboot): the address would follow the default route off the node.
+    subprocess.run(["ip", "route", "del", "unreachable", str(driver.networks.leases.range), "proto", "211",
+                    "metric", "4211"], check=True)
+    drifted = driver.inspect(tenant.name)
+    assert drifted is not None and drifted.address is None and "routes off the node" in " ".join(drifted.problems)
+    driver.apply_network(tenant.name, Network(ingress=(80,)))  # what the planner does with it
+    assert "unreachable" in subprocess.run(route, capture_output=True, text=True, check=True).stdout
+    repaired = driver.inspect(tenant.name)
+    assert repaired is not None and repaired.address == tenant.address and repaired.problems == ()
+    # A lost limits record: seen as limits no spec asks for, and the tenant does not start without them.
+    driver.limits.path(tenant.name).unlink()
+    lost = driver.inspect(tenant.name)
+    assert lost is not None and lost.resources != limits and "limits record missing" in lost.problems
+    with pytest.raises(TransientError, match="no limits recorded"):
+        driver.start(tenant.name)
+    assert driver.processes.find(tenant.name) is None
+    driver.apply_resources(tenant.name, limits)
+    # A stop cut off half way (cgroups left): seen, so the planner stops it again.
+    driver.cgroups.create(tenant.name)
+    half = driver.inspect(tenant.name)
+    assert half is not None and half.stop_unfinished and not half.running
+    driver.stop(tenant.name)
+    done = driver.inspect(tenant.name)
+    assert done is not None and not done.stop_unfinished and done.problems == () and done.resources == limits
+    driver.start(tenant.name)
+    assert b"Fleet tenant" in wait_http(tenant.address)
 
 
 def test_memory_hog_is_oom_killed_in_its_tenant_only(driver: NspawnDriver, make_tenant: MakeTenant) -> None:
