@@ -167,7 +167,6 @@ class NspawnDriver:
         if not self.pool.tenant_exists(tenant):
             return None
         problems: list[str] = []
-        stop_unfinished = False
         container = self.processes.find(tenant) if running is None else running.get(tenant)
         pid = container.pid if container else None
         if container is None:
@@ -180,8 +179,9 @@ class NspawnDriver:
                 problems.append("limits record missing")
                 recorded = Resources.model_construct(cpu=0)
             kernel = recorded
-            stop_unfinished = self.cgroups.exists(tenant) or nspawn_network.netns_path(tenant).exists()
-            if stop_unfinished:
+            # A stop cut off half way leaves them until the next start or delete (which finish it). Not acted
+            # on: a Stop planned from this could kill a container another process is starting by hand.
+            if self.cgroups.exists(tenant) or nspawn_network.netns_path(tenant).exists():
                 problems.append("stopped, but its cgroups or network namespace are still there")
         elif self.cgroups.exists(tenant):
             kernel = self.cgroups.read(tenant, self.io_devices)
@@ -215,7 +215,6 @@ class NspawnDriver:
             pid=pid,
             problems=tuple(problems),
             restart_reason=restart_reason,
-            stop_unfinished=stop_unfinished,
         )
 
     def _trim_log(self, tenant: str) -> None:

@@ -15,7 +15,7 @@ from enum import StrEnum
 from apscheduler.schedulers.background import BackgroundScheduler
 from loguru import logger
 
-from drivers import Driver
+from drivers import Driver, trim_heap
 from reconciler.actions import Delete, Stop
 from reconciler.clock import Clock
 from reconciler.conditions import derive_status, describe_drift, failed_status, same_status
@@ -33,6 +33,9 @@ class Outcome(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     SKIPPED = "skipped"  # not ours, or gone
+
+
+HEAP_TRIM_SECONDS = 30.0  # freed C heap goes back to the host this often (drivers/heap.py)
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,7 @@ class Controller:
         self._scheduler.add_job(
             self._safe_resync, "interval", seconds=self.config.resync_seconds, max_instances=1, coalesce=True
         )
+        self._scheduler.add_job(trim_heap, "interval", seconds=HEAP_TRIM_SECONDS, max_instances=1, coalesce=True)
         self._scheduler.start()
 
     def _safe_resync(self) -> None:

@@ -30,7 +30,7 @@ def plan(desired: ResolvedSpec, observed: Observed | None) -> list[Action]:
     actions: list[Action] = []
     if observed.resources != desired.resources:
         actions.append(ApplyResources(desired.resources))
-    if (observed.running or observed.stop_unfinished) and asleep:
+    if observed.running and asleep:
         actions.append(Stop())
     elif observed.running and observed.restart_reason:
         actions += [Stop(), Start()]

@@ -21,9 +21,6 @@ class Observed(BaseModel):
     # Set when the running container must be restarted to get what the driver now enforces (e.g. it was
     # started by an older version without a user namespace); the planner then stops and starts it.
     restart_reason: str | None = None
-    # Set when a stopped container still holds what its stop gives back (a stop cut off half way: the
-    # nspawn driver's cgroups or network namespace); the planner stops it again (stop is idempotent).
-    stop_unfinished: bool = False
     # The spec generation whose template and resources the driver last wrote, where the host keeps it (LXD:
     # `user.fleet.generation`); None where it does not. For people and audits: the plan never reads it.
     generation: int | None = None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import typer
 from loguru import logger
 
+from drivers import limit_heap_arenas
 from reconciler.agent import Agent, AgentConfig
 from reconciler.cli.driver_options import EGRESS_INTERFACE_HELP, LXD_SOCKET_HELP, DriverOptions, open_driver
 from reconciler.cli.logs import configure
@@ -92,6 +93,7 @@ def agent(
 ) -> None:
     """Run this node's agent: register the node, heartbeat, reconcile the tenants bound to it."""
     configure(log_level)
+    limit_heap_arenas()  # before any thread: see drivers/heap.py
     settings: Settings = ctx.obj
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,7 @@ def scheduler(
     """Run a scheduler: one is active at a time (a leader lease); it binds unbound tenants to nodes, finishes
     the deletes of tenants deleted before they were bound, and prunes old records."""
     configure(log_level)
+    limit_heap_arenas()  # before any thread: see drivers/heap.py
     housekeeping = HousekeeperConfig(retention=parse_retention(retain))
     settings: Settings = ctx.obj
     store = _open_store(settings)

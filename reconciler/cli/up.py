@@ -9,6 +9,7 @@ from types import FrameType
 import typer
 from loguru import logger
 
+from drivers import limit_heap_arenas
 from reconciler.agent import Agent, AgentConfig
 from reconciler.cli import servers as serving
 from reconciler.cli.driver_options import EGRESS_INTERFACE_HELP, LXD_SOCKET_HELP, DriverOptions, open_driver
@@ -69,6 +70,7 @@ def up(
 ) -> None:
     """Run the operator (store, controller, driver, API, gateway) in this process until Ctrl-C."""
     configure(log_level)
+    limit_heap_arenas()  # before any thread: see drivers/heap.py
     housekeeping = HousekeeperConfig(retention=parse_retention(retain))
     api_at = None if no_api else serving.listen(api_listen, "--api-listen")
     gateway_at = None if no_api else serving.listen(gateway_listen, "--gateway-listen")

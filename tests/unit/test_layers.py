@@ -100,7 +100,8 @@ def backend_imports(path: Path) -> set[str]:
         name
         for name in module_imports(path)
         if name.startswith("drivers.") and name not in DRIVER_SEAM and name.split(".")[1] not in {"base", "registry"}
-    } - {"drivers.available_drivers", "drivers.create_driver", "drivers.host_checks", "drivers.host_problems"}
+    } - {"drivers.available_drivers", "drivers.create_driver", "drivers.host_checks", "drivers.host_problems",
+         "drivers.limit_heap_arenas", "drivers.trim_heap"}
 
 
 def dynamic_imports(path: Path) -> bool:

@@ -295,19 +295,3 @@ def test_a_sleeping_tenant_is_not_listed_as_not_ready_on_the_dashboard(
     assert reads.counts().phases == {"Running": 1, "Sleeping": 1}
     assert reads.not_ready().total == 0 and reads.not_ready().lines == []
 
-
-def test_an_asleep_tenant_whose_stop_did_not_finish_is_stopped_again_and_an_awake_one_started() -> None:
-    from datetime import UTC, datetime
-
-    from reconciler.actions import Start, Stop
-    from reconciler.plan import plan
-    from specs import Network, Observed, ResolvedSpec, Resources, Template
-
-    resources, network = Resources(cpu="1", memory="64Mi", disk="1Gi", pids=64), Network(ingress=(80,), egress="none")
-    desired = ResolvedSpec(name="acme", generation=1, template=Template(name="base"), resources=resources,
-                           network=network, asleep_since=datetime(2026, 12, 1, tzinfo=UTC))
-    half = Observed(name="acme", template="base@1", resources=resources, network=network, address="10.213.0.2",
-                    running=False, stop_unfinished=True)
-    assert plan(desired, half) == [Stop()]  # stop is idempotent: it finishes giving the kernel objects back
-    assert plan(desired.model_copy(update={"asleep_since": None}), half) == [Start()]
-    assert plan(desired, half.model_copy(update={"stop_unfinished": False})) == []
