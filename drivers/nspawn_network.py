@@ -282,12 +282,11 @@ class Networks:
         veth, ns = veth_name(tenant), netns_name(tenant)
         removed = []
         try:
-            with IPRoute() as ipr:
-                self._range_unreachable(ipr)  # before the veth goes: its address must never route elsewhere
-                link = _link(ipr, veth)
-                if link is not None and (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant:
-                    ipr.link("del", index=link["index"])
-                    removed.append(f"veth {veth}")
+            if self.leases.get(tenant) is not None:  # before the veth goes: its address must not route elsewhere
+                with IPRoute() as ipr:
+                    self._range_unreachable(ipr)
+            if self._delete_link(veth, tenant):
+                removed.append(f"veth {veth}")
         except NetlinkError as error:
             raise TransientError(f"netlink refused to remove the veth of tenant {tenant}: {error}") from error
         if netns_path(tenant).exists():
@@ -380,12 +379,14 @@ class Networks:
         self.node_egress.clear()
         return removed
 
-    def _delete_link(self, veth: str, tenant: str) -> None:
-        """Delete the host end `veth` if it carries the tenant's alias (the peer goes with it)."""
+    def _delete_link(self, veth: str, tenant: str) -> bool:
+        """Delete the host end `veth` if it carries the tenant's alias (the peer goes with it); True if it did."""
         with IPRoute() as ipr:
             link = _link(ipr, veth)
             if link is not None and (link.get("IFLA_IFALIAS") or "") == ALIAS_PREFIX + tenant:
                 ipr.link("del", index=link["index"])
+                return True
+        return False
 
     def _unfirewall_if_unlinked(self, veth: str) -> None:
         """Undo of a failed first ensure: the firewall elements go only once the veth is gone (an undo that
@@ -578,17 +579,9 @@ class Networks:
         with self.firewall.locked():
             removed = self.firewall.remove_tenant(veth)
             removed += self._remove_node_egress_if_unused()
+        removed += self.park(tenant)
         try:
             with IPRoute() as ipr:
-                link = _link(ipr, veth)
-                if link is not None:
-                    alias = link.get("IFLA_IFALIAS") or ""
-                    if alias == ALIAS_PREFIX + tenant:
-                        ipr.link("del", index=link["index"])
-                        removed.append(f"veth {veth}")
-                if ns in netns.names():
-                    netns.remove(netns_path(tenant))
-                    removed.append(f"network namespace {ns}")
                 if tenant in self._fleet_veths(ipr) or ns in netns.names():
                     raise TransientError(f"network of tenant {tenant} still present after removal")
         except NetlinkError as error:
